@@ -1,0 +1,630 @@
+"""Platform: the in-process APIServer, and the async shell around the scheduler core.
+
+What it owns. One anyio task group for its whole life (``async with app.run()``)
+holding container reply readers, node acquisitions, container starts, the
+keep-alive timer, the memory watch and spawned calls. Leaving the block stops
+intake, fails what is waiting, and stops every container and node (SIGTERM,
+grace, SIGKILL) inside a shielded scope.
+
+How a call flows (DESIGN.md): arguments are pickled first (a ``SerializationError``
+costs no container), then the scheduler core is asked for a container. Its
+actions are carried out by ``_apply``; a request served at once goes straight to
+its container, one that waits parks on a ``_Waiter`` until a later fact (a start,
+a finished call) produces its ``RunOn``. The container's reply reader reports
+the finished call back to the core, so a slot frees exactly when the container
+says so, even when the caller gave up.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.machinery
+import itertools
+import math
+import os
+import random
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import cloudpickle
+
+from .call import Call
+from .errors import (
+    CallCancelled,
+    ColdStartFailed,
+    ContainerCrashed,
+    FaaSError,
+    FunctionError,
+    FunctionTimeout,
+    OutOfMemory,
+    PlatformClosed,
+    SerializationError,
+    Throttled,
+    UnknownFunction,
+)
+from .keepalive import KeepAlivePolicy
+from .pool import BadPayload, Died, LocalContainer, LocalNode, LocalNodes, NodeSetup, Raised, Returned, StartFailed, describe_exit
+from .resources import AcquireNode, ReleaseNode
+from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
+from .stats import ContainerInfo, FunctionStats, StatsRecorder
+from .worker import Bundle
+
+if TYPE_CHECKING:
+    from .app import App, FunctionSpec
+
+__all__ = ["Platform"]
+
+# How often the memory of running containers is sampled (Lambda reports max memory
+# per invocation; we enforce the limit at this resolution).
+MEMORY_POLL_INTERVAL: Final = 0.05
+# Errors after which a spawned call is retried (as Lambda retries async invocations).
+RETRYABLE: Final = (FunctionError, FunctionTimeout, OutOfMemory, ContainerCrashed, ColdStartFailed, Throttled)
+
+
+class _Waiter:
+    __slots__ = ("decision", "event")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.decision: RunOn | FailRequest | None = None
+
+    def resolve(self, decision: RunOn | FailRequest) -> None:
+        self.decision = decision
+        self.event.set()
+
+
+class Platform:
+    """A running app: invoke its functions, spawn and map them, read stats.
+
+    Made by ``app.run(...)``; use it as ``async with app.run() as faas``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        nodes: LocalNodes | None = None,
+        keep_alive: KeepAlivePolicy | None = None,
+        queue_limit: int | None = 100_000,
+    ) -> None:
+        self.app = app
+        self.nodes_config = nodes if nodes is not None else LocalNodes()
+        self._keep_alive = keep_alive
+        self._queue_limit = queue_limit
+        self._state = "new"
+        self._clock: Callable[[], float] = time.monotonic
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(3)
+        self._specs: dict[str, FunctionSpec] = {}
+        self._stats: dict[str, StatsRecorder] = {}
+        self._bundles: dict[str, bytes] = {}
+        self._by_value: set[str] = set()
+        self._nodes: dict[str, LocalNode] = {}
+        self._containers: dict[str, LocalContainer] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._start_errors: dict[str, BaseException] = {}
+        self._pending_starts: dict[str, anyio.Event] = {}
+        self._pending_nodes: dict[str, anyio.Event] = {}
+        self._oom_usage: dict[str, float] = {}
+        self._timer_target = math.inf
+        self._timer_kick = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<microfaas Platform of app {self.app.name!r}: {self._state}>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Platform:
+        if self._state != "new":
+            raise RuntimeError("a Platform runs once; call app.run() again for a new one")
+        if self.app._platform is not None:
+            raise RuntimeError(f"app {self.app.name!r} is already running")
+        self._state = "running"
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._start()
+        except BaseException as exc:
+            await self._stop()
+            self._tg.cancel_scope.cancel()
+            if await self._tg.__aexit__(type(exc), exc, exc.__traceback__):
+                raise RuntimeError("platform start was interrupted") from exc
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool | None:
+        await self._stop()
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    async def _start(self) -> None:
+        self._sched = Scheduler(self.nodes_config.resource_manager(), keep_alive=self._keep_alive, queue_limit=self._queue_limit)
+        self._specs = dict(self.app.functions)
+        for name, spec in self._specs.items():
+            self._sched.add_function(spec.profile())
+            self._stats[name] = StatsRecorder(name)
+        self._setup = NodeSetup(sys_path=tuple(sys.path), cwd=os.getcwd(), preload=self._modules_to_preload())
+        self.app._platform = self
+        self._tg.start_soon(self._run_timer)
+        self._tg.start_soon(self._watch_memory)
+        self._apply(self._sched.start(now=self._clock()))
+        # Come up with min_nodes nodes and every pinned container ready (or failed).
+        while self._pending_nodes or self._pending_starts:
+            for event in [*self._pending_nodes.values(), *self._pending_starts.values()]:
+                await event.wait()
+
+    async def _stop(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self.app._platform is self:
+            self.app._platform = None
+        with anyio.CancelScope(shield=True):
+            if not hasattr(self, "_sched"):
+                return
+            self._apply(self._sched.shutdown(now=self._clock()))
+            async with anyio.create_task_group() as tg:
+                for node in list(self._nodes.values()):
+                    tg.start_soon(node.stop)
+            self._nodes.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def invoke(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Invoke function ``name`` and return its result (see ``FunctionHandle.invoke``)."""
+        self._lookup(name)
+        blob = self._dump_args(name, args, kwargs)
+        return await self._invoke(name, blob, self._new_id(), attempt=1)
+
+    async def spawn(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
+        """Start an invocation in the background, retried per the function's ``retries``."""
+        spec = self._lookup(name)
+        blob = self._dump_args(name, args, kwargs)
+        call: Call[Any] = Call(self._new_id(), name)
+        self._tg.start_soon(self._run_call, call, blob, spec.retries.max_retries)
+        return call
+
+    async def map(
+        self,
+        name: str,
+        /,
+        *iterables: Iterable[Any],
+        return_exceptions: bool = False,
+        max_in_flight: int | None = None,
+    ) -> AsyncIterator[Any]:
+        """Invoke ``name`` once per item and yield the results in input order."""
+        spec = self._lookup(name)
+        if max_in_flight is None:
+            max_in_flight = (spec.max_containers or 32) * spec.concurrency
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        window: collections.deque[Call[Any]] = collections.deque()
+        try:
+            for args in zip(*iterables, strict=False):
+                call: Call[Any] = Call(self._new_id(), name)
+                self._tg.start_soon(self._run_call, call, self._dump_args(name, args, {}), 0)
+                window.append(call)
+                if len(window) >= max_in_flight:
+                    yield await self._map_result(window.popleft(), return_exceptions)
+            while window:
+                yield await self._map_result(window.popleft(), return_exceptions)
+        finally:
+            for call in window:
+                call.cancel()
+
+    def stats(self, name: str) -> FunctionStats:
+        """What has happened to function ``name`` so far."""
+        self._lookup(name, require_open=False)
+        by_state = collections.Counter(str(rec.state) for rec in self._sched.containers(name))
+        return self._stats[name].snapshot({str(state): by_state.get(str(state), 0) for state in ContainerState})
+
+    def containers(self, name: str | None = None) -> list[ContainerInfo]:
+        """The live containers of function ``name`` (or of every function)."""
+        if name is not None:
+            self._lookup(name, require_open=False)
+        infos = []
+        for rec in self._sched.containers(name):
+            container = self._containers.get(rec.id)
+            infos.append(
+                ContainerInfo(
+                    id=rec.id,
+                    function=rec.function,
+                    state=rec.state,
+                    node=rec.node_id,
+                    pinned=rec.pinned,
+                    pid=container.pid if container is not None else None,
+                    calls=rec.calls,
+                )
+            )
+        return infos
+
+    def function_names(self) -> list[str]:
+        return list(self._specs)
+
+    # -- one invocation --------------------------------------------------------------------
+
+    async def _invoke(self, name: str, blob: bytes, invocation_id: str, *, attempt: int) -> Any:
+        stats = self._stats[name]
+        stats.invocations += 1
+        started = self._clock()
+        try:
+            run = await self._acquire(name, invocation_id, started)
+            if run.cold_start:
+                stats.cold_starts += 1
+            else:
+                stats.warm_starts += 1
+            value = await self._run(name, run, invocation_id, attempt, blob)
+        except FaaSError as exc:
+            self._count_failure(stats, exc)
+            raise
+        stats.completed += 1
+        stats.latencies.append(self._clock() - started)
+        return value
+
+    async def _acquire(self, name: str, invocation_id: str, now: float) -> RunOn:
+        if self._state != "running":
+            raise PlatformClosed(f"app {self.app.name!r} was stopped; open a new platform with `async with app.run()`")
+        decision = self._apply(self._sched.request(invocation_id, name, now=now), own=invocation_id)
+        if decision is None:
+            waiter = self._waiters[invocation_id] = _Waiter()
+            try:
+                await waiter.event.wait()
+            except BaseException:
+                self._waiters.pop(invocation_id, None)
+                if waiter.decision is None:
+                    self._apply(self._sched.cancel(invocation_id, now=self._clock()))
+                elif isinstance(waiter.decision, RunOn):
+                    self._apply(self._sched.call_finished(waiter.decision.container_id, now=self._clock()))
+                raise
+            decision = waiter.decision
+        assert decision is not None
+        if isinstance(decision, FailRequest):
+            raise self._request_failed(name, invocation_id, decision)
+        return decision
+
+    async def _run(self, name: str, run: RunOn, invocation_id: str, attempt: int, blob: bytes) -> Any:
+        container = self._containers[run.container_id]
+        timeout = self._specs[name].timeout
+        deadline = time.time() + timeout if timeout is not None else None
+        coords = {"function_name": name, "invocation_id": invocation_id, "container_id": container.id, "node_id": container.node_id}
+        if timeout is None:
+            outcome = await container.call(invocation_id, attempt, deadline, run.cold_start, blob)
+        else:
+            try:
+                with anyio.move_on_after(timeout) as scope:
+                    outcome = await container.call(invocation_id, attempt, deadline, run.cold_start, blob)
+            except anyio.get_cancelled_exc_class():
+                # The caller gave up; the container keeps running it, under the same deadline.
+                self._tg.start_soon(self._enforce_deadline, container, invocation_id, self._clock() + timeout)
+                raise
+            if scope.cancelled_caught:
+                container.kill("timeout")
+                raise FunctionTimeout(
+                    f"{name}: invocation {invocation_id} ran past timeout={timeout}s in container {container.id}; the container was killed",
+                    **coords,
+                )
+        if type(outcome) is Returned:
+            try:
+                return cloudpickle.loads(outcome.blob)
+            except Exception as exc:
+                raise SerializationError(f"{name}: the result of invocation {invocation_id} could not be unpickled: {exc!r}") from exc
+        if type(outcome) is Raised:
+            raise FunctionError(
+                f"{name}: invocation {invocation_id} raised {outcome.remote_type}: {outcome.remote_message}",
+                remote_type=outcome.remote_type,
+                remote_message=outcome.remote_message,
+                remote_traceback=outcome.remote_traceback,
+                **coords,
+            )
+        if type(outcome) is BadPayload:
+            raise SerializationError(f"{name}: invocation {invocation_id}: {outcome.message}")
+        assert type(outcome) is Died
+        raise self._death_error(name, invocation_id, container, outcome, coords)
+
+    def _death_error(self, name: str, invocation_id: str, container: LocalContainer, death: Died, coords: dict[str, Any]) -> FaaSError:
+        where = f"{name}: container {container.id} on node {container.node_id}"
+        if death.kill_reason == "oom":
+            used = self._oom_usage.get(container.id)
+            used_text = f"{used:.0f} MB" if used is not None else "more"
+            limit = self._specs[name].memory_mb
+            return OutOfMemory(
+                f"{where} used {used_text}, over memory_mb={limit}, while running invocation {invocation_id}; it was killed", **coords
+            )
+        if death.kill_reason == "stopped":
+            return PlatformClosed(f"{where} was stopped with the platform while running invocation {invocation_id}")
+        if death.kill_reason == "timeout":
+            return ContainerCrashed(f"{where} was killed because another invocation in it ran past its timeout", **coords)
+        return ContainerCrashed(f"{where} {describe_exit(death.returncode)} while running invocation {invocation_id}", **coords)
+
+    def _request_failed(self, name: str, invocation_id: str, decision: FailRequest) -> FaaSError:
+        coords: dict[str, Any] = {"function_name": name, "invocation_id": invocation_id}
+        if decision.reason == "throttled":
+            return Throttled(
+                f"{name}: invocation {invocation_id} was throttled: {self._sched.waiting()} requests are already waiting "
+                f"(queue_limit={self._sched.queue_limit})",
+                **coords,
+            )
+        if decision.reason == "closed":
+            return PlatformClosed(f"app {self.app.name!r} stopped before invocation {invocation_id} of {name} got a container")
+        cause = self._start_errors.pop(decision.container_id or "", None)
+        message = f"{name}: container {decision.container_id} could not start for invocation {invocation_id}"
+        if isinstance(cause, StartFailed):
+            error = ColdStartFailed(
+                f"{message}: {cause}",
+                remote_type=cause.remote_type,
+                remote_message=cause.remote_message,
+                remote_traceback=cause.remote_traceback,
+                container_id=decision.container_id,
+                **coords,
+            )
+        else:
+            error = ColdStartFailed(f"{message}: {cause!r}", container_id=decision.container_id, **coords)
+        error.__cause__ = cause
+        return error
+
+    def _count_failure(self, stats: StatsRecorder, exc: FaaSError) -> None:
+        stats.errors += 1
+        if isinstance(exc, FunctionTimeout):
+            stats.timeouts += 1
+        elif isinstance(exc, OutOfMemory):
+            stats.out_of_memory += 1
+            stats.crashes += 1
+        elif isinstance(exc, ContainerCrashed):
+            stats.crashes += 1
+        elif isinstance(exc, Throttled):
+            stats.throttles += 1
+
+    async def _run_call(self, call: Call[Any], blob: bytes, max_retries: int) -> None:
+        spec = self._specs[call.function_name]
+        with anyio.CancelScope() as scope:
+            call._scope = scope
+            try:
+                for attempt in itertools.count(1):
+                    call.attempts = attempt
+                    try:
+                        value = await self._invoke(call.function_name, blob, call.id, attempt=attempt)
+                    except RETRYABLE as exc:
+                        if attempt > max_retries:
+                            call._fail(exc)
+                            return
+                        delay = spec.retries.delay(attempt)
+                        await anyio.sleep(random.uniform(0, delay) if spec.retries.jitter else delay)
+                    except FaaSError as exc:
+                        call._fail(exc)
+                        return
+                    else:
+                        call._succeed(value)
+                        return
+            finally:
+                if not call.done():
+                    if self._state == "closed":
+                        call._fail(PlatformClosed(f"app {self.app.name!r} stopped before call {call.id} of {call.function_name} finished"))
+                    else:
+                        call._fail(CallCancelled(f"call {call.id} of {call.function_name} was cancelled"), cancelled=True)
+
+    async def _map_result(self, call: Call[Any], return_exceptions: bool) -> Any:
+        try:
+            return await call.result()
+        except FaaSError as exc:
+            if return_exceptions:
+                return exc
+            raise
+
+    async def _enforce_deadline(self, container: LocalContainer, invocation_id: str, deadline: float) -> None:
+        await anyio.sleep(max(0.0, deadline - self._clock()))
+        if invocation_id in container._pending:
+            container.kill("timeout")
+
+    # -- carrying out the core's decisions --------------------------------------------------
+
+    def _apply(self, actions: list[Any], own: str | None = None) -> RunOn | FailRequest | None:
+        """Carry out the core's actions; return the decision about request ``own``, if any."""
+        mine: RunOn | FailRequest | None = None
+        for action in actions:
+            kind = type(action)
+            if kind is RunOn or kind is FailRequest:
+                if action.request_id == own:
+                    mine = action
+                else:
+                    waiter = self._waiters.pop(action.request_id, None)
+                    if waiter is not None:
+                        waiter.resolve(action)
+                    elif kind is RunOn:
+                        self._apply(self._sched.call_finished(action.container_id, now=self._clock()))
+            elif kind is StartContainer:
+                self._pending_starts[action.container_id] = anyio.Event()
+                self._tg.start_soon(self._start_container, action)
+            elif kind is StopContainer:
+                self._stop_container(action)
+            elif kind is AcquireNode:
+                self._pending_nodes[action.node_id] = anyio.Event()
+                self._tg.start_soon(self._acquire_node, action.node_id)
+            elif kind is ReleaseNode:
+                node = self._nodes.pop(action.node_id, None)
+                if node is not None:
+                    self._tg.start_soon(node.stop)
+            else:  # pragma: no cover - a new action type the shell does not know yet
+                raise TypeError(f"unknown scheduler action {action!r}")
+        wake = self._sched.next_wake()
+        if wake is not None and wake < self._timer_target:
+            self._timer_kick.set()
+        return mine
+
+    async def _start_container(self, action: StartContainer) -> None:
+        container_id = action.container_id
+        try:
+            started = self._clock()
+            try:
+                node = self._nodes.get(action.node_id)
+                if node is None:
+                    raise StartFailed(f"node {action.node_id} is gone", stage="node")
+                container = await node.start_container(container_id, self._bundle(action.function))
+            except (StartFailed, SerializationError, OSError) as exc:
+                self._start_errors[container_id] = exc
+                self._apply(self._sched.container_start_failed(container_id, now=self._clock()))
+                return
+            container.on_exit = self._container_exited
+            container.on_reply = self._call_done
+            self._containers[container_id] = container
+            stats = self._stats[action.function]
+            stats.containers_started += 1
+            stats.init_times.append(self._clock() - started)
+            self._tg.start_soon(container.serve_replies)
+            record = self._sched.container(container_id)
+            if record is None or record.state is not ContainerState.STARTING:
+                container.terminate()  # stopped (or the platform closed) while it was starting
+                self._tg.start_soon(self._kill_after_grace, container)
+                return
+            self._apply(self._sched.container_started(container_id, now=self._clock()))
+        finally:
+            event = self._pending_starts.pop(container_id, None)
+            if event is not None:
+                event.set()
+
+    def _stop_container(self, action: StopContainer) -> None:
+        container = self._containers.get(action.container_id)
+        if container is not None:
+            container.terminate()
+            self._tg.start_soon(self._kill_after_grace, container)
+
+    async def _kill_after_grace(self, container: LocalContainer) -> None:
+        with anyio.move_on_after(1.0):
+            await container.exited.wait()
+        container.kill("stopped")
+
+    def _container_exited(self, container: LocalContainer) -> None:
+        self._containers.pop(container.id, None)
+        self._oom_usage.pop(container.id, None)
+        node = self._nodes.get(container.node_id)
+        if node is not None:
+            node.container_gone(container)
+        self._apply(self._sched.container_exited(container.id, now=self._clock()))
+
+    def _call_done(self, container: LocalContainer) -> None:
+        self._apply(self._sched.call_finished(container.id, now=self._clock()))
+
+    async def _acquire_node(self, node_id: str) -> None:
+        try:
+            try:
+                node = await self.nodes_config.acquire(node_id, self._setup, self._tg)
+            except (StartFailed, OSError) as exc:
+                for record in self._sched.containers():
+                    if record.node_id == node_id:
+                        self._start_errors[record.id] = StartFailed(f"node {node_id} could not be acquired: {exc}", stage="node")
+                self._apply(self._sched.node_failed(node_id, now=self._clock()))
+                return
+            if node_id not in self._sched.resources.nodes:
+                await node.stop()  # released (or the platform closed) while it was coming up
+                return
+            self._nodes[node_id] = node
+            if node.preload_failures:
+                self._by_value.update(node.preload_failures)
+                self._bundles.clear()
+            self._apply(self._sched.node_acquired(node_id, now=self._clock()))
+        finally:
+            event = self._pending_nodes.pop(node_id, None)
+            if event is not None:
+                event.set()
+
+    async def _run_timer(self) -> None:
+        while True:
+            wake = self._sched.next_wake()
+            self._timer_target = wake if wake is not None else math.inf
+            delay = max(0.0, self._timer_target - self._clock())
+            with anyio.move_on_after(delay):
+                await self._timer_kick.wait()
+            self._timer_kick = anyio.Event()
+            self._timer_target = math.inf
+            self._apply(self._sched.tick(now=self._clock()))
+
+    async def _watch_memory(self) -> None:
+        while True:
+            await anyio.sleep(MEMORY_POLL_INTERVAL)
+            for container in list(self._containers.values()):
+                if not container.in_flight:
+                    continue
+                used = container.memory_used_mb()
+                spec = self._specs[self._sched.container(container.id).function]  # type: ignore[union-attr]
+                if used is not None and used > spec.memory_mb:
+                    self._oom_usage[container.id] = used
+                    container.kill("oom")
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _lookup(self, name: str, *, require_open: bool = True) -> FunctionSpec:
+        if require_open and self._state != "running":
+            raise PlatformClosed(f"app {self.app.name!r} is not running; call functions inside `async with app.run() as faas:`")
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._specs)) or "none"
+            raise UnknownFunction(f"app {self.app.name!r} has no function {name!r}; it has: {known}") from None
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def _dump_args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        try:
+            return cloudpickle.dumps((args, kwargs))
+        except Exception as exc:
+            raise SerializationError(f"{name}: the arguments could not be pickled: {exc!r}") from exc
+
+    def _bundle(self, name: str) -> bytes:
+        blob = self._bundles.get(name)
+        if blob is None:
+            spec = self._specs[name]
+            bundle = Bundle(name=name, fn=spec.fn, init=spec.init, memory_mb=spec.memory_mb, concurrency=spec.concurrency)
+            modules = {getattr(f, "__module__", None) for f in (spec.fn, spec.init) if f is not None}
+            by_value = [sys.modules[m] for m in modules if m and m in sys.modules and (m in self._by_value or not _importable(m))]
+            blob = self._bundles[name] = _dumps_by_value(bundle, by_value, name)
+        return blob
+
+    def _modules_to_preload(self) -> tuple[str, ...]:
+        modules: set[str] = set()
+        for spec in self._specs.values():
+            for f in (spec.fn, spec.init):
+                module = getattr(f, "__module__", None) if f is not None else None
+                if module and _importable(module):
+                    modules.add(module)
+        return tuple(sorted(modules))
+
+
+def _importable(module_name: str) -> bool:
+    """Whether a worker can import ``module_name`` by name (else its functions ship by value)."""
+    module = sys.modules.get(module_name)
+    if module_name == "__main__" or module is None:
+        return False
+    top = module_name.partition(".")[0]
+    if top in sys.builtin_module_names:
+        return True
+    spec = importlib.machinery.PathFinder.find_spec(top, sys.path)
+    if spec is None:
+        return False
+    if top == module_name and spec.origin and getattr(module, "__file__", None):
+        return os.path.realpath(spec.origin) == os.path.realpath(module.__file__)  # type: ignore[arg-type]
+    return True
+
+
+def _dumps_by_value(obj: object, modules: list[Any], name: str) -> bytes:
+    registered = []
+    try:
+        for module in modules:
+            try:
+                cloudpickle.register_pickle_by_value(module)
+                registered.append(module)
+            except ValueError:
+                pass  # already registered by the user
+        return cloudpickle.dumps(obj)
+    except Exception as exc:
+        raise SerializationError(f"{name}: the function or its init could not be pickled: {exc!r}") from exc
+    finally:
+        for module in registered:
+            cloudpickle.unregister_pickle_by_value(module)

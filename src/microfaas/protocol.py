@@ -1,0 +1,110 @@
+"""Framing between the platform and its containers, with no I/O.
+
+Every message is one frame on the container's own socket (never stdout/stderr,
+which stay the user's)::
+
+    u32 body_len | u8 version | u32 meta_len | meta (pickle of a tuple) | blob
+
+``body_len`` counts everything after itself. ``meta`` is a small tuple of plain
+values whose first item names the message kind; ``blob`` is an opaque payload
+(cloudpickled arguments, results or the function bundle) carried as is, so a
+large payload is never pickled twice. Senders pass the pieces to
+``socket.sendmsg`` without joining them.
+
+Messages, platform -> container:
+    ("load",) + blob                     the function bundle (spawned containers only)
+    ("call", invocation_id, attempt, deadline_epoch, cold_start) + blob (args, kwargs)
+container -> platform:
+    ("ready", pid, load_s, init_s)
+    ("start_failed", stage, type, message, traceback)
+    ("result", invocation_id) + blob
+    ("error", invocation_id, type, message, traceback)
+    ("bad_payload", invocation_id, message)      args or result would not (un)pickle
+
+This module imports nothing from microfaas: the worker and the pool both use it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Final
+
+__all__ = [
+    "HEADER",
+    "PROTOCOL_VERSION",
+    "FrameDecoder",
+    "ProtocolError",
+    "decode_meta",
+    "encode",
+]
+
+PROTOCOL_VERSION: Final = 1
+HEADER: Final = struct.Struct(">IBI")
+# A frame larger than this is a bug or a corrupt stream, not a payload.
+MAX_FRAME: Final = 2**32 - 1
+
+
+class ProtocolError(Exception):
+    """The byte stream is not a valid frame sequence (internal; never reaches users)."""
+
+
+def encode(meta: tuple[object, ...], blob: bytes | bytearray | memoryview = b"") -> list[bytes | bytearray | memoryview]:
+    """Return the buffers of one frame, for ``socket.sendmsg``."""
+    meta_bytes = pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)
+    body_len = 1 + 4 + len(meta_bytes) + len(blob)
+    if body_len > MAX_FRAME:
+        raise ProtocolError(f"frame of {body_len} bytes is over the {MAX_FRAME}-byte limit")
+    head = HEADER.pack(body_len, PROTOCOL_VERSION, len(meta_bytes)) + meta_bytes
+    return [head, blob] if blob else [head]
+
+
+def decode_meta(data: bytes | memoryview) -> tuple[object, ...]:
+    meta = pickle.loads(data)
+    if not isinstance(meta, tuple) or not meta:
+        raise ProtocolError(f"frame meta is not a non-empty tuple: {meta!r}")
+    return meta
+
+
+def check_header(version: int, body_len: int, meta_len: int) -> None:
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}")
+    if meta_len > body_len - 5:
+        raise ProtocolError(f"meta length {meta_len} exceeds frame body length {body_len}")
+
+
+class FrameDecoder:
+    """Turns a byte stream into ``(meta, blob)`` frames; feed it whatever arrived.
+
+    ::
+
+        decoder.feed(chunk)
+        while (frame := decoder.next_frame()) is not None:
+            meta, blob = frame
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+
+    def next_frame(self) -> tuple[tuple[object, ...], bytes] | None:
+        buf = self._buf
+        if len(buf) < HEADER.size:
+            return None
+        body_len, version, meta_len = HEADER.unpack_from(buf)
+        end = 4 + body_len
+        if len(buf) < end:
+            return None
+        check_header(version, body_len, meta_len)
+        meta_end = HEADER.size + meta_len
+        with memoryview(buf) as view:
+            meta = decode_meta(view[HEADER.size : meta_end])
+            blob = bytes(view[meta_end:end])
+        del buf[:end]
+        return meta, blob
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._buf)

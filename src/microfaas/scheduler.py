@@ -1,0 +1,536 @@
+"""The scheduler core: gives every request a container, with no I/O.
+
+How this works. The shell (``platform.py`` for real nodes, ``sim.py`` for
+simulated ones) feeds facts in -- a request arrived, a container started or
+exited, a call finished, a node came up, time passed -- each with ``now``, and
+gets back a list of actions to carry out:
+
+``RunOn(request, container)``
+    run the request in that container (``cold_start`` says it waited for the start);
+``StartContainer(container, function, node)`` / ``StopContainer(container, reason)``
+    create or destroy a container; the shell reports ``container_started`` or
+    ``container_start_failed``, and ``container_exited`` when the process is gone;
+``FailRequest(request, reason)``
+    answer the request with an error: ``throttled``, ``start_failed`` or ``closed``;
+``AcquireNode(node)`` / ``ReleaseNode(node)``
+    from the ResourceManager (``resources.py``).
+
+When to look again is ``next_wake()``; the shell calls ``tick(now=...)`` then.
+
+Rules, as in AWS Lambda and OpenWhisk:
+
+* Warm first: a request goes to a container of its function with a free slot,
+  the most recently used first (LIFO keeps the pool small).
+* Otherwise it waits in its function's FIFO and the scheduler starts only as
+  many containers as the waiting requests need beyond the slots already starting
+  (``concurrency`` counts slots), up to ``max_containers``. A container that comes
+  up serves the oldest waiting requests or goes idle; a container freed by a
+  finished call serves a waiting request before any start completes.
+* Placement is best fit (``ResourceManager.place``). With no room and no node to
+  acquire, idle unpinned containers are evicted, least recently used first; if
+  that is not enough the start waits in one FIFO shared by all functions, so a
+  large function is not starved by small ones.
+* At most ``queue_limit`` requests wait at once; past it a request is throttled.
+* An idle container is stopped after its keep-alive (the function's
+  ``idle_timeout``, else the policy's). ``min_containers`` containers are pinned:
+  started with the platform, never stopped for idleness, replaced when they die.
+
+Invariants (checked by tests/test_scheduler_rules.py): no node over capacity; a
+request is answered exactly once (RunOn or FailRequest); a pinned container is
+never stopped for idleness.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import heapq
+import math
+from typing import Final
+
+import attrs
+
+from .keepalive import FixedKeepAlive, KeepAlivePolicy
+from .resources import AcquireNode, ReleaseNode, ResourceManager
+
+__all__ = [
+    "Action",
+    "ContainerRecord",
+    "ContainerState",
+    "FailRequest",
+    "FunctionProfile",
+    "RunOn",
+    "Scheduler",
+    "StartContainer",
+    "StopContainer",
+]
+
+# A pinned container that fails to start is retried after this many seconds,
+# doubling per consecutive failure up to the maximum.
+PINNED_RETRY_INITIAL: Final = 0.5
+PINNED_RETRY_MAX: Final = 30.0
+
+
+class ContainerState(enum.StrEnum):
+    """Where a container is in its life (see docs/lifecycle.md)."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@attrs.frozen(kw_only=True)
+class FunctionProfile:
+    """What the scheduler needs to know of a function."""
+
+    name: str
+    memory_mb: int
+    concurrency: int = 1
+    min_containers: int = 0
+    max_containers: int | None = None
+    idle_timeout: float | None = None
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class StartContainer:
+    container_id: str
+    function: str
+    node_id: str
+    pinned: bool = False
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class StopContainer:
+    container_id: str
+    reason: str  # "idle" | "evicted" | "shutdown"
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class RunOn:
+    request_id: str
+    container_id: str
+    cold_start: bool
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class FailRequest:
+    request_id: str
+    reason: str  # "throttled" | "start_failed" | "closed"
+    container_id: str | None = None
+
+
+Action = StartContainer | StopContainer | RunOn | FailRequest | AcquireNode | ReleaseNode
+
+
+@attrs.define(eq=False, kw_only=True, slots=True)
+class ContainerRecord:
+    """The core's bookkeeping for one container."""
+
+    id: str
+    function: str
+    node_id: str
+    memory_mb: int
+    concurrency: int
+    pinned: bool
+    state: ContainerState = ContainerState.STARTING
+    busy: int = 0  # slots in use; invariant: 0 <= busy <= concurrency
+    calls: int = 0
+    last_used: float = 0.0
+    expires_at: float = math.inf  # meaningful only while IDLE and unpinned
+    awaiting_node: bool = False  # reserved on a node that is still being acquired
+
+
+@attrs.define(eq=False)
+class _Function:
+    profile: FunctionProfile
+    containers: dict[str, ContainerRecord] = attrs.Factory(dict)
+    # Containers with a free slot, most recently used last.
+    available: dict[str, None] = attrs.Factory(dict)
+    waiting: collections.deque[str] = attrs.Factory(collections.deque)
+    starting_slots: int = 0
+    queued_starts: int = 0  # entries of this function in the shared capacity queue
+    start_failures: int = 0
+    pinned_retry_at: float | None = None
+
+    def can_grow(self) -> bool:
+        cap = self.profile.max_containers
+        return cap is None or len(self.containers) + self.queued_starts < cap
+
+    def deficit(self) -> int:
+        """Waiting requests not covered by a starting or queued container."""
+        covered = self.starting_slots + self.queued_starts * self.profile.concurrency
+        return len(self.waiting) - covered
+
+    def pinned_live(self) -> int:
+        return sum(1 for c in self.containers.values() if c.pinned)
+
+
+class Scheduler:
+    """The sans-I/O scheduler. Every method takes ``now`` and returns actions.
+
+    :param resources: the node bookkeeping.
+    :param keep_alive: the policy for functions whose ``idle_timeout`` is None.
+    :param queue_limit: how many requests may wait at once (None: no limit).
+    """
+
+    def __init__(
+        self,
+        resources: ResourceManager,
+        *,
+        keep_alive: KeepAlivePolicy | None = None,
+        queue_limit: int | None = None,
+    ) -> None:
+        if queue_limit is not None and queue_limit < 0:
+            raise ValueError(f"queue_limit must be >= 0 or None, got {queue_limit}")
+        self.resources = resources
+        self.keep_alive: KeepAlivePolicy = keep_alive if keep_alive is not None else FixedKeepAlive()
+        self.queue_limit = queue_limit
+        self.closed = False
+        self._functions: dict[str, _Function] = {}
+        self._containers: dict[str, ContainerRecord] = {}  # live: starting, idle, busy
+        self._stopping: dict[str, ContainerRecord] = {}
+        self._waiting_function: dict[str, str] = {}  # request id -> function name
+        self._capacity_queue: collections.deque[str] = collections.deque()
+        self._expiry: list[tuple[float, str]] = []  # (expires_at, container id), lazily pruned
+        self._next_container = 1
+
+    # -- registration and queries -----------------------------------------------------
+
+    def add_function(self, profile: FunctionProfile) -> None:
+        if profile.name in self._functions:
+            raise ValueError(f"function {profile.name!r} is already registered")
+        if not self.resources.fits_a_node(profile.memory_mb):
+            raise ValueError(
+                f"{profile.name}: memory_mb={profile.memory_mb} does not fit on a node of "
+                f"{self.resources.node_memory_mb} MB; lower memory_mb or raise node_memory_mb"
+            )
+        self._functions[profile.name] = _Function(profile)
+
+    def profile(self, function: str) -> FunctionProfile:
+        return self._functions[function].profile
+
+    def container(self, container_id: str) -> ContainerRecord | None:
+        return self._containers.get(container_id) or self._stopping.get(container_id)
+
+    def containers(self, function: str | None = None) -> list[ContainerRecord]:
+        """Live containers (starting, idle, busy) and those being stopped."""
+        records = list(self._containers.values()) + list(self._stopping.values())
+        return [c for c in records if function is None or c.function == function]
+
+    def live(self, function: str) -> int:
+        return len(self._functions[function].containers)
+
+    def waiting(self, function: str | None = None) -> int:
+        if function is None:
+            return len(self._waiting_function)
+        return len(self._functions[function].waiting)
+
+    # -- facts ------------------------------------------------------------------------
+
+    def start(self, *, now: float) -> list[Action]:
+        """The platform starts: acquire ``min_nodes`` and start pinned containers."""
+        actions: list[Action] = []
+        while len(self.resources.nodes) < self.resources.min_nodes:
+            actions.append(self.resources.acquire(now=now))
+        for fn in self._functions.values():
+            actions += self._replenish_pinned(fn, now)
+        return actions
+
+    def request(self, request_id: str, function: str, *, now: float) -> list[Action]:
+        """A request for ``function`` arrived."""
+        if self.closed:
+            return [FailRequest(request_id=request_id, reason="closed")]
+        fn = self._functions[function]
+        self.keep_alive.observe_arrival(function, now=now)
+        if fn.available:
+            container_id = next(reversed(fn.available))
+            return [self._dispatch(fn, fn.containers[container_id], request_id, cold=False, now=now)]
+        if self.queue_limit is not None and len(self._waiting_function) >= self.queue_limit:
+            return [FailRequest(request_id=request_id, reason="throttled")]
+        fn.waiting.append(request_id)
+        self._waiting_function[request_id] = function
+        return self._provision(fn, now)
+
+    def cancel(self, request_id: str, *, now: float) -> list[Action]:
+        """The caller gave up on a request that may still be waiting."""
+        function = self._waiting_function.pop(request_id, None)
+        if function is not None:
+            self._functions[function].waiting.remove(request_id)
+        return []
+
+    def container_started(self, container_id: str, *, now: float) -> list[Action]:
+        rec = self._containers.get(container_id)
+        if rec is None or rec.state is not ContainerState.STARTING:
+            return []
+        fn = self._functions[rec.function]
+        fn.starting_slots -= rec.concurrency
+        fn.start_failures = 0
+        rec.state = ContainerState.IDLE
+        rec.last_used = now
+        actions: list[Action] = []
+        while fn.waiting and rec.busy < rec.concurrency:
+            actions.append(self._dispatch(fn, rec, self._pop_waiting(fn), cold=True, now=now))
+        if rec.busy < rec.concurrency:
+            fn.available[rec.id] = None
+        if rec.busy == 0:
+            self._went_idle(rec, now)
+        return actions
+
+    def container_start_failed(self, container_id: str, *, now: float) -> list[Action]:
+        rec = self._containers.get(container_id)
+        if rec is None or rec.state is not ContainerState.STARTING:
+            return self.container_exited(container_id, now=now)
+        fn = self._functions[rec.function]
+        self._forget(rec, now)
+        fn.start_failures += 1
+        actions: list[Action] = []
+        if fn.waiting:
+            actions.append(FailRequest(request_id=self._pop_waiting(fn), reason="start_failed", container_id=rec.id))
+        if rec.pinned:
+            fn.pinned_retry_at = now + min(PINNED_RETRY_MAX, PINNED_RETRY_INITIAL * 2 ** (fn.start_failures - 1))
+        actions += self._provision(fn, now)
+        actions += self._drain_capacity_queue(now)
+        return actions
+
+    def call_finished(self, container_id: str, *, now: float) -> list[Action]:
+        """A call in ``container_id`` finished (with a result or a handler error)."""
+        rec = self._containers.get(container_id)
+        if rec is None or rec.busy == 0:
+            return []
+        fn = self._functions[rec.function]
+        rec.busy -= 1
+        rec.last_used = now
+        if fn.waiting:
+            return [self._dispatch(fn, rec, self._pop_waiting(fn), cold=False, now=now)]
+        fn.available.pop(rec.id, None)
+        fn.available[rec.id] = None  # most recently used goes last
+        if rec.busy == 0:
+            self._went_idle(rec, now)
+            if self._capacity_queue:
+                return self._drain_capacity_queue(now)
+        return []
+
+    def container_exited(self, container_id: str, *, now: float) -> list[Action]:
+        """The container's process is gone: stopped by us, crashed, or killed."""
+        if self._stopping.pop(container_id, None) is not None:
+            return []
+        rec = self._containers.get(container_id)
+        if rec is None:
+            return []
+        fn = self._functions[rec.function]
+        if rec.state is ContainerState.STARTING:
+            return self.container_start_failed(container_id, now=now)
+        self._forget(rec, now)
+        actions = self._replenish_pinned(fn, now) if rec.pinned else []
+        actions += self._provision(fn, now)
+        actions += self._drain_capacity_queue(now)
+        return actions
+
+    def node_acquired(self, node_id: str, *, now: float) -> list[Action]:
+        if node_id not in self.resources.nodes:
+            return []
+        self.resources.node_acquired(node_id, now=now)
+        actions: list[Action] = []
+        for rec in self._containers.values():
+            if rec.node_id == node_id and rec.awaiting_node:
+                rec.awaiting_node = False
+                actions.append(StartContainer(container_id=rec.id, function=rec.function, node_id=node_id, pinned=rec.pinned))
+        return actions + self._drain_capacity_queue(now)
+
+    def node_failed(self, node_id: str, *, now: float) -> list[Action]:
+        """A node could not be acquired, or was lost with its containers."""
+        actions: list[Action] = []
+        for rec in [c for c in self._containers.values() if c.node_id == node_id]:
+            actions += self.container_exited(rec.id, now=now)
+        self.resources.node_lost(node_id)
+        return actions
+
+    def tick(self, *, now: float) -> list[Action]:
+        """Time passed: stop expired idle containers, release empty nodes, retry pins."""
+        actions: list[Action] = []
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            expires_at, container_id = heapq.heappop(expiry)
+            rec = self._containers.get(container_id)
+            if rec is not None and rec.state is ContainerState.IDLE and rec.expires_at == expires_at:
+                actions.append(self._stop(rec, "idle", now))
+        for fn in self._functions.values():
+            if fn.pinned_retry_at is not None and fn.pinned_retry_at <= now:
+                fn.pinned_retry_at = None
+                actions += self._replenish_pinned(fn, now)
+        if actions:
+            actions += self._drain_capacity_queue(now)
+        actions += self.resources.expire(now=now)
+        return actions
+
+    def next_wake(self) -> float | None:
+        """When ``tick`` next has something to do (None: only new facts matter)."""
+        expiry = self._expiry
+        while expiry:
+            expires_at, container_id = expiry[0]
+            rec = self._containers.get(container_id)
+            if rec is not None and rec.state is ContainerState.IDLE and rec.expires_at == expires_at:
+                break
+            heapq.heappop(expiry)
+        times = [expiry[0][0]] if expiry else []
+        times += [fn.pinned_retry_at for fn in self._functions.values() if fn.pinned_retry_at is not None]
+        node_wake = self.resources.next_wake()
+        if node_wake is not None:
+            times.append(node_wake)
+        return min(times, default=None)
+
+    def shutdown(self, *, now: float) -> list[Action]:
+        """The platform stops: fail waiting requests, stop every container, release nodes."""
+        self.closed = True
+        actions: list[Action] = []
+        for request_id in list(self._waiting_function):
+            actions.append(FailRequest(request_id=request_id, reason="closed"))
+        self._waiting_function.clear()
+        self._capacity_queue.clear()
+        for fn in self._functions.values():
+            fn.waiting.clear()
+            fn.queued_starts = 0
+            fn.pinned_retry_at = None
+        for rec in list(self._containers.values()):
+            actions.append(self._stop(rec, "shutdown", now))
+        actions += self.resources.release_all()
+        return actions
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _dispatch(self, fn: _Function, rec: ContainerRecord, request_id: str, *, cold: bool, now: float) -> RunOn:
+        rec.busy += 1
+        rec.calls += 1
+        rec.last_used = now
+        rec.state = ContainerState.BUSY
+        if rec.busy >= rec.concurrency:
+            fn.available.pop(rec.id, None)
+        return RunOn(request_id=request_id, container_id=rec.id, cold_start=cold)
+
+    def _pop_waiting(self, fn: _Function) -> str:
+        request_id = fn.waiting.popleft()
+        del self._waiting_function[request_id]
+        return request_id
+
+    def _went_idle(self, rec: ContainerRecord, now: float) -> None:
+        rec.state = ContainerState.IDLE
+        if rec.pinned:
+            return
+        profile = self._functions[rec.function].profile
+        ttl = profile.idle_timeout if profile.idle_timeout is not None else self.keep_alive.ttl_for(rec.function, now=now)
+        rec.expires_at = now + ttl
+        if rec.expires_at < math.inf:
+            heapq.heappush(self._expiry, (rec.expires_at, rec.id))
+
+    def _provision(self, fn: _Function, now: float) -> list[Action]:
+        """Start (or queue) containers for the waiting requests not yet covered."""
+        actions: list[Action] = []
+        while fn.deficit() > 0 and fn.can_grow():
+            started = None if self._capacity_queue else self._try_start(fn, pinned=False, now=now)
+            if started is None:
+                self._capacity_queue.append(fn.profile.name)
+                fn.queued_starts += 1
+            else:
+                actions += started
+        return actions
+
+    def _drain_capacity_queue(self, now: float) -> list[Action]:
+        """Start queued containers in FIFO order while they fit; stop at the first that does not."""
+        actions: list[Action] = []
+        queue = self._capacity_queue
+        while queue:
+            fn = self._functions[queue[0]]
+            fn.queued_starts -= 1
+            if fn.deficit() <= 0:
+                queue.popleft()
+                continue
+            started = self._try_start(fn, pinned=False, now=now)
+            if started is None:
+                fn.queued_starts += 1
+                break
+            queue.popleft()
+            actions += started
+        return actions
+
+    def _replenish_pinned(self, fn: _Function, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if fn.pinned_retry_at is not None:
+            return actions
+        for _ in range(fn.profile.min_containers - fn.pinned_live()):
+            started = self._try_start(fn, pinned=True, now=now)
+            if started is None:
+                # No room now; look again after a short wait.
+                fn.pinned_retry_at = now + PINNED_RETRY_INITIAL
+                break
+            actions += started
+        return actions
+
+    def _try_start(self, fn: _Function, *, pinned: bool, now: float) -> list[Action] | None:
+        """Reserve room for a new container of ``fn`` and start it; None when nothing fits."""
+        memory_mb = fn.profile.memory_mb
+        actions: list[Action] = []
+        node_id = self.resources.place(memory_mb)
+        if node_id is None and self.resources.can_acquire():
+            acquire = self.resources.acquire(now=now)
+            actions.append(acquire)
+            node_id = acquire.node_id
+        if node_id is None:
+            evictions = self._evict_for(memory_mb, now)
+            if not evictions:
+                return None
+            actions += evictions
+            node_id = self.resources.place(memory_mb)
+            assert node_id is not None, "eviction freed room that placement cannot find"
+        self.resources.reserve(node_id, memory_mb)
+        container_id = f"c-{self._next_container}"
+        self._next_container += 1
+        rec = ContainerRecord(
+            id=container_id,
+            function=fn.profile.name,
+            node_id=node_id,
+            memory_mb=memory_mb,
+            concurrency=fn.profile.concurrency,
+            pinned=pinned,
+            last_used=now,
+            awaiting_node=not self.resources.is_ready(node_id),
+        )
+        fn.containers[container_id] = rec
+        self._containers[container_id] = rec
+        fn.starting_slots += rec.concurrency
+        if not rec.awaiting_node:
+            actions.append(StartContainer(container_id=container_id, function=rec.function, node_id=node_id, pinned=pinned))
+        return actions
+
+    def _evict_for(self, memory_mb: int, now: float) -> list[Action]:
+        """Stop the least recently used idle, unpinned containers that make room on one node."""
+        idle = sorted(
+            (c for c in self._containers.values() if c.state is ContainerState.IDLE and not c.pinned),
+            key=lambda c: c.last_used,
+        )
+        chosen: dict[str, list[ContainerRecord]] = collections.defaultdict(list)
+        freed: dict[str, int] = collections.defaultdict(int)
+        for rec in idle:
+            chosen[rec.node_id].append(rec)
+            freed[rec.node_id] += rec.memory_mb
+            if self.resources.nodes[rec.node_id].free_mb + freed[rec.node_id] >= memory_mb:
+                return [self._stop(victim, "evicted", now) for victim in chosen[rec.node_id]]
+        return []
+
+    def _stop(self, rec: ContainerRecord, reason: str, now: float) -> StopContainer:
+        self._forget(rec, now)
+        rec.state = ContainerState.STOPPING
+        self._stopping[rec.id] = rec
+        return StopContainer(container_id=rec.id, reason=reason)
+
+    def _forget(self, rec: ContainerRecord, now: float) -> None:
+        """Take a container out of service and give back its room."""
+        fn = self._functions[rec.function]
+        del self._containers[rec.id]
+        del fn.containers[rec.id]
+        fn.available.pop(rec.id, None)
+        if rec.state is ContainerState.STARTING:
+            fn.starting_slots -= rec.concurrency
+        rec.state = ContainerState.STOPPED
+        self.resources.free(rec.node_id, rec.memory_mb, now=now)

@@ -1,0 +1,116 @@
+"""Records of what the platform did: FunctionStats, Summary and ContainerInfo.
+
+``StatsRecorder`` is the mutable tally the platform keeps per function; the
+records it hands out are frozen snapshots.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import attrs
+
+from .scheduler import ContainerState
+
+__all__ = ["ContainerInfo", "FunctionStats", "StatsRecorder", "Summary"]
+
+# Latency and init-time summaries are over the most recent samples only.
+SAMPLES_KEPT: Final = 10_000
+
+
+@attrs.frozen(kw_only=True)
+class Summary:
+    """A distribution of durations in seconds (over the latest samples)."""
+
+    count: int = 0
+    p50: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+    @classmethod
+    def of(cls, samples: Iterable[float], *, count: int | None = None) -> Summary:
+        ordered = sorted(samples)
+        if not ordered:
+            return cls(count=count or 0)
+
+        def pct(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return cls(count=count if count is not None else len(ordered), p50=pct(0.5), p99=pct(0.99), max=ordered[-1])
+
+
+@attrs.frozen(kw_only=True)
+class FunctionStats:
+    """What happened to one function since the platform started.
+
+    ``cold_starts`` counts invocations that waited for their container to start;
+    ``warm_starts`` those served by a container that was already up.
+    """
+
+    name: str
+    invocations: int
+    cold_starts: int
+    warm_starts: int
+    errors: int
+    timeouts: int
+    crashes: int
+    out_of_memory: int
+    throttles: int
+    containers_started: int
+    containers: Mapping[str, int]
+    latency: Summary
+    init_time: Summary
+
+
+@attrs.frozen(kw_only=True)
+class ContainerInfo:
+    """One container as the platform sees it.
+
+    :param state: ``"starting"``, ``"idle"``, ``"busy"``, ``"stopping"`` or ``"stopped"``.
+    :param pid: the worker's process id (None where the node has no local process).
+    :param calls: invocations it has been given.
+    """
+
+    id: str
+    function: str
+    state: ContainerState
+    node: str
+    pinned: bool
+    pid: int | None
+    calls: int
+
+
+@attrs.define(eq=False)
+class StatsRecorder:
+    name: str
+    invocations: int = 0
+    cold_starts: int = 0
+    warm_starts: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    out_of_memory: int = 0
+    throttles: int = 0
+    containers_started: int = 0
+    latencies: collections.deque[float] = attrs.Factory(lambda: collections.deque(maxlen=SAMPLES_KEPT))
+    init_times: collections.deque[float] = attrs.Factory(lambda: collections.deque(maxlen=SAMPLES_KEPT))
+    completed: int = 0
+
+    def snapshot(self, containers: Mapping[str, int]) -> FunctionStats:
+        return FunctionStats(
+            name=self.name,
+            invocations=self.invocations,
+            cold_starts=self.cold_starts,
+            warm_starts=self.warm_starts,
+            errors=self.errors,
+            timeouts=self.timeouts,
+            crashes=self.crashes,
+            out_of_memory=self.out_of_memory,
+            throttles=self.throttles,
+            containers_started=self.containers_started,
+            containers=dict(containers),
+            latency=Summary.of(self.latencies, count=self.completed),
+            init_time=Summary.of(self.init_times, count=self.containers_started),
+        )

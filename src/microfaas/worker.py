@@ -1,0 +1,298 @@
+"""The container process: load the function, run its init once, then serve calls.
+
+A container talks to the platform over one socket of its own (``protocol.py``
+frames); its stdout and stderr are the user's and are flushed after every call.
+It is started either by a zygote's ``fork`` (``serve`` is called in the child
+with the function bundle already in memory) or as a fresh interpreter
+(``python -m microfaas.worker --fd N``, the bundle arrives in a ``load`` frame).
+
+Handlers run inline when ``concurrency == 1``; with more, sync handlers run on a
+thread pool and async handlers as tasks on an event loop in a helper thread, and
+replies are written under a lock.
+
+This module imports only ``protocol``, ``events`` and ``errors`` from microfaas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import inspect
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import cloudpickle
+
+from . import events, protocol
+
+__all__ = ["Bundle", "serve"]
+
+
+@attrs.frozen(kw_only=True)
+class Bundle:
+    """What a container needs to know of its function; cloudpickled by the platform."""
+
+    name: str
+    fn: Callable[..., Any]
+    init: Callable[[], Any] | None
+    memory_mb: int
+    concurrency: int
+
+
+class Channel:
+    """Blocking frame I/O on the container's socket; sends are serialised by a lock."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._send_lock = threading.Lock()
+        self._header = bytearray(protocol.HEADER.size)
+
+    def send(self, meta: tuple[object, ...], blob: bytes | bytearray | memoryview = b"") -> None:
+        buffers = protocol.encode(meta, blob)
+        with self._send_lock:
+            _sendmsg_all(self.sock, buffers)
+
+    def recv(self) -> tuple[tuple[object, ...], bytearray] | None:
+        """The next frame, or None when the platform closed the channel."""
+        if not _recv_exactly(self.sock, memoryview(self._header)):
+            return None
+        body_len, version, meta_len = protocol.HEADER.unpack(self._header)
+        protocol.check_header(version, body_len, meta_len)
+        meta_buf = bytearray(meta_len)
+        blob = bytearray(body_len - 5 - meta_len)
+        if not (_recv_exactly(self.sock, memoryview(meta_buf)) and _recv_exactly(self.sock, memoryview(blob))):
+            return None
+        return protocol.decode_meta(meta_buf), blob
+
+
+def _sendmsg_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview]) -> None:
+    views = [memoryview(b).cast("B") for b in buffers]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
+def _recv_exactly(sock: socket.socket, view: memoryview) -> bool:
+    while view:
+        n = sock.recv_into(view)
+        if n == 0:
+            return False
+        view = view[n:]
+    return True
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str]:
+    kind = type(exc)
+    return (
+        f"{kind.__module__}.{kind.__qualname__}",
+        str(exc),
+        "".join(traceback.format_exception(exc)),
+    )
+
+
+def _flush_user_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class Container:
+    """Serves calls for one function over one channel."""
+
+    def __init__(self, channel: Channel, bundle: Bundle, container_id: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.channel = channel
+        self.bundle = bundle
+        self.container_id = container_id
+        self.is_async = inspect.iscoroutinefunction(bundle.fn)
+        self.loop = loop
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if bundle.concurrency > 1:
+            if self.is_async:
+                assert loop is not None
+                threading.Thread(target=loop.run_forever, name="microfaas-loop", daemon=True).start()
+            else:
+                self.pool = concurrent.futures.ThreadPoolExecutor(bundle.concurrency, thread_name_prefix="microfaas-call")
+
+    def serve_forever(self) -> None:
+        while (frame := self.channel.recv()) is not None:
+            meta, blob = frame
+            if meta[0] != "call":
+                raise protocol.ProtocolError(f"container {self.container_id} got unexpected message {meta[0]!r}")
+            _, invocation_id, attempt, deadline, cold = meta
+            ctx = events.Context(
+                invocation_id=str(invocation_id),
+                function_name=self.bundle.name,
+                attempt=int(attempt),  # type: ignore[call-overload]
+                cold_start=bool(cold),
+                deadline=deadline,  # type: ignore[arg-type]
+                memory_mb=self.bundle.memory_mb,
+                container_id=self.container_id,
+            )
+            if self.bundle.concurrency == 1:
+                self._run(ctx, blob)
+            elif self.is_async:
+                assert self.loop is not None
+                asyncio.run_coroutine_threadsafe(self._run_async(ctx, blob), self.loop)
+            else:
+                assert self.pool is not None
+                self.pool.submit(self._run, ctx, blob)
+
+    def _unpack(self, ctx: events.Context, blob: bytearray) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        try:
+            args, kwargs = cloudpickle.loads(blob)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is the payload's fault
+            self.channel.send(("bad_payload", ctx.invocation_id, f"the arguments could not be unpickled in the container: {exc!r}"))
+            return None
+        return args, kwargs
+
+    def _run(self, ctx: events.Context, blob: bytearray) -> None:
+        unpacked = self._unpack(ctx, blob)
+        if unpacked is None:
+            return
+        token = events.set_context(ctx)
+        try:
+            if self.is_async:
+                assert self.loop is not None
+                result = self.loop.run_until_complete(self.bundle.fn(*unpacked[0], **unpacked[1]))
+            else:
+                result = self.bundle.fn(*unpacked[0], **unpacked[1])
+        except Exception as exc:  # noqa: BLE001 - the handler's error goes back to the caller
+            self._reply_error(ctx, exc)
+        else:
+            self._reply(ctx, result)
+        finally:
+            events.reset_context(token)
+            _flush_user_output()
+
+    async def _run_async(self, ctx: events.Context, blob: bytearray) -> None:
+        unpacked = self._unpack(ctx, blob)
+        if unpacked is None:
+            return
+        token = events.set_context(ctx)
+        try:
+            result = await self.bundle.fn(*unpacked[0], **unpacked[1])
+        except Exception as exc:  # noqa: BLE001
+            self._reply_error(ctx, exc)
+        else:
+            self._reply(ctx, result)
+        finally:
+            events.reset_context(token)
+            _flush_user_output()
+
+    def _reply(self, ctx: events.Context, result: object) -> None:
+        try:
+            payload = cloudpickle.dumps(result)
+        except Exception as exc:  # noqa: BLE001
+            self.channel.send(
+                ("bad_payload", ctx.invocation_id, f"the result of type {type(result).__qualname__} could not be pickled: {exc!r}")
+            )
+            return
+        self.channel.send(("result", ctx.invocation_id), payload)
+
+    def _reply_error(self, ctx: events.Context, exc: BaseException) -> None:
+        self.channel.send(("error", ctx.invocation_id, *_describe(exc)))
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so no worker is orphaned."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def prepare_process() -> None:
+    """Signals for a container or zygote: the platform alone decides when they stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminate)
+    _set_parent_death_signal()
+
+
+def adopt_environment(sys_path: list[str], cwd: str) -> None:
+    """Take the platform's import path and working directory, so its modules import here."""
+    sys.path[:] = sys_path
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass
+
+
+def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray | None = None) -> None:
+    """Run a container on ``sock`` until the platform closes it.
+
+    :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``load`` frame.
+    """
+    started = time.perf_counter()
+    channel = Channel(sock)
+    if bundle_blob is None:
+        frame = channel.recv()
+        if frame is None:
+            return
+        meta, bundle_blob = frame
+        if meta[0] != "load":
+            raise protocol.ProtocolError(f"container {container_id} expected a load frame, got {meta[0]!r}")
+        _, sys_path, cwd = meta
+        adopt_environment(sys_path, cwd)  # type: ignore[arg-type]
+    try:
+        bundle: Bundle = cloudpickle.loads(bundle_blob)
+    except BaseException as exc:  # noqa: BLE001 - report, whatever it was
+        channel.send(("start_failed", "load", *_describe(exc)))
+        return
+    loaded = time.perf_counter()
+    loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(bundle.fn) else None
+    if bundle.init is not None:
+        try:
+            result = bundle.init()
+            if inspect.isawaitable(result):
+                loop = loop or asyncio.new_event_loop()
+                loop.run_until_complete(result)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001
+            _flush_user_output()
+            channel.send(("start_failed", "init", *_describe(exc)))
+            return
+    initialised = time.perf_counter()
+    channel.send(("ready", os.getpid(), loaded - started, initialised - loaded))
+    Container(channel, bundle, container_id, loop).serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m microfaas.worker", description="A microfaas container (spawn start method).")
+    parser.add_argument("--fd", type=int, required=True, help="file descriptor of the container's socket")
+    parser.add_argument("--container-id", required=True)
+    args = parser.parse_args(argv)
+    prepare_process()
+    sock = socket.socket(fileno=args.fd)
+    try:
+        serve(sock, args.container_id)
+    finally:
+        _flush_user_output()
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()
