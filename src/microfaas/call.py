@@ -35,7 +35,8 @@ class Call(Generic[R]):
         self._done = anyio.Event()
         self._value: R | None = None
         self._error: BaseException | None = None
-        self._scope: anyio.CancelScope | None = None
+        # Entered by the platform's task; cancelling it first makes the task end at once.
+        self._scope = anyio.CancelScope()
 
     def __repr__(self) -> str:
         return f"<Call {self.id} of {self.function_name}: {self.status}>"
@@ -59,7 +60,7 @@ class Call(Generic[R]):
 
     def cancel(self) -> None:
         """Stop waiting for a container, or abandon the running invocation."""
-        if self._scope is not None and not self.done():
+        if not self.done():
             self._scope.cancel()
 
     # -- for the platform ----------------------------------------------------------------

@@ -51,7 +51,7 @@ from .pool import BadPayload, Died, LocalContainer, LocalNode, LocalNodes, NodeS
 from .resources import AcquireNode, ReleaseNode
 from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
 from .stats import ContainerInfo, FunctionStats, StatsRecorder
-from .worker import Bundle
+from .worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
     from .app import App, FunctionSpec
@@ -136,10 +136,12 @@ class Platform:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool | None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         await self._stop()
         self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
+        # The body's own exception propagates as it is, not wrapped in a group; only a
+        # failure of the platform's own tasks (a bug) surfaces from the task group.
+        await self._tg.__aexit__(None, None, None)
 
     async def _start(self) -> None:
         self._sched = Scheduler(self.nodes_config.resource_manager(), keep_alive=self._keep_alive, queue_limit=self._queue_limit)
@@ -384,8 +386,7 @@ class Platform:
 
     async def _run_call(self, call: Call[Any], blob: bytes, max_retries: int) -> None:
         spec = self._specs[call.function_name]
-        with anyio.CancelScope() as scope:
-            call._scope = scope
+        with call._scope:
             try:
                 for attempt in itertools.count(1):
                     call.attempts = attempt
@@ -581,9 +582,10 @@ class Platform:
         blob = self._bundles.get(name)
         if blob is None:
             spec = self._specs[name]
-            bundle = Bundle(name=name, fn=spec.fn, init=spec.init, memory_mb=spec.memory_mb, concurrency=spec.concurrency)
             modules = {getattr(f, "__module__", None) for f in (spec.fn, spec.init) if f is not None}
             by_value = [sys.modules[m] for m in modules if m and m in sys.modules and (m in self._by_value or not _importable(m))]
+            fn = spec.fn if getattr(spec.fn, "__module__", None) in {m.__name__ for m in by_value} else _reference(spec.fn)
+            bundle = Bundle(name=name, fn=fn, init=spec.init, memory_mb=spec.memory_mb, concurrency=spec.concurrency)
             blob = self._bundles[name] = _dumps_by_value(bundle, by_value, name)
         return blob
 
@@ -611,6 +613,19 @@ def _importable(module_name: str) -> bool:
     if top == module_name and spec.origin and getattr(module, "__file__", None):
         return os.path.realpath(spec.origin) == os.path.realpath(module.__file__)  # type: ignore[arg-type]
     return True
+
+
+def _reference(fn: Callable[..., Any]) -> Callable[..., Any] | FunctionRef:
+    """Ship ``fn`` by name when its module attribute is the handle that wraps it."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or "<" in qualname or module not in sys.modules:
+        return fn
+    obj: Any = sys.modules[module]
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if obj is not None and obj is not fn and getattr(obj, "__wrapped__", None) is fn:
+        return FunctionRef(module, qualname)
+    return fn
 
 
 def _dumps_by_value(obj: object, modules: list[Any], name: str) -> bytes:

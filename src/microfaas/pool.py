@@ -421,7 +421,7 @@ class LocalNode:
         parent, child = socket.socketpair()
         try:
             self._zygote = await anyio.open_process(
-                [sys.executable, "-m", "microfaas.zygote", "--fd", str(child.fileno())],
+                [sys.executable, "-c", "from microfaas.zygote import main; main()", "--fd", str(child.fileno())],
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=None,
@@ -455,7 +455,15 @@ class LocalNode:
                 pid, process = await self._fork(container_id, bundle_blob, child), None
             else:
                 process = await anyio.open_process(
-                    [sys.executable, "-m", "microfaas.worker", "--fd", str(child.fileno()), "--container-id", container_id],
+                    [
+                        sys.executable,
+                        "-c",
+                        "from microfaas.worker import main; main()",
+                        "--fd",
+                        str(child.fileno()),
+                        "--container-id",
+                        container_id,
+                    ],
                     pass_fds=[child.fileno()],
                     stdin=subprocess.DEVNULL,
                     stdout=None,

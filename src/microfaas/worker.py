@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import importlib
 import inspect
 import os
 import signal
@@ -34,7 +35,26 @@ import cloudpickle
 
 from . import events, protocol
 
-__all__ = ["Bundle", "serve"]
+__all__ = ["Bundle", "FunctionRef", "serve"]
+
+
+@attrs.frozen
+class FunctionRef:
+    """A function found by import: ``module.qualname``, unwrapped once through ``__wrapped__``.
+
+    ``@app.function`` replaces the module attribute with a handle, which would make
+    cloudpickle copy the function by value (and its globals with it); shipping the
+    name instead keeps module state shared, as a plain import would.
+    """
+
+    module: str
+    qualname: str
+
+    def resolve(self) -> Callable[..., Any]:
+        obj: Any = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            obj = getattr(obj, part)
+        return getattr(obj, "__wrapped__", obj)  # type: ignore[no-any-return]
 
 
 @attrs.frozen(kw_only=True)
@@ -42,7 +62,7 @@ class Bundle:
     """What a container needs to know of its function; cloudpickled by the platform."""
 
     name: str
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | FunctionRef
     init: Callable[[], Any] | None
     memory_mb: int
     concurrency: int
@@ -260,6 +280,8 @@ def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray
         adopt_environment(sys_path, cwd)  # type: ignore[arg-type]
     try:
         bundle: Bundle = cloudpickle.loads(bundle_blob)
+        if isinstance(bundle.fn, FunctionRef):
+            bundle = attrs.evolve(bundle, fn=bundle.fn.resolve())
     except BaseException as exc:  # noqa: BLE001 - report, whatever it was
         channel.send(("start_failed", "load", *_describe(exc)))
         return

@@ -1,0 +1,46 @@
+"""Shared fixtures: the anyio backend, and a check that no test leaves a process behind."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _children() -> list[psutil.Process]:
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture(autouse=True)
+def no_stray_processes():
+    """Every test must stop every process it started (containers, zygotes, workers)."""
+    before = {p.pid for p in _children()}
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        stray = [p for p in _children() if p.pid not in before]
+        if not stray or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not stray, f"processes left behind: {[(p.pid, p.cmdline()) for p in stray]}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
