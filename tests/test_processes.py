@@ -71,23 +71,22 @@ async def test_no_process_outlives_cancellation_with_calls_in_flight():
     started: set[int] = set()
     outcomes: list[BaseException] = []
     with anyio.move_on_after(1.0):
-        async with app.run() as faas:
-            async with anyio.create_task_group() as tg:
+        async with app.run() as faas, anyio.create_task_group() as tg:
 
-                async def call() -> None:
-                    try:
-                        await busy.invoke(30)
-                    except BaseException as exc:
-                        outcomes.append(exc)
-                        raise
+            async def call() -> None:
+                try:
+                    await busy.invoke(30)
+                except BaseException as exc:
+                    outcomes.append(exc)
+                    raise
 
-                for _ in range(3):
-                    tg.start_soon(call)
-                with anyio.fail_after(10):
-                    while len(faas.containers("busy")) < 3 or any(c.state != "busy" for c in faas.containers("busy")):
-                        await anyio.sleep(0.01)
-                started = _descendants()
-                await anyio.sleep(30)
+            for _ in range(3):
+                tg.start_soon(call)
+            with anyio.fail_after(10):
+                while len(faas.containers("busy")) < 3 or any(c.state != "busy" for c in faas.containers("busy")):
+                    await anyio.sleep(0.01)
+            started = _descendants()
+            await anyio.sleep(30)
     assert len(started) >= 4
     assert await _wait_gone(started) == set()
 

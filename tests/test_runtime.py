@@ -10,6 +10,7 @@ import threading
 import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import microfaas as mf
@@ -43,7 +44,7 @@ def whoami() -> dict[str, object]:
 
 @app.function
 async def async_add(a: int, b: int) -> int:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return a + b
 
 
