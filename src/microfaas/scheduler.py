@@ -256,9 +256,11 @@ class Scheduler:
     def cancel(self, request_id: str, *, now: float) -> list[Action]:
         """The caller gave up on a request that may still be waiting."""
         function = self._waiting_function.pop(request_id, None)
-        if function is not None:
-            self._functions[function].waiting.remove(request_id)
-        return []
+        if function is None:
+            return []
+        self._functions[function].waiting.remove(request_id)
+        # A start queued for room may no longer be needed; drop it so it holds up no one.
+        return self._drain_capacity_queue(now) if self._capacity_queue else []
 
     def container_started(self, container_id: str, *, now: float) -> list[Action]:
         rec = self._containers.get(container_id)
@@ -276,23 +278,17 @@ class Scheduler:
             fn.available[rec.id] = None
         if rec.busy == 0:
             self._went_idle(rec, now)
+            # An idle container can be evicted: a start queued for room may go now.
+            if self._capacity_queue:
+                actions += self._drain_capacity_queue(now)
         return actions
 
     def container_start_failed(self, container_id: str, *, now: float) -> list[Action]:
         rec = self._containers.get(container_id)
         if rec is None or rec.state is not ContainerState.STARTING:
             return self.container_exited(container_id, now=now)
-        fn = self._functions[rec.function]
         self._forget(rec, now)
-        fn.start_failures += 1
-        actions: list[Action] = []
-        if fn.waiting:
-            actions.append(FailRequest(request_id=self._pop_waiting(fn), reason="start_failed", container_id=rec.id))
-        if rec.pinned:
-            fn.pinned_retry_at = now + min(PINNED_RETRY_MAX, PINNED_RETRY_INITIAL * 2 ** (fn.start_failures - 1))
-        actions += self._provision(fn, now)
-        actions += self._drain_capacity_queue(now)
-        return actions
+        return self._after_start_failed(rec, now) + self._drain_capacity_queue(now)
 
     def call_finished(self, container_id: str, *, now: float) -> list[Action]:
         """A call in ``container_id`` finished (with a result or a handler error)."""
@@ -303,7 +299,11 @@ class Scheduler:
         rec.busy -= 1
         rec.last_used = now
         if fn.waiting:
-            return [self._dispatch(fn, rec, self._pop_waiting(fn), cold=False, now=now)]
+            actions: list[Action] = [self._dispatch(fn, rec, self._pop_waiting(fn), cold=False, now=now)]
+            # One fewer request waits: a start queued for room may no longer be needed.
+            if self._capacity_queue:
+                actions += self._drain_capacity_queue(now)
+            return actions
         fn.available.pop(rec.id, None)
         fn.available[rec.id] = None  # most recently used goes last
         if rec.busy == 0:
@@ -319,14 +319,10 @@ class Scheduler:
         rec = self._containers.get(container_id)
         if rec is None:
             return []
-        fn = self._functions[rec.function]
         if rec.state is ContainerState.STARTING:
             return self.container_start_failed(container_id, now=now)
         self._forget(rec, now)
-        actions = self._replenish_pinned(fn, now) if rec.pinned else []
-        actions += self._provision(fn, now)
-        actions += self._drain_capacity_queue(now)
-        return actions
+        return self._after_exit(rec, now) + self._drain_capacity_queue(now)
 
     def node_acquired(self, node_id: str, *, now: float) -> list[Action]:
         if node_id not in self.resources.nodes:
@@ -341,11 +337,20 @@ class Scheduler:
 
     def node_failed(self, node_id: str, *, now: float) -> list[Action]:
         """A node could not be acquired, or was lost with its containers."""
-        actions: list[Action] = []
-        for rec in [c for c in self._containers.values() if c.node_id == node_id]:
-            actions += self.container_exited(rec.id, now=now)
+        # Forget the node and all its containers before reacting to their loss, so
+        # that no replacement (a pin, a start for a waiting request, a queued start)
+        # is placed on the lost node and no eviction picks one of its containers.
         self.resources.node_lost(node_id)
-        return actions
+        lost = [c for c in self._containers.values() if c.node_id == node_id]
+        was_starting = {c.id for c in lost if c.state is ContainerState.STARTING}
+        for rec in lost:
+            self._forget(rec, now)
+        for rec in [c for c in self._stopping.values() if c.node_id == node_id]:
+            del self._stopping[rec.id]  # gone with the node; no exit will be reported
+        actions: list[Action] = []
+        for rec in lost:
+            actions += self._after_start_failed(rec, now) if rec.id in was_starting else self._after_exit(rec, now)
+        return actions + self._drain_capacity_queue(now)
 
     def tick(self, *, now: float) -> list[Action]:
         """Time passed: stop expired idle containers, release empty nodes, retry pins."""
@@ -394,11 +399,33 @@ class Scheduler:
             fn.queued_starts = 0
             fn.pinned_retry_at = None
         for rec in list(self._containers.values()):
-            actions.append(self._stop(rec, "shutdown", now))
+            if rec.awaiting_node:
+                self._forget(rec, now)  # never started: no process to stop, no exit will be reported
+            else:
+                actions.append(self._stop(rec, "shutdown", now))
         actions += self.resources.release_all()
         return actions
 
     # -- internals ----------------------------------------------------------------------
+
+    def _after_start_failed(self, rec: ContainerRecord, now: float) -> list[Action]:
+        """A forgotten container never came up: fail one waiting request, back off a pin."""
+        fn = self._functions[rec.function]
+        fn.start_failures += 1
+        actions: list[Action] = []
+        if fn.waiting:
+            actions.append(FailRequest(request_id=self._pop_waiting(fn), reason="start_failed", container_id=rec.id))
+        if rec.pinned:
+            fn.pinned_retry_at = now + min(PINNED_RETRY_MAX, PINNED_RETRY_INITIAL * 2 ** (fn.start_failures - 1))
+        actions += self._provision(fn, now)
+        return actions
+
+    def _after_exit(self, rec: ContainerRecord, now: float) -> list[Action]:
+        """A forgotten container died after starting: replace a pin, cover waiting requests."""
+        fn = self._functions[rec.function]
+        actions = self._replenish_pinned(fn, now) if rec.pinned else []
+        actions += self._provision(fn, now)
+        return actions
 
     def _dispatch(self, fn: _Function, rec: ContainerRecord, request_id: str, *, cold: bool, now: float) -> RunOn:
         rec.busy += 1
