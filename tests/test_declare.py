@@ -113,6 +113,7 @@ def test_retries_record_validates_and_computes_delays():
         mf.Retries(backoff=0.5)
     with pytest.raises(ValueError, match="max_retries"):
         mf.Retries(max_retries=-1)
+    assert mf.Retries(2) == mf.Retries(max_retries=2)
 
 
 def test_app_name_is_validated():
@@ -124,6 +125,7 @@ def test_app_name_is_validated():
     ("kwargs", "field"),
     [
         ({"max_nodes": 0}, "max_nodes"),
+        ({"max_nodes": None}, "max_nodes"),
         ({"node_memory_mb": 0}, "node_memory_mb"),
         ({"acquire_delay": -1}, "acquire_delay"),
         ({"release_after": -1}, "release_after"),
@@ -147,6 +149,17 @@ def test_local_runs_in_this_process_with_a_context():
     assert who.local() == ("who", 64, False)
     with pytest.raises(RuntimeError, match="outside an invocation"):
         mf.context()
+
+
+@pytest.mark.anyio
+async def test_local_async_handler_sees_its_context():
+    app = mf.App("declare")
+
+    @app.function
+    async def who() -> str:
+        return mf.context().function_name
+
+    assert await who.local() == "who"
 
 
 @pytest.mark.anyio

@@ -113,7 +113,7 @@ async def test_timeout_kills_the_container_and_the_next_call_is_healthy():
 
 async def test_memory_over_the_limit_kills_the_container():
     async with app.run() as faas:
-        with pytest.raises(mf.OutOfMemory, match=r"over memory_mb=64"):
+        with pytest.raises(mf.OutOfMemory, match=r"used \d+ MB, over memory_mb=64"):
             await hog.invoke(200)
         assert faas.stats("hog").out_of_memory == 1
         assert await healthy.invoke() > 0
@@ -144,6 +144,22 @@ async def test_init_error_is_a_cold_start_failure_carrying_the_remote_error():
         assert "_bad_init" in (info.value.remote_traceback or "")
         assert faas.containers("never_ready") == []
         assert await healthy.invoke() > 0
+
+
+async def test_a_container_that_is_never_ready_is_a_cold_start_failure(monkeypatch):
+    import microfaas.platform
+
+    monkeypatch.setattr(microfaas.platform, "MIN_START_TIMEOUT", 0.5)
+    local_app = mf.App("slow_init")
+
+    @local_app.function(init=lambda: time.sleep(30), timeout=0.2)
+    def stuck() -> None:
+        pass
+
+    async with local_app.run() as faas:
+        with pytest.raises(mf.ColdStartFailed, match=r"not ready within 0.5s"):
+            await stuck.invoke()
+        assert faas.containers("stuck") == []
 
 
 async def test_unpicklable_argument_costs_no_container():

@@ -70,7 +70,7 @@ def _seconds(*, positive: bool, optional: bool) -> Callable[[Any, attrs.Attribut
     return check
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class Retries:
     """How a spawned call or an event is retried after a failure.
 
@@ -214,8 +214,8 @@ class FunctionHandle(Generic[P, R]):
         """Invoke once per item (zipping several iterables, like ``map``); yield results in input order.
 
         :param return_exceptions: yield a failed item's error instead of raising it.
-        :param max_in_flight: invocations running at once (default: enough to fill
-            ``max_containers * concurrency``, at most 1000).
+        :param max_in_flight: invocations running at once (default:
+            ``(max_containers or 32) * concurrency``).
         """
         return self.app._running().map(self.name, *iterables, return_exceptions=return_exceptions, max_in_flight=max_in_flight)
 
@@ -224,7 +224,18 @@ class FunctionHandle(Generic[P, R]):
 
         ``mf.context()`` works inside; an ``async def`` handler returns its coroutine.
         """
-        token = set_context(Context(invocation_id="local", function_name=self.name, memory_mb=self.spec.memory_mb))
+        ctx = Context(invocation_id="local", function_name=self.name, memory_mb=self.spec.memory_mb)
+        if self.spec.is_async:
+
+            async def run_with_context() -> Any:
+                token = set_context(ctx)
+                try:
+                    return await self.spec.fn(*args, **kwargs)
+                finally:
+                    reset_context(token)
+
+            return run_with_context()  # type: ignore[return-value]
+        token = set_context(ctx)
         try:
             return self.spec.fn(*args, **kwargs)  # type: ignore[no-any-return]
         finally:

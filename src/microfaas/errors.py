@@ -106,7 +106,7 @@ class FunctionTimeout(InvocationError):
 
 
 class OutOfMemory(InvocationError):
-    """The container's resident memory went over ``memory_mb``; it was killed."""
+    """The container's private memory (USS) went over ``memory_mb``; it was killed."""
 
 
 class ContainerCrashed(InvocationError):

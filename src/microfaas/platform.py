@@ -61,6 +61,9 @@ __all__ = ["Platform"]
 # How often the memory of running containers is sampled (Lambda reports max memory
 # per invocation; we enforce the limit at this resolution).
 MEMORY_POLL_INTERVAL: Final = 0.05
+# A container must be ready (loaded, init run) within max(this, the function's timeout);
+# Lambda gives its init phase 10 s.
+MIN_START_TIMEOUT: Final = 10.0
 # Errors after which a spawned call is retried (as Lambda retries async invocations).
 RETRYABLE: Final = (FunctionError, FunctionTimeout, OutOfMemory, ContainerCrashed, ColdStartFailed, Throttled)
 
@@ -109,7 +112,6 @@ class Platform:
         self._start_errors: dict[str, BaseException] = {}
         self._pending_starts: dict[str, anyio.Event] = {}
         self._pending_nodes: dict[str, anyio.Event] = {}
-        self._oom_usage: dict[str, float] = {}
         self._timer_target = math.inf
         self._timer_kick = anyio.Event()
 
@@ -226,7 +228,8 @@ class Platform:
         """What has happened to function ``name`` so far."""
         self._lookup(name, require_open=False)
         by_state = collections.Counter(str(rec.state) for rec in self._sched.containers(name))
-        return self._stats[name].snapshot({str(state): by_state.get(str(state), 0) for state in ContainerState})
+        live_states = [state for state in ContainerState if state is not ContainerState.STOPPED]
+        return self._stats[name].snapshot({str(state): by_state.get(str(state), 0) for state in live_states})
 
     def containers(self, name: str | None = None) -> list[ContainerInfo]:
         """The live containers of function ``name`` (or of every function)."""
@@ -297,6 +300,7 @@ class Platform:
         timeout = self._specs[name].timeout
         deadline = time.time() + timeout if timeout is not None else None
         coords = {"function_name": name, "invocation_id": invocation_id, "container_id": container.id, "node_id": container.node_id}
+        expires = self._clock() + timeout if timeout is not None else math.inf
         if timeout is None:
             outcome = await container.call(invocation_id, attempt, deadline, run.cold_start, blob)
         else:
@@ -305,7 +309,7 @@ class Platform:
                     outcome = await container.call(invocation_id, attempt, deadline, run.cold_start, blob)
             except anyio.get_cancelled_exc_class():
                 # The caller gave up; the container keeps running it, under the same deadline.
-                self._tg.start_soon(self._enforce_deadline, container, invocation_id, self._clock() + timeout)
+                self._tg.start_soon(self._enforce_deadline, container, invocation_id, expires)
                 raise
             if scope.cancelled_caught:
                 container.kill("timeout")
@@ -334,7 +338,7 @@ class Platform:
     def _death_error(self, name: str, invocation_id: str, container: LocalContainer, death: Died, coords: dict[str, Any]) -> FaaSError:
         where = f"{name}: container {container.id} on node {container.node_id}"
         if death.kill_reason == "oom":
-            used = self._oom_usage.get(container.id)
+            used = container.memory_at_kill_mb
             used_text = f"{used:.0f} MB" if used is not None else "more"
             limit = self._specs[name].memory_mb
             return OutOfMemory(
@@ -467,7 +471,14 @@ class Platform:
                 node = self._nodes.get(action.node_id)
                 if node is None:
                     raise StartFailed(f"node {action.node_id} is gone", stage="node")
-                container = await node.start_container(container_id, self._bundle(action.function))
+                start_timeout = max(MIN_START_TIMEOUT, self._specs[action.function].timeout or 0.0)
+                try:
+                    with anyio.fail_after(start_timeout):
+                        container = await node.start_container(container_id, self._bundle(action.function))
+                except TimeoutError:
+                    raise StartFailed(
+                        f"the container was not ready within {start_timeout}s (max(10s, timeout)); it was killed", stage="init"
+                    ) from None
             except (StartFailed, SerializationError, OSError) as exc:
                 self._start_errors[container_id] = exc
                 self._apply(self._sched.container_start_failed(container_id, now=self._clock()))
@@ -503,7 +514,6 @@ class Platform:
 
     def _container_exited(self, container: LocalContainer) -> None:
         self._containers.pop(container.id, None)
-        self._oom_usage.pop(container.id, None)
         node = self._nodes.get(container.node_id)
         if node is not None:
             node.container_gone(container)
@@ -555,7 +565,7 @@ class Platform:
                 used = container.memory_used_mb()
                 spec = self._specs[self._sched.container(container.id).function]  # type: ignore[union-attr]
                 if used is not None and used > spec.memory_mb:
-                    self._oom_usage[container.id] = used
+                    container.memory_at_kill_mb = used
                     container.kill("oom")
 
     # -- helpers -----------------------------------------------------------------------------

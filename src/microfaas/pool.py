@@ -120,6 +120,11 @@ def _machine_memory_mb() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
 
 
+def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"LocalNodes: {attribute.name} must be a positive int, got {value!r}")
+
+
 def _positive_or_none(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"LocalNodes: {attribute.name} must be a positive int or None, got {value!r}")
@@ -148,7 +153,7 @@ class LocalNodes:
     :param min_nodes: nodes held from the start and never released for emptiness.
     """
 
-    max_nodes: int = attrs.field(default=1, validator=_positive_or_none)
+    max_nodes: int = attrs.field(default=1, validator=_positive)
     node_memory_mb: int | None = attrs.field(default=None, validator=_positive_or_none)
     node_cpus: int | None = attrs.field(default=None, validator=_positive_or_none)
     acquire_delay: float = attrs.field(default=0.0, validator=_non_negative)
@@ -193,6 +198,7 @@ class LocalContainer:
         self.returncode: int | None = None
         self.exited = anyio.Event()
         self.kill_reason: str | None = None
+        self.memory_at_kill_mb: float | None = None
         self.on_exit: Callable[[LocalContainer], None] | None = None
         self.on_reply: Callable[[LocalContainer], None] | None = None
         self._sock = sock

@@ -46,7 +46,8 @@ class FunctionStats:
     """What happened to one function since the platform started.
 
     ``cold_starts`` counts invocations that waited for their container to start;
-    ``warm_starts`` those served by a container that was already up.
+    ``warm_starts`` those served by a container that was already up. ``init_time``
+    summarises whole cold starts (process start, code load and ``init``).
     """
 
     name: str

@@ -56,7 +56,10 @@ class Zygote:
             self._kill_children()
 
     def _read_control(self) -> bool:
-        data, fds, _, _ = socket.recv_fds(self.ctrl, 1 << 20, 64)
+        try:
+            data, fds, _, _ = socket.recv_fds(self.ctrl, 1 << 20, 64)
+        except (ConnectionResetError, BrokenPipeError):
+            return False  # the platform is gone: stop as on end-of-file
         self.fds.extend(fds)
         if not data:
             return False
@@ -72,7 +75,10 @@ class Zygote:
         return True
 
     def _send(self, meta: tuple[object, ...]) -> None:
-        self.ctrl.sendmsg(protocol.encode(meta))
+        try:
+            self.ctrl.sendmsg(protocol.encode(meta))
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the platform is gone; run() sees end-of-file next
 
     def _setup(self, sys_path: list[str], cwd: str, modules: list[str]) -> None:
         worker.adopt_environment(sys_path, cwd)
@@ -91,9 +97,12 @@ class Zygote:
     def _fork(self, container_id: str, bundle_blob: bytes) -> None:
         fd = self.fds.popleft()
         zygote_pid = os.getpid()
+        # Hold SIGTERM until the child has its own handlers in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
             self._become_container(fd, container_id, bundle_blob, zygote_pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(fd)
         self.children.add(pid)
         self._send(("forked", container_id, pid))
@@ -109,6 +118,7 @@ class Zygote:
             for other in self.fds:
                 os.close(other)
             worker.prepare_process()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             if os.getppid() != zygote_pid:  # the zygote died before the death signal was set
                 os._exit(1)
             worker.serve(socket.socket(fileno=fd), container_id, bundle_blob)
@@ -141,10 +151,7 @@ class Zygote:
             if pid == 0:
                 return
             self.children.discard(pid)
-            try:
-                self._send(("exited", pid, os.waitstatus_to_exitcode(status)))
-            except OSError:
-                pass  # the platform is gone; keep reaping
+            self._send(("exited", pid, os.waitstatus_to_exitcode(status)))
 
     def _kill_children(self) -> None:
         for pid in self.children:

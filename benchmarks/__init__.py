@@ -1,0 +1,1 @@
+"""microfaas benchmarks: `python -m benchmarks [--quick] [--json PATH]`."""
