@@ -135,6 +135,8 @@ async def test_first_call_is_cold_then_warm_on_the_same_container():
         assert info.node == "n-1"
         assert info.calls == 2
         assert not info.pinned
+        assert info.start_s is not None and info.load_s is not None and info.init_s is not None
+        assert 0 <= info.load_s + info.init_s <= info.start_s
 
 
 async def test_init_runs_once_per_container():

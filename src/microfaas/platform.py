@@ -247,6 +247,9 @@ class Platform:
                     pinned=rec.pinned,
                     pid=container.pid if container is not None else None,
                     calls=rec.calls,
+                    start_s=container.start_s if container is not None else None,
+                    load_s=container.load_s if container is not None else None,
+                    init_s=container.init_s if container is not None else None,
                 )
             )
         return infos
@@ -488,7 +491,8 @@ class Platform:
             self._containers[container_id] = container
             stats = self._stats[action.function]
             stats.containers_started += 1
-            stats.init_times.append(self._clock() - started)
+            container.start_s = self._clock() - started
+            stats.init_times.append(container.start_s)
             self._tg.start_soon(container.serve_replies)
             record = self._sched.container(container_id)
             if record is None or record.state is not ContainerState.STARTING:

@@ -193,6 +193,7 @@ class LocalContainer:
         self.id = container_id
         self.node_id = node_id
         self.pid = pid
+        self.start_s = 0.0
         self.load_s = 0.0
         self.init_s = 0.0
         self.returncode: int | None = None

@@ -72,6 +72,9 @@ class ContainerInfo:
     :param state: ``"starting"``, ``"idle"``, ``"busy"``, ``"stopping"`` or ``"stopped"``.
     :param pid: the worker's process id (None where the node has no local process).
     :param calls: invocations it has been given.
+    :param start_s: its whole cold start, from the start request to ready (None while starting).
+    :param load_s: of which loading the function in the container.
+    :param init_s: of which running the function's ``init``.
     """
 
     id: str
@@ -81,6 +84,9 @@ class ContainerInfo:
     pinned: bool
     pid: int | None
     calls: int
+    start_s: float | None = None
+    load_s: float | None = None
+    init_s: float | None = None
 
 
 @attrs.define(eq=False)
