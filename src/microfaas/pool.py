@@ -2,7 +2,7 @@
 
 A ``LocalNode`` creates and destroys containers. With ``start_method="fork"`` it
 keeps a zygote (``zygote.py``) and each cold start is one fork of it; with
-``"spawn"`` each container is a fresh interpreter (``python -m microfaas.worker``).
+``"spawn"`` each container is a fresh interpreter running ``microfaas.worker.main``.
 Either way a container is a process with a socket of its own to the platform,
 wrapped here as a ``LocalContainer`` that multiplexes calls over it.
 
@@ -366,18 +366,7 @@ class LocalContainer:
             await self._write_done.wait()
         self._writing = True
         try:
-            views = [memoryview(b).cast("B") for b in buffers]
-            while views:
-                try:
-                    sent = self._sock.sendmsg(views)
-                except BlockingIOError:
-                    await anyio.wait_writable(self._sock)
-                    continue
-                while views and sent >= len(views[0]):
-                    sent -= len(views[0])
-                    views.pop(0)
-                if views and sent:
-                    views[0] = views[0][sent:]
+            await _send_all(self._sock, buffers)
         finally:
             self._writing = False
             if self._write_done is not None:
@@ -427,15 +416,7 @@ class LocalNode:
             return
         parent, child = socket.socketpair()
         try:
-            self._zygote = await anyio.open_process(
-                [sys.executable, "-c", "from microfaas.zygote import main; main()", "--fd", str(child.fileno())],
-                pass_fds=[child.fileno()],
-                stdin=subprocess.DEVNULL,
-                stdout=None,
-                stderr=None,
-                cwd=self.setup.cwd,
-                env=_child_env(self.setup),
-            )
+            self._zygote = await self._python("from microfaas.zygote import main; main()", child.fileno())
         finally:
             child.close()
         self.zygote_pid = self._zygote.pid
@@ -461,23 +442,7 @@ class LocalNode:
             if self.start_method == "fork":
                 pid, process = await self._fork(container_id, bundle_blob, child), None
             else:
-                process = await anyio.open_process(
-                    [
-                        sys.executable,
-                        "-c",
-                        "from microfaas.worker import main; main()",
-                        "--fd",
-                        str(child.fileno()),
-                        "--container-id",
-                        container_id,
-                    ],
-                    pass_fds=[child.fileno()],
-                    stdin=subprocess.DEVNULL,
-                    stdout=None,
-                    stderr=None,
-                    cwd=self.setup.cwd,
-                    env=_child_env(self.setup),
-                )
+                process = await self._python("from microfaas.worker import main; main()", child.fileno(), "--container-id", container_id)
                 pid = process.pid
         except BaseException:
             parent.close()
@@ -503,6 +468,20 @@ class LocalNode:
                 self._forget(container)
             raise
         return container
+
+    async def _python(self, code: str, fd: int, *args: str) -> anyio.abc.Process:
+        """A fresh interpreter running ``code`` with socket ``fd``; its stdout and stderr are ours."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in self.setup.sys_path if p)
+        return await anyio.open_process(
+            [sys.executable, "-c", code, "--fd", str(fd), *args],
+            pass_fds=[fd],
+            stdin=subprocess.DEVNULL,
+            stdout=None,
+            stderr=None,
+            cwd=self.setup.cwd,
+            env=env,
+        )
 
     def _forget(self, container: LocalContainer) -> None:
         self._containers.pop(container.id, None)
@@ -548,19 +527,7 @@ class LocalNode:
         assert self._ctrl is not None
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))] if fd is not None else []
         async with self._ctrl_lock:
-            views = [memoryview(b).cast("B") for b in buffers]
-            while views:
-                try:
-                    sent = self._ctrl.sendmsg(views, ancillary)
-                except BlockingIOError:
-                    await anyio.wait_writable(self._ctrl)
-                    continue
-                ancillary = []  # the fd rides on the first byte sent
-                while views and sent >= len(views[0]):
-                    sent -= len(views[0])
-                    views.pop(0)
-                if views and sent:
-                    views[0] = views[0][sent:]
+            await _send_all(self._ctrl, buffers, ancillary)
 
     async def _serve_zygote(self) -> None:
         assert self._ctrl is not None
@@ -634,10 +601,25 @@ class _ForkReply:
             self.event.set()
 
 
-def _child_env(setup: NodeSetup) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in setup.sys_path if p)
-    return env
+async def _send_all(
+    sock: socket.socket,
+    buffers: list[bytes | bytearray | memoryview],
+    ancillary: list[tuple[int, int, array.array[int]]] | None = None,
+) -> None:
+    """Write every buffer to a non-blocking socket; ``ancillary`` rides on the first byte."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    while views:
+        try:
+            sent = sock.sendmsg(views, ancillary or [])
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            continue
+        ancillary = None
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
 
 
 async def _stop_process(process: anyio.abc.Process) -> None:

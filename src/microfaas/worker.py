@@ -4,7 +4,8 @@ A container talks to the platform over one socket of its own (``protocol.py``
 frames); its stdout and stderr are the user's and are flushed after every call.
 It is started either by a zygote's ``fork`` (``serve`` is called in the child
 with the function bundle already in memory) or as a fresh interpreter
-(``python -m microfaas.worker --fd N``, the bundle arrives in a ``load`` frame).
+(``python -c 'from microfaas.worker import main; main()' --fd N``; the bundle
+arrives in a ``load`` frame).
 
 Handlers run inline when ``concurrency == 1``; with more, sync handlers run on a
 thread pool and async handlers as tasks on an event loop in a helper thread, and
@@ -303,7 +304,7 @@ def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m microfaas.worker", description="A microfaas container (spawn start method).")
+    parser = argparse.ArgumentParser(prog="microfaas-worker", description="A microfaas container (spawn start method).")
     parser.add_argument("--fd", type=int, required=True, help="file descriptor of the container's socket")
     parser.add_argument("--container-id", required=True)
     args = parser.parse_args(argv)

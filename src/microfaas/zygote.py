@@ -1,6 +1,6 @@
 """The zygote: a warm process on each local node that forks one container per cold start.
 
-The platform starts it as a fresh interpreter (``python -m microfaas.zygote --fd N``),
+The platform starts it as a fresh interpreter (``microfaas.zygote.main`` with ``--fd N``),
 never by forking the event-loop process. It imports microfaas and cloudpickle,
 takes the platform's ``sys.path`` and working directory, pre-imports the modules
 that define the app's functions (so a container does not import them again), then
@@ -168,7 +168,7 @@ class Zygote:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m microfaas.zygote", description="A microfaas node's zygote.")
+    parser = argparse.ArgumentParser(prog="microfaas-zygote", description="A microfaas node's zygote.")
     parser.add_argument("--fd", type=int, required=True, help="file descriptor of the control socket")
     args = parser.parse_args(argv)
     worker.prepare_process()
