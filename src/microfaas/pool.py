@@ -275,7 +275,10 @@ class LocalContainer:
 
     async def handshake(self) -> None:
         """Read the container's first frame: ready, or why it could not start."""
-        frame = await self._read_frame()
+        try:
+            frame = await self._read_frame()
+        except protocol.ProtocolError as exc:
+            raise StartFailed(f"the container spoke garbage before it was ready: {exc}", stage="process") from exc
         if frame is None:
             await self._await_exit()
             raise StartFailed(f"the container process {describe_exit(self.returncode)} before it was ready", stage="process")
@@ -292,7 +295,7 @@ class LocalContainer:
                 remote_message=str(remote_message),
                 remote_traceback=str(remote_traceback),
             )
-        raise protocol.ProtocolError(f"container {self.id} sent {meta[0]!r} before it was ready")
+        raise StartFailed(f"the container sent {meta[0]!r} before it was ready", stage="process")
 
     async def serve_replies(self) -> None:
         """Resolve pending calls from the container's replies until its channel closes."""

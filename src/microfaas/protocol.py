@@ -60,7 +60,10 @@ def encode(meta: tuple[object, ...], blob: bytes | bytearray | memoryview = b"")
 
 
 def decode_meta(data: bytes | memoryview) -> tuple[object, ...]:
-    meta = pickle.loads(data)
+    try:
+        meta = pickle.loads(data)
+    except Exception as exc:
+        raise ProtocolError(f"frame meta does not unpickle: {exc!r}") from exc
     if not isinstance(meta, tuple) or not meta:
         raise ProtocolError(f"frame meta is not a non-empty tuple: {meta!r}")
     return meta
