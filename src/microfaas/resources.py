@@ -155,7 +155,7 @@ class ResourceManager:
         for node in sorted(self._empty_ready_nodes(), key=lambda n: n.empty_since or 0.0):
             if spare <= 0:
                 break
-            if node.empty_since is not None and now - node.empty_since >= self.release_after:
+            if node.empty_since is not None and now >= node.empty_since + self.release_after:
                 del self.nodes[node.id]
                 releases.append(ReleaseNode(node_id=node.id))
                 spare -= 1
