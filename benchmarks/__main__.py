@@ -26,6 +26,7 @@ import anyio
 import anyio.to_process
 
 import microfaas as mf
+from benchmarks import core_decisions
 from benchmarks.peers import noop
 
 app = mf.App("bench")
@@ -107,12 +108,14 @@ async def main(quick: bool) -> dict[str, object]:
     results["warm_round_trip"] = await warm_round_trip(rounds=5 if quick else 20, per_round=400 if quick else 500)
     results["cold_start_fork"] = await cold_start("fork", 30 if quick else 200)
     results["cold_start_spawn"] = await cold_start("spawn", 5 if quick else 20)
+    results["core_decisions"] = core_decisions.measure(quick)
     warm = results["warm_round_trip"]
     assert isinstance(warm, dict)
     ratios = {
         "warm_p50_vs_anyio": warm["microfaas"]["p50_us"] / warm["anyio_to_process"]["p50_us"],
         "warm_p50_vs_floor": warm["microfaas"]["p50_us"] / warm["socketpair_floor"]["p50_us"],
         "cold_start_fork_ms": results["cold_start_fork"]["p50_ms"],  # type: ignore[index]
+        "core_decisions_per_s": results["core_decisions"]["decisions_per_s"],  # type: ignore[index]
     }
     return {
         "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
