@@ -23,7 +23,7 @@ import pytest
 import microfaas
 
 PACKAGE_DIR = Path(microfaas.__file__).resolve().parent
-CORE = ("keepalive", "resources", "scheduler")
+CORE = ("actions", "keepalive", "resources", "scheduler", "usage")
 FORBIDDEN = frozenset({"anyio", "asyncio", "time", "os", "subprocess", "threading", "socket", "selectors", "signal"})
 ALLOWED_THIRD_PARTY = frozenset({"attrs"})
 
@@ -126,7 +126,7 @@ _PROBE = textwrap.dedent(
 
     builtins.__import__ = recording_import
     try:
-        import microfaas.scheduler, microfaas.resources, microfaas.keepalive
+        import microfaas.scheduler, microfaas.resources, microfaas.keepalive, microfaas.actions, microfaas.usage
     finally:
         builtins.__import__ = real_import
 

@@ -697,3 +697,35 @@ def test_scheduler_rejects_a_negative_queue_limit() -> None:
 def test_keep_alive_rejects_a_negative_ttl() -> None:
     with pytest.raises(ValueError, match="FixedKeepAlive: ttl must be >= 0 seconds"):
         FixedKeepAlive(-1)
+
+
+# -- usage accounting ----------------------------------------------------------------------
+
+
+def test_usage_counts_container_seconds_by_state_and_idle_memory() -> None:
+    sched = make(FunctionProfile(name="f", memory_mb=100, idle_timeout=10.0))
+    assert sched.request("r1", "f", now=0.0) == [AcquireNode(node_id="n-1")]
+    assert sched.node_acquired("n-1", now=0.5) == [start("c-1", "f")]
+    assert sched.container_started("c-1", now=1.0) == [run("r1", "c-1", cold=True)]
+    assert sched.call_finished("c-1", now=3.0) == []
+    half_way = sched.usage_at("f", now=8.0)
+    assert half_way.container_seconds == {"starting": 1.0, "idle": 5.0, "busy": 2.0, "stopping": 0.0}
+    assert half_way.idle_memory_mb_s == 500.0
+    assert sched.tick(now=13.0) == [StopContainer(container_id="c-1", reason="idle")]
+    assert sched.container_exited("c-1", now=13.5) == []
+    done = sched.usage_at("f", now=100.0)
+    assert done.container_seconds == {"starting": 1.0, "idle": 10.0, "busy": 2.0, "stopping": 0.5}
+    assert done.idle_memory_mb_s == 1000.0
+    assert sched.usage_at(now=100.0) == done
+
+
+def test_node_seconds_count_from_the_acquisition_request_to_the_release() -> None:
+    sched = make(FunctionProfile(name="f", memory_mb=100, idle_timeout=1.0), release_after=5.0)
+    sched.request("r1", "f", now=10.0)
+    sched.node_acquired("n-1", now=12.0)
+    sched.container_started("c-1", now=12.0)
+    sched.call_finished("c-1", now=13.0)
+    assert sched.resources.node_seconds(now=13.0) == 3.0
+    assert sched.tick(now=14.0) == [StopContainer(container_id="c-1", reason="idle")]
+    assert sched.tick(now=19.0) == [ReleaseNode(node_id="n-1")]
+    assert sched.resources.node_seconds(now=50.0) == 9.0

@@ -50,7 +50,7 @@ from .keepalive import KeepAlivePolicy
 from .pool import BadPayload, Died, LocalContainer, LocalNode, LocalNodes, NodeSetup, Raised, Returned, StartFailed, describe_exit
 from .resources import AcquireNode, ReleaseNode
 from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
-from .stats import ContainerInfo, FunctionStats, StatsRecorder
+from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
 from .worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
@@ -229,7 +229,19 @@ class Platform:
         self._lookup(name, require_open=False)
         by_state = collections.Counter(str(rec.state) for rec in self._sched.containers(name))
         live_states = [state for state in ContainerState if state is not ContainerState.STOPPED]
-        return self._stats[name].snapshot({str(state): by_state.get(str(state), 0) for state in live_states})
+        usage = self._sched.usage_at(name, now=self._clock())
+        return self._stats[name].snapshot({str(state): by_state.get(str(state), 0) for state in live_states}, usage)
+
+    def usage(self) -> PlatformUsage:
+        """Nodes, node-seconds, container-seconds by state and idle MB·s so far."""
+        now = self._clock()
+        usage = self._sched.usage_at(now=now)
+        return PlatformUsage(
+            nodes=len(self._sched.resources.nodes),
+            node_seconds=self._sched.resources.node_seconds(now=now),
+            container_seconds=usage.container_seconds,
+            idle_memory_mb_s=usage.idle_memory_mb_s,
+        )
 
     def containers(self, name: str | None = None) -> list[ContainerInfo]:
         """The live containers of function ``name`` (or of every function)."""
@@ -256,6 +268,19 @@ class Platform:
 
     def function_names(self) -> list[str]:
         return list(self._specs)
+
+    async def serve_http(self, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+        """Serve this platform over HTTP on uvicorn until cancelled (extra ``http``).
+
+        Serves the functions' ``mf.Http`` routes and ``/healthz``; with
+        ``invoke_api=True`` also ``/v1/functions`` (see ``microfaas.http.make_asgi_app``
+        for the options: invoke_api, expose, token, debug, max_body, uvicorn_options).
+        Under ``port = await task_group.start(faas.serve_http, host, 0)`` the bound
+        port is reported once the server accepts connections.
+        """
+        from .http import serve
+
+        await serve(self, host, port, **options)
 
     # -- one invocation --------------------------------------------------------------------
 

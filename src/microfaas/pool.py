@@ -343,7 +343,7 @@ class LocalContainer:
     def _close_channel(self) -> None:
         if not self._closed:
             self._closed = True
-            self._sock.close()
+            _close(self._sock)
 
     async def _read_frame(self) -> tuple[tuple[object, ...], bytes] | None:
         decoder = self._decoder
@@ -353,7 +353,8 @@ class LocalContainer:
             try:
                 data = self._sock.recv(_READ_SIZE)
             except BlockingIOError:
-                await anyio.wait_readable(self._sock)
+                if not await _readable(self._sock):
+                    return None
                 continue
             except OSError:
                 return None
@@ -511,7 +512,7 @@ class LocalNode:
             for container in containers:
                 container._close_channel()
             if self._ctrl is not None:
-                self._ctrl.close()
+                _close(self._ctrl)
             if self._zygote is not None:
                 await _stop_process(self._zygote)
 
@@ -541,7 +542,8 @@ class LocalNode:
                 try:
                     data = ctrl.recv(_READ_SIZE)
                 except BlockingIOError:
-                    await anyio.wait_readable(ctrl)
+                    if not await _readable(ctrl):
+                        break
                     continue
                 except OSError:
                     break
@@ -604,6 +606,22 @@ class _ForkReply:
             self.event.set()
 
 
+async def _readable(sock: socket.socket) -> bool:
+    """Wait until ``sock`` is readable; False when it was closed meanwhile."""
+    try:
+        await anyio.wait_readable(sock)
+    except anyio.ClosedResourceError:
+        return False
+    return True
+
+
+def _close(sock: socket.socket) -> None:
+    """Close a socket that a task may be waiting on: wake that task first (its fd may be reused)."""
+    if sock.fileno() != -1:
+        anyio.notify_closing(sock)
+    sock.close()
+
+
 async def _send_all(
     sock: socket.socket,
     buffers: list[bytes | bytearray | memoryview],
@@ -615,7 +633,10 @@ async def _send_all(
         try:
             sent = sock.sendmsg(views, ancillary or [])
         except BlockingIOError:
-            await anyio.wait_writable(sock)
+            try:
+                await anyio.wait_writable(sock)
+            except anyio.ClosedResourceError:
+                raise BrokenPipeError(f"socket {sock!r} was closed while writing") from None
             continue
         ancillary = None
         while views and sent >= len(views[0]):

@@ -58,6 +58,7 @@ class NodeRecord:
     # When the node last became empty (or was acquired empty); None while it holds containers.
     empty_since: float | None = None
     acquired_at: float | None = None
+    held_since: float = 0.0  # when it was asked for: a VM costs from its boot
 
     @property
     def free_mb(self) -> int:
@@ -88,6 +89,7 @@ class ResourceManager:
         self.release_after = release_after
         self.nodes: dict[str, NodeRecord] = {}
         self._next_id = 1
+        self._released_node_seconds = 0.0
 
     # -- questions -------------------------------------------------------------------
 
@@ -115,7 +117,9 @@ class ResourceManager:
             raise RuntimeError(f"cannot acquire a node: already holding max_nodes={self.max_nodes}")
         node_id = f"{_NODE_PREFIX}{self._next_id}"
         self._next_id += 1
-        self.nodes[node_id] = NodeRecord(id=node_id, capacity_mb=self.node_memory_mb, state=NodeState.ACQUIRING, empty_since=now)
+        self.nodes[node_id] = NodeRecord(
+            id=node_id, capacity_mb=self.node_memory_mb, state=NodeState.ACQUIRING, empty_since=now, held_since=now
+        )
         return AcquireNode(node_id=node_id)
 
     def node_acquired(self, node_id: str, *, now: float) -> None:
@@ -125,9 +129,11 @@ class ResourceManager:
         if node.containers == 0:
             node.empty_since = now
 
-    def node_lost(self, node_id: str) -> None:
+    def node_lost(self, node_id: str, *, now: float) -> None:
         """The node failed to come up or vanished; forget it (its containers are gone too)."""
-        self.nodes.pop(node_id, None)
+        node = self.nodes.pop(node_id, None)
+        if node is not None:
+            self._released_node_seconds += now - node.held_since
 
     def reserve(self, node_id: str, memory_mb: int) -> None:
         node = self.nodes[node_id]
@@ -157,14 +163,20 @@ class ResourceManager:
                 break
             if node.empty_since is not None and now >= node.empty_since + self.release_after:
                 del self.nodes[node.id]
+                self._released_node_seconds += now - node.held_since
                 releases.append(ReleaseNode(node_id=node.id))
                 spare -= 1
         return releases
 
-    def release_all(self) -> list[ReleaseNode]:
+    def release_all(self, *, now: float) -> list[ReleaseNode]:
         releases = [ReleaseNode(node_id=node_id) for node_id in self.nodes]
+        self._released_node_seconds += sum(now - node.held_since for node in self.nodes.values())
         self.nodes.clear()
         return releases
+
+    def node_seconds(self, *, now: float) -> float:
+        """Node-seconds held so far (what the VMs cost), counting from each acquisition request."""
+        return self._released_node_seconds + sum(now - node.held_since for node in self.nodes.values())
 
     def next_wake(self) -> float | None:
         if len(self.nodes) <= self.min_nodes:

@@ -43,15 +43,16 @@ never stopped for idleness.
 from __future__ import annotations
 
 import collections
-import enum
 import heapq
 import math
 from typing import Final
 
 import attrs
 
+from .actions import Action, ContainerRecord, ContainerState, FailRequest, FunctionProfile, RunOn, StartContainer, StopContainer
 from .keepalive import FixedKeepAlive, KeepAlivePolicy
-from .resources import AcquireNode, ReleaseNode, ResourceManager
+from .resources import ResourceManager
+from .usage import Usage, UsageMeter
 
 __all__ = [
     "Action",
@@ -69,77 +70,6 @@ __all__ = [
 # doubling per consecutive failure up to the maximum.
 PINNED_RETRY_INITIAL: Final = 0.5
 PINNED_RETRY_MAX: Final = 30.0
-
-
-class ContainerState(enum.StrEnum):
-    """Where a container is in its life (see docs/lifecycle.md)."""
-
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-@attrs.frozen(kw_only=True)
-class FunctionProfile:
-    """What the scheduler needs to know of a function."""
-
-    name: str
-    memory_mb: int
-    concurrency: int = 1
-    min_containers: int = 0
-    max_containers: int | None = None
-    idle_timeout: float | None = None
-
-
-@attrs.frozen(kw_only=True, slots=True)
-class StartContainer:
-    container_id: str
-    function: str
-    node_id: str
-    pinned: bool = False
-
-
-@attrs.frozen(kw_only=True, slots=True)
-class StopContainer:
-    container_id: str
-    reason: str  # "idle" | "evicted" | "shutdown"
-
-
-@attrs.frozen(kw_only=True, slots=True)
-class RunOn:
-    request_id: str
-    container_id: str
-    cold_start: bool
-
-
-@attrs.frozen(kw_only=True, slots=True)
-class FailRequest:
-    request_id: str
-    reason: str  # "throttled" | "start_failed" | "closed"
-    container_id: str | None = None
-
-
-Action = StartContainer | StopContainer | RunOn | FailRequest | AcquireNode | ReleaseNode
-
-
-@attrs.define(eq=False, kw_only=True, slots=True)
-class ContainerRecord:
-    """The core's bookkeeping for one container."""
-
-    id: str
-    function: str
-    node_id: str
-    memory_mb: int
-    concurrency: int
-    pinned: bool
-    state: ContainerState = ContainerState.STARTING
-    busy: int = 0  # slots in use; invariant: 0 <= busy <= concurrency
-    calls: int = 0
-    last_used: float = 0.0
-    expires_at: float = math.inf  # meaningful only while IDLE and unpinned
-    awaiting_node: bool = False  # reserved on a node that is still being acquired
 
 
 @attrs.define(eq=False)
@@ -195,6 +125,7 @@ class Scheduler:
         self._capacity_queue: collections.deque[str] = collections.deque()
         self._expiry: list[tuple[float, str]] = []  # (expires_at, container id), lazily pruned
         self._next_container = 1
+        self.usage = UsageMeter()
 
     # -- registration and queries -----------------------------------------------------
 
@@ -221,6 +152,10 @@ class Scheduler:
 
     def live(self, function: str) -> int:
         return len(self._functions[function].containers)
+
+    def usage_at(self, function: str | None = None, *, now: float) -> Usage:
+        """Container-seconds by state and idle MB·s so far, for one function or all."""
+        return self.usage.snapshot(function, self.containers(function), now=now)
 
     def waiting(self, function: str | None = None) -> int:
         if function is None:
@@ -269,7 +204,7 @@ class Scheduler:
         fn = self._functions[rec.function]
         fn.starting_slots -= rec.concurrency
         fn.start_failures = 0
-        rec.state = ContainerState.IDLE
+        self.usage.record(rec, ContainerState.IDLE, now)
         rec.last_used = now
         actions: list[Action] = []
         while fn.waiting and rec.busy < rec.concurrency:
@@ -314,7 +249,9 @@ class Scheduler:
 
     def container_exited(self, container_id: str, *, now: float) -> list[Action]:
         """The container's process is gone: stopped by us, crashed, or killed."""
-        if self._stopping.pop(container_id, None) is not None:
+        stopped = self._stopping.pop(container_id, None)
+        if stopped is not None:
+            self.usage.record(stopped, ContainerState.STOPPED, now)
             return []
         rec = self._containers.get(container_id)
         if rec is None:
@@ -340,7 +277,7 @@ class Scheduler:
         # Forget the node and all its containers before reacting to their loss, so
         # that no replacement (a pin, a start for a waiting request, a queued start)
         # is placed on the lost node and no eviction picks one of its containers.
-        self.resources.node_lost(node_id)
+        self.resources.node_lost(node_id, now=now)
         lost = [c for c in self._containers.values() if c.node_id == node_id]
         was_starting = {c.id for c in lost if c.state is ContainerState.STARTING}
         for rec in lost:
@@ -403,7 +340,7 @@ class Scheduler:
                 self._forget(rec, now)  # never started: no process to stop, no exit will be reported
             else:
                 actions.append(self._stop(rec, "shutdown", now))
-        actions += self.resources.release_all()
+        actions += self.resources.release_all(now=now)
         return actions
 
     # -- internals ----------------------------------------------------------------------
@@ -431,7 +368,8 @@ class Scheduler:
         rec.busy += 1
         rec.calls += 1
         rec.last_used = now
-        rec.state = ContainerState.BUSY
+        if rec.state is not ContainerState.BUSY:
+            self.usage.record(rec, ContainerState.BUSY, now)
         if rec.busy >= rec.concurrency:
             fn.available.pop(rec.id, None)
         return RunOn(request_id=request_id, container_id=rec.id, cold_start=cold)
@@ -442,7 +380,7 @@ class Scheduler:
         return request_id
 
     def _went_idle(self, rec: ContainerRecord, now: float) -> None:
-        rec.state = ContainerState.IDLE
+        self.usage.record(rec, ContainerState.IDLE, now)
         if rec.pinned:
             return
         profile = self._functions[rec.function].profile
@@ -521,6 +459,7 @@ class Scheduler:
             concurrency=fn.profile.concurrency,
             pinned=pinned,
             last_used=now,
+            state_since=now,
             awaiting_node=not self.resources.is_ready(node_id),
         )
         fn.containers[container_id] = rec
@@ -546,12 +485,11 @@ class Scheduler:
         return []
 
     def _stop(self, rec: ContainerRecord, reason: str, now: float) -> StopContainer:
-        self._forget(rec, now)
-        rec.state = ContainerState.STOPPING
+        self._forget(rec, now, ContainerState.STOPPING)
         self._stopping[rec.id] = rec
         return StopContainer(container_id=rec.id, reason=reason)
 
-    def _forget(self, rec: ContainerRecord, now: float) -> None:
+    def _forget(self, rec: ContainerRecord, now: float, state: ContainerState = ContainerState.STOPPED) -> None:
         """Take a container out of service and give back its room."""
         fn = self._functions[rec.function]
         del self._containers[rec.id]
@@ -559,5 +497,5 @@ class Scheduler:
         fn.available.pop(rec.id, None)
         if rec.state is ContainerState.STARTING:
             fn.starting_slots -= rec.concurrency
-        rec.state = ContainerState.STOPPED
+        self.usage.record(rec, state, now)
         self.resources.free(rec.node_id, rec.memory_mb, now=now)

@@ -12,9 +12,10 @@ from typing import Final
 
 import attrs
 
-from .scheduler import ContainerState
+from .actions import ContainerState
+from .usage import Usage
 
-__all__ = ["ContainerInfo", "FunctionStats", "StatsRecorder", "Summary"]
+__all__ = ["ContainerInfo", "FunctionStats", "PlatformUsage", "StatsRecorder", "Summary"]
 
 # Latency and init-time summaries are over the most recent samples only.
 SAMPLES_KEPT: Final = 10_000
@@ -63,6 +64,24 @@ class FunctionStats:
     containers: Mapping[str, int]
     latency: Summary
     init_time: Summary
+    container_seconds: Mapping[str, float] = attrs.field(factory=dict)
+    idle_memory_mb_s: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class PlatformUsage:
+    """What the platform has held so far: the resource cost side of the trade-off.
+
+    :param nodes: nodes held now.
+    :param node_seconds: node-seconds held (a node counts from its acquisition request).
+    :param container_seconds: container-seconds by state, all functions.
+    :param idle_memory_mb_s: memory kept warm while idle, in MB·s.
+    """
+
+    nodes: int
+    node_seconds: float
+    container_seconds: Mapping[str, float]
+    idle_memory_mb_s: float
 
 
 @attrs.frozen(kw_only=True)
@@ -105,7 +124,7 @@ class StatsRecorder:
     init_times: collections.deque[float] = attrs.Factory(lambda: collections.deque(maxlen=SAMPLES_KEPT))
     completed: int = 0
 
-    def snapshot(self, containers: Mapping[str, int]) -> FunctionStats:
+    def snapshot(self, containers: Mapping[str, int], usage: Usage) -> FunctionStats:
         return FunctionStats(
             name=self.name,
             invocations=self.invocations,
@@ -120,4 +139,6 @@ class StatsRecorder:
             containers=dict(containers),
             latency=Summary.of(self.latencies, count=self.completed),
             init_time=Summary.of(self.init_times, count=self.containers_started),
+            container_seconds=usage.container_seconds,
+            idle_memory_mb_s=usage.idle_memory_mb_s,
         )
