@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from microfaas.keepalive import FixedKeepAlive, NeverUnload
+from microfaas.keepalive import FixedKeepAlive, KeepAlivePolicy, NeverUnload
 from microfaas.resources import AcquireNode, ReleaseNode, ResourceManager
 from microfaas.scheduler import (
     PINNED_RETRY_INITIAL,
@@ -729,3 +729,52 @@ def test_node_seconds_count_from_the_acquisition_request_to_the_release() -> Non
     assert sched.tick(now=14.0) == [StopContainer(container_id="c-1", reason="idle")]
     assert sched.tick(now=19.0) == [ReleaseNode(node_id="n-1")]
     assert sched.resources.node_seconds(now=50.0) == 9.0
+
+
+# -- pre-warming ---------------------------------------------------------------------------
+
+
+class PrewarmAfterFive(KeepAlivePolicy):
+    """Unload at once after a call, pre-warm 5 s later, keep the pre-warmed container 3 s."""
+
+    def __init__(self) -> None:
+        self.prewarm_pending: set[str] = set()
+
+    def observe_arrival(self, function: str, *, now: float) -> None:
+        self.prewarm_pending.discard(function)
+
+    def ttl_for(self, function: str, *, now: float) -> float:
+        return 3.0 if function in self.prewarm_pending else 0.0
+
+    def prewarm_delay(self, function: str, *, now: float) -> float | None:
+        if function in self.prewarm_pending:
+            return None
+        self.prewarm_pending.add(function)
+        return 5.0
+
+
+def test_a_policy_can_unload_at_once_and_prewarm_before_the_next_call() -> None:
+    sched = booted(FunctionProfile(name="f", memory_mb=100, idle_timeout=None), keep_alive=PrewarmAfterFive())
+    assert sched.request("r1", "f", now=0.0) == [start("c-1", "f")]
+    assert sched.container_started("c-1", now=1.0) == [run("r1", "c-1", cold=True)]
+    assert sched.call_finished("c-1", now=2.0) == []
+    assert sched.next_wake() == 2.0
+    assert sched.tick(now=2.0) == [StopContainer(container_id="c-1", reason="idle")]
+    sched.container_exited("c-1", now=2.1)
+    assert sched.next_wake() == 7.0
+    assert sched.tick(now=7.0) == [start("c-2", "f")]
+    assert sched.container_started("c-2", now=7.5) == []
+    assert sched.next_wake() == 10.5  # the pre-warmed container is kept 3 s
+    assert sched.request("r2", "f", now=9.0) == [run("r2", "c-2", cold=False)]
+
+
+def test_no_prewarm_when_a_container_is_already_up() -> None:
+    policy = PrewarmAfterFive()
+    sched = booted(FunctionProfile(name="f", memory_mb=100, idle_timeout=None), keep_alive=policy)
+    sched.request("r1", "f", now=0.0)
+    sched.container_started("c-1", now=0.0)
+    sched.call_finished("c-1", now=1.0)
+    sched.tick(now=1.0)
+    sched.container_exited("c-1", now=1.0)
+    sched.request("r2", "f", now=3.0)  # arrives before the pre-warm: a cold start of its own
+    assert sched.tick(now=6.0) == []

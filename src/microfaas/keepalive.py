@@ -17,23 +17,33 @@ that learning policies can adapt. They do no I/O and read no clock: time is the
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
 
 import attrs
 
 __all__ = ["FixedKeepAlive", "KeepAlivePolicy", "NeverUnload"]
 
 
-@runtime_checkable
-class KeepAlivePolicy(Protocol):
-    """What the scheduler asks of a keep-alive policy."""
+class KeepAlivePolicy:
+    """Base of keep-alive policies: how long idle containers are kept, and when to pre-warm.
+
+    Override ``ttl_for``; override ``observe_arrival`` to learn from arrivals and
+    ``prewarm_delay`` to ask for a container to be started ahead of the next call
+    (the hybrid policy of "Serverless in the Wild" unloads at once and pre-warms
+    just before the predicted next invocation).
+    """
 
     def observe_arrival(self, function: str, *, now: float) -> None:
         """An invocation of ``function`` arrived at ``now``."""
+        return None
 
     def ttl_for(self, function: str, *, now: float) -> float:
         """Seconds to keep an idle container of ``function`` that went idle at ``now``."""
-        ...
+        raise NotImplementedError
+
+    def prewarm_delay(self, function: str, *, now: float) -> float | None:
+        """A container of ``function`` went idle at ``now``: start one this many seconds
+        later if none is up by then (None: do not pre-warm)."""
+        return None
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -42,24 +52,18 @@ def _non_negative(instance: object, attribute: attrs.Attribute[float], value: fl
 
 
 @attrs.frozen
-class FixedKeepAlive:
+class FixedKeepAlive(KeepAlivePolicy):
     """Keep idle containers for ``ttl`` seconds (default 600, ten minutes)."""
 
     ttl: float = attrs.field(default=600.0, converter=float, validator=_non_negative)
-
-    def observe_arrival(self, function: str, *, now: float) -> None:
-        return None
 
     def ttl_for(self, function: str, *, now: float) -> float:
         return self.ttl
 
 
 @attrs.frozen
-class NeverUnload:
+class NeverUnload(KeepAlivePolicy):
     """Never stop an idle container for idleness."""
-
-    def observe_arrival(self, function: str, *, now: float) -> None:
-        return None
 
     def ttl_for(self, function: str, *, now: float) -> float:
         return math.inf

@@ -83,6 +83,7 @@ class _Function:
     queued_starts: int = 0  # entries of this function in the shared capacity queue
     start_failures: int = 0
     pinned_retry_at: float | None = None
+    prewarm_at: float | None = None
 
     def can_grow(self) -> bool:
         cap = self.profile.max_containers
@@ -124,6 +125,8 @@ class Scheduler:
         self._waiting_function: dict[str, str] = {}  # request id -> function name
         self._capacity_queue: collections.deque[str] = collections.deque()
         self._expiry: list[tuple[float, str]] = []  # (expires_at, container id), lazily pruned
+        # (time, "pin" | "prewarm", function): pinned retries and pre-warms, lazily pruned.
+        self._timers: list[tuple[float, str, str]] = []
         self._next_container = 1
         self.usage = UsageMeter()
 
@@ -290,7 +293,7 @@ class Scheduler:
         return actions + self._drain_capacity_queue(now)
 
     def tick(self, *, now: float) -> list[Action]:
-        """Time passed: stop expired idle containers, release empty nodes, retry pins."""
+        """Time passed: stop expired idle containers, retry pins, pre-warm, release empty nodes."""
         actions: list[Action] = []
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
@@ -298,10 +301,17 @@ class Scheduler:
             rec = self._containers.get(container_id)
             if rec is not None and rec.state is ContainerState.IDLE and rec.expires_at == expires_at:
                 actions.append(self._stop(rec, "idle", now))
-        for fn in self._functions.values():
-            if fn.pinned_retry_at is not None and fn.pinned_retry_at <= now:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, kind, name = heapq.heappop(timers)
+            fn = self._functions[name]
+            if kind == "pin" and fn.pinned_retry_at == at:
                 fn.pinned_retry_at = None
                 actions += self._replenish_pinned(fn, now)
+            elif kind == "prewarm" and fn.prewarm_at == at:
+                fn.prewarm_at = None
+                if not fn.containers and fn.deficit() <= 0:
+                    actions += self._try_start(fn, pinned=False, now=now) or []
         if actions:
             actions += self._drain_capacity_queue(now)
         actions += self.resources.expire(now=now)
@@ -317,7 +327,14 @@ class Scheduler:
                 break
             heapq.heappop(expiry)
         times = [expiry[0][0]] if expiry else []
-        times += [fn.pinned_retry_at for fn in self._functions.values() if fn.pinned_retry_at is not None]
+        timers = self._timers
+        while timers:
+            at, kind, name = timers[0]
+            fn = self._functions[name]
+            if at == (fn.pinned_retry_at if kind == "pin" else fn.prewarm_at):
+                times.append(at)
+                break
+            heapq.heappop(timers)
         node_wake = self.resources.next_wake()
         if node_wake is not None:
             times.append(node_wake)
@@ -334,7 +351,7 @@ class Scheduler:
         for fn in self._functions.values():
             fn.waiting.clear()
             fn.queued_starts = 0
-            fn.pinned_retry_at = None
+            fn.pinned_retry_at = fn.prewarm_at = None
         for rec in list(self._containers.values()):
             if rec.awaiting_node:
                 self._forget(rec, now)  # never started: no process to stop, no exit will be reported
@@ -353,7 +370,7 @@ class Scheduler:
         if fn.waiting:
             actions.append(FailRequest(request_id=self._pop_waiting(fn), reason="start_failed", container_id=rec.id))
         if rec.pinned:
-            fn.pinned_retry_at = now + min(PINNED_RETRY_MAX, PINNED_RETRY_INITIAL * 2 ** (fn.start_failures - 1))
+            self._retry_pinned(fn, now + min(PINNED_RETRY_MAX, PINNED_RETRY_INITIAL * 2 ** (fn.start_failures - 1)))
         actions += self._provision(fn, now)
         return actions
 
@@ -379,12 +396,23 @@ class Scheduler:
         del self._waiting_function[request_id]
         return request_id
 
+    def _retry_pinned(self, fn: _Function, at: float) -> None:
+        fn.pinned_retry_at = at
+        heapq.heappush(self._timers, (at, "pin", fn.profile.name))
+
     def _went_idle(self, rec: ContainerRecord, now: float) -> None:
         self.usage.record(rec, ContainerState.IDLE, now)
         if rec.pinned:
             return
-        profile = self._functions[rec.function].profile
-        ttl = profile.idle_timeout if profile.idle_timeout is not None else self.keep_alive.ttl_for(rec.function, now=now)
+        fn = self._functions[rec.function]
+        if fn.profile.idle_timeout is not None:
+            ttl = fn.profile.idle_timeout
+        else:
+            ttl = self.keep_alive.ttl_for(rec.function, now=now)
+            delay = self.keep_alive.prewarm_delay(rec.function, now=now)
+            if delay is not None:
+                fn.prewarm_at = now + delay
+                heapq.heappush(self._timers, (fn.prewarm_at, "prewarm", rec.function))
         rec.expires_at = now + ttl
         if rec.expires_at < math.inf:
             heapq.heappush(self._expiry, (rec.expires_at, rec.id))
@@ -427,7 +455,7 @@ class Scheduler:
             started = self._try_start(fn, pinned=True, now=now)
             if started is None:
                 # No room now; look again after a short wait.
-                fn.pinned_retry_at = now + PINNED_RETRY_INITIAL
+                self._retry_pinned(fn, now + PINNED_RETRY_INITIAL)
                 break
             actions += started
         return actions
