@@ -82,6 +82,8 @@ class Retries:
     :param backoff: multiplier per further retry.
     :param max_delay: cap on one delay.
     :param jitter: draw each delay uniformly from ``[0, delay]``.
+    :param max_event_age: seconds after its first attempt past which an event is not
+        retried but dead-lettered (None: no limit; Lambda's MaximumEventAgeInSeconds).
     """
 
     max_retries: int = attrs.field(default=0, validator=_int_at_least(0))
@@ -89,6 +91,7 @@ class Retries:
     backoff: float = attrs.field(default=2.0)
     max_delay: float = attrs.field(default=60.0, validator=_seconds(positive=False, optional=False))
     jitter: bool = True
+    max_event_age: float | None = attrs.field(default=None, validator=_seconds(positive=True, optional=True))
 
     @backoff.validator
     def _check_backoff(self, attribute: attrs.Attribute[float], value: float) -> None:

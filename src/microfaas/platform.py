@@ -22,7 +22,6 @@ import importlib.machinery
 import itertools
 import math
 import os
-import random
 import secrets
 import sys
 import time
@@ -30,9 +29,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.lowlevel
 import cloudpickle
 
-from .call import Call
+from .call import Call, CallStatus
+from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
     CallCancelled,
     ColdStartFailed,
@@ -54,7 +55,7 @@ from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
 from .worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
-    from .app import App, FunctionSpec
+    from .app import App, FunctionSpec, Retries
 
 __all__ = ["Platform"]
 
@@ -93,6 +94,7 @@ class Platform:
         nodes: LocalNodes | None = None,
         keep_alive: KeepAlivePolicy | None = None,
         queue_limit: int | None = 100_000,
+        sources: Iterable[Source] = (),
     ) -> None:
         self.app = app
         self.nodes_config = nodes if nodes is not None else LocalNodes()
@@ -114,6 +116,13 @@ class Platform:
         self._pending_nodes: dict[str, anyio.Event] = {}
         self._timer_target = math.inf
         self._timer_kick = anyio.Event()
+        self._sources: dict[str, Source] = {}
+        for source in sources:
+            if source.key in self._sources:
+                raise ValueError(f"two event sources are both named {source.key!r}")
+            self._sources[source.key] = source
+        self._dead_letters: dict[str, list[DeadLetter]] = collections.defaultdict(list)
+        self._in_flight = InFlight()
 
     def __repr__(self) -> str:
         return f"<microfaas Platform of app {self.app.name!r}: {self._state}>"
@@ -160,6 +169,8 @@ class Platform:
         while self._pending_nodes or self._pending_starts:
             for event in [*self._pending_nodes.values(), *self._pending_starts.values()]:
                 await event.wait()
+        for source in self._sources.values():
+            await self._tg.start(source.run, self)
 
     async def _stop(self) -> None:
         if self._state == "closed":
@@ -193,7 +204,7 @@ class Platform:
         spec = self._lookup(name)
         blob = self._dump_args(name, args, kwargs)
         call: Call[Any] = Call(self._new_id(), name)
-        self._tg.start_soon(self._run_call, call, blob, spec.retries.max_retries)
+        self._tg.start_soon(self._run_call, call, blob, spec.retries)
         return call
 
     async def map(
@@ -214,7 +225,7 @@ class Platform:
         try:
             for args in zip(*iterables, strict=False):
                 call: Call[Any] = Call(self._new_id(), name)
-                self._tg.start_soon(self._run_call, call, self._dump_args(name, args, {}), 0)
+                self._tg.start_soon(self._run_call, call, self._dump_args(name, args, {}), None)
                 window.append(call)
                 if len(window) >= max_in_flight:
                     yield await self._map_result(window.popleft(), return_exceptions)
@@ -268,6 +279,38 @@ class Platform:
 
     def function_names(self) -> list[str]:
         return list(self._specs)
+
+    def dead_letters(self, name: str) -> list[DeadLetter]:
+        """Events for function ``name`` that failed every attempt, oldest first, with their errors."""
+        self._lookup(name, require_open=False)
+        return list(self._dead_letters.get(name, ()))
+
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the API asks for it
+        """Wait until nothing is in flight: spawned calls, topic deliveries, stream records, batch tasks.
+
+        :raises TimeoutError: naming what is still pending after ``timeout`` seconds.
+        """
+        with anyio.move_on_after(timeout) as scope:
+            while True:
+                await self._in_flight.wait_idle()
+                await anyio.lowlevel.checkpoint()
+                if not self._in_flight.count:
+                    return
+        if scope.cancelled_caught:
+            pending = [item for source in self._sources.values() for item in source.pending()]
+            spawned = self._in_flight.count - len(pending)
+            if spawned > 0:
+                pending.append(f"{spawned} spawned call(s)")
+            raise TimeoutError(f"drain timed out after {timeout}s; still pending: {'; '.join(pending) or 'nothing'}")
+
+    def source(self, key: str) -> Source:
+        """The running event source ``key`` (``"topic:orders"``, ``"stream:clicks"``)."""
+        try:
+            return self._sources[key]
+        except KeyError:
+            kind, _, name = key.partition(":")
+            known = ", ".join(sorted(k.partition(":")[2] for k in self._sources if k.startswith(kind + ":"))) or "none"
+            raise UnknownFunction(f"app {self.app.name!r} has no {kind} {name!r}; it has: {known}") from None
 
     async def serve_http(self, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
         """Serve this platform over HTTP on uvicorn until cancelled (extra ``http``).
@@ -416,32 +459,90 @@ class Platform:
         elif isinstance(exc, Throttled):
             stats.throttles += 1
 
-    async def _run_call(self, call: Call[Any], blob: bytes, max_retries: int) -> None:
-        spec = self._specs[call.function_name]
+    async def _run_call(self, call: Call[Any], blob: bytes, retries: Retries | None) -> None:
+        """Run a spawned call: retried and dead-lettered per ``retries`` (None: one attempt, no dead letter)."""
+        first_attempt_at = time.time()
+        self._in_flight.started()
         with call._scope:
             try:
                 for attempt in itertools.count(1):
                     call.attempts = attempt
                     try:
                         value = await self._invoke(call.function_name, blob, call.id, attempt=attempt)
-                    except RETRYABLE as exc:
-                        if attempt > max_retries:
-                            call._fail(exc)
-                            return
-                        delay = spec.retries.delay(attempt)
-                        await anyio.sleep(random.uniform(0, delay) if spec.retries.jitter else delay)
                     except FaaSError as exc:
+                        delay = retry_delay(retries, attempt) if retries is not None else 0.0
+                        retry = retries is not None and isinstance(exc, RETRYABLE)
+                        if retry and self._may_retry(retries, attempt, first_attempt_at, delay):  # type: ignore[arg-type]
+                            await anyio.sleep(delay)
+                            continue
                         call._fail(exc)
-                        return
                     else:
                         call._succeed(value)
-                        return
+                    return
             finally:
                 if not call.done():
                     if self._state == "closed":
                         call._fail(PlatformClosed(f"app {self.app.name!r} stopped before call {call.id} of {call.function_name} finished"))
                     else:
                         call._fail(CallCancelled(f"call {call.id} of {call.function_name} was cancelled"), cancelled=True)
+                if retries is not None and call.status is CallStatus.FAILED and isinstance(call._error, FaaSError):
+                    self.add_dead_letter(
+                        function=call.function_name,
+                        source="spawn",
+                        event=_loads_or_blob(blob),
+                        error=call._error,
+                        attempts=call.attempts,
+                        invocation_id=call.id,
+                        first_attempt_at=first_attempt_at,
+                    )
+                self._in_flight.finished()
+
+    @staticmethod
+    def _may_retry(retries: Retries, attempt: int, first_attempt_at: float, delay: float) -> bool:
+        """Whether another attempt is allowed: retries left, and the event not too old by then."""
+        if attempt > retries.max_retries:
+            return False
+        return retries.max_event_age is None or time.time() + delay - first_attempt_at <= retries.max_event_age
+
+    # -- for event sources ---------------------------------------------------------------------
+
+    def add_dead_letter(
+        self,
+        *,
+        function: str,
+        source: str,
+        event: Any,
+        error: FaaSError,
+        attempts: int,
+        invocation_id: str,
+        first_attempt_at: float,
+    ) -> DeadLetter:
+        """Keep an event that failed every attempt (event sources call this)."""
+        letter = DeadLetter(
+            function=function,
+            source=source,
+            event=event,
+            error=error,
+            attempts=attempts,
+            invocation_id=invocation_id,
+            first_attempt_at=first_attempt_at,
+            failed_at=time.time(),
+        )
+        self._dead_letters[function].append(letter)
+        return letter
+
+    @property
+    def in_flight(self) -> InFlight:
+        """Work accepted and not finished; sources count their events here so ``drain`` sees them."""
+        return self._in_flight
+
+    def new_invocation_id(self) -> str:
+        return self._new_id()
+
+    async def invoke_with_id(self, name: str, invocation_id: str, attempt: int, /, *args: Any, **kwargs: Any) -> Any:
+        """One attempt of an event's invocation (sources keep the id across retries)."""
+        self._lookup(name)
+        return await self._invoke(name, self._dump_args(name, args, kwargs), invocation_id, attempt=attempt)
 
     async def _map_result(self, call: Call[Any], return_exceptions: bool) -> Any:
         try:
@@ -636,6 +737,13 @@ class Platform:
                 if module and _importable(module):
                     modules.add(module)
         return tuple(sorted(modules))
+
+
+def _loads_or_blob(blob: bytes) -> Any:
+    try:
+        return cloudpickle.loads(blob)
+    except Exception:  # noqa: BLE001 - keep the raw payload rather than lose the event
+        return blob
 
 
 def _importable(module_name: str) -> bool:
