@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .app import App, FunctionHandle, FunctionSpec, Retries
 from .call import Call, CallStatus
+from .delivery import DeadLetter
 from .errors import (
     CallCancelled,
     ColdStartFailed,
@@ -31,15 +32,18 @@ from .errors import (
     Throttled,
     UnknownFunction,
 )
-from .events import Context, Trigger, context
+from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
 from .keepalive import FixedKeepAlive, KeepAlivePolicy, NeverUnload
 from .platform import Platform
 from .pool import LocalNodes
 from .scheduler import ContainerState
-from .stats import ContainerInfo, FunctionStats, Summary
+from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
+from .stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 
 __all__ = [
     "App",
+    "BatchResult",
+    "BatchTask",
     "Call",
     "CallCancelled",
     "CallStatus",
@@ -48,6 +52,9 @@ __all__ = [
     "ContainerInfo",
     "ContainerState",
     "Context",
+    "Cron",
+    "DeadLetter",
+    "Every",
     "FaaSError",
     "FixedKeepAlive",
     "FunctionError",
@@ -55,17 +62,29 @@ __all__ = [
     "FunctionSpec",
     "FunctionStats",
     "FunctionTimeout",
+    "Http",
+    "HttpRequest",
+    "HttpResponse",
     "InvocationError",
     "KeepAlivePolicy",
     "LocalNodes",
+    "Message",
     "NeverUnload",
     "OutOfMemory",
     "Platform",
     "PlatformClosed",
+    "PlatformUsage",
+    "Record",
+    "RecordBatch",
     "Retries",
     "SerializationError",
+    "Stream",
+    "StreamConsumer",
     "Summary",
     "Throttled",
+    "Tick",
+    "Topic",
+    "TopicSubscription",
     "Trigger",
     "UnknownFunction",
     "context",

@@ -18,6 +18,7 @@ import attrs
 from .errors import PlatformClosed, UnknownFunction
 from .events import Context, Trigger, reset_context, set_context
 from .scheduler import FunctionProfile
+from .sources.triggers import Stream, Topic
 
 if TYPE_CHECKING:
     from .call import Call
@@ -260,6 +261,8 @@ class App:
             raise ValueError(f"App: name must start with a letter or _ and hold only letters, digits, '_', '.' or '-', got {name!r}")
         self.name = name
         self._functions: dict[str, FunctionHandle[Any, Any]] = {}
+        self._topics: dict[str, Topic] = {}
+        self._streams: dict[str, Stream] = {}
         self._platform: Platform | None = None
 
     def __repr__(self) -> str:
@@ -268,6 +271,31 @@ class App:
     @property
     def functions(self) -> Mapping[str, FunctionSpec]:
         return {name: handle.spec for name, handle in self._functions.items()}
+
+    @property
+    def topics(self) -> Mapping[str, Topic]:
+        return dict(self._topics)
+
+    @property
+    def streams(self) -> Mapping[str, Stream]:
+        return dict(self._streams)
+
+    def topic(self, name: str) -> Topic:
+        """Declare a pub/sub topic (or get the one declared); subscribe with ``topic.subscribe()``."""
+        if name not in self._topics:
+            self._topics[name] = Topic(name)
+        return self._topics[name]
+
+    def stream(self, name: str, shards: int = 1) -> Stream:
+        """Declare an ordered stream of ``shards`` shards; consume it with ``stream.consume()``.
+
+        :raises ValueError: the name is taken by a stream with another shard count.
+        """
+        stream = Stream(name, shards)
+        existing = self._streams.setdefault(name, stream)
+        if existing != stream:
+            raise ValueError(f"app {self.name!r} already has a stream {name!r} with shards={existing.shards}")
+        return existing
 
     def handle(self, name: str) -> FunctionHandle[Any, Any]:
         try:
@@ -381,8 +409,9 @@ class App:
             calls raise ``Throttled`` (None: no limit).
         """
         from .platform import Platform
+        from .sources import build_sources
 
-        return Platform(self, nodes=nodes, keep_alive=keep_alive, queue_limit=queue_limit)
+        return Platform(self, nodes=nodes, keep_alive=keep_alive, queue_limit=queue_limit, sources=build_sources(self))
 
     def _running(self) -> Platform:
         platform = self._platform

@@ -8,11 +8,15 @@ imports nothing from microfaas but ``errors``.
 from __future__ import annotations
 
 import contextvars
+import json
+import re
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
-__all__ = ["Context", "Trigger", "context"]
+__all__ = ["BatchResult", "BatchTask", "Context", "Message", "Record", "RecordBatch", "Tick", "Trigger", "context"]
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +60,108 @@ class Trigger:
 _current: contextvars.ContextVar[Context] = contextvars.ContextVar("microfaas_context")
 
 
+def _attributes(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"attributes must be a dict of str to str, got {value!r}")
+    return dict(value)
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """A pub/sub message, as a subscriber receives it.
+
+    :param id: unique per published message (the same for every subscription and attempt).
+    :param topic: the topic it was published to.
+    :param data: the payload given to ``publish``.
+    :param attributes: string key/value metadata given to ``publish``.
+    :param attempt: 1 on first delivery, 2 on the first retry, ...
+    :param published_at: wall-clock time (``time.time()``) of ``publish``.
+    """
+
+    id: str
+    topic: str
+    data: Any
+    attributes: dict[str, str] = attrs.field(factory=dict, converter=_attributes)
+    attempt: int = 1
+    published_at: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """One record of a stream shard.
+
+    :param key: the partition key given to ``put`` (records with one key share a shard).
+    :param value: the payload.
+    :param sequence: its position in its shard: 0, 1, 2, ... in put order.
+    :param shard: the shard it is on.
+    :param put_at: wall-clock time of ``put``.
+    """
+
+    key: str | None
+    value: Any
+    sequence: int
+    shard: int
+    put_at: float
+
+
+@attrs.frozen(kw_only=True)
+class RecordBatch:
+    """Consecutive records of one shard, in order, handed to a stream consumer."""
+
+    stream: str
+    shard: int
+    records: tuple[Record, ...] = attrs.field(converter=tuple)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+
+@attrs.frozen(kw_only=True)
+class BatchTask:
+    """One task of a batch job (what a dead letter of a batch job holds)."""
+
+    job_id: str
+    index: int
+    item: Any
+
+
+@attrs.frozen(kw_only=True)
+class Tick:
+    """A timer firing.
+
+    :param name: the timer's name (its function's, unless given).
+    :param scheduled_at: wall-clock time it was due.
+    :param fired_at: wall-clock time it fired.
+    :param skipped: ticks missed since the last one (they are not stacked up).
+    """
+
+    name: str
+    scheduled_at: float
+    fired_at: float
+    skipped: int = 0
+
+
+def _ids(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise ValueError(f"BatchResult: failed must be a list of message ids, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+@attrs.frozen
+class BatchResult:
+    """What a batch handler returns to have only some messages retried.
+
+    :param failed: ids of the messages that failed; the others count as handled.
+    """
+
+    failed: tuple[str, ...] = attrs.field(default=(), converter=_ids)
+
+
 def context() -> Context:
     """The context of the invocation being run; call it inside a handler.
 
@@ -75,3 +181,146 @@ def set_context(ctx: Context) -> contextvars.Token[Context]:
 
 def reset_context(token: contextvars.Token[Context]) -> None:
     _current.reset(token)
+
+
+# -- HTTP: the gateway's envelopes and trigger ------------------------------------------------
+
+__all__ += ["Http", "HttpRequest", "HttpResponse"]
+
+# The methods an Http trigger may name (RFC 9110 plus PATCH); HEAD is answered by GET routes.
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_PATH_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_PATH_LITERAL = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%]+$")
+
+
+def _str_dict(value: object) -> dict[str, str]:
+    return dict(value)  # type: ignore[call-overload]
+
+
+@attrs.frozen(kw_only=True)
+class HttpRequest:
+    """One HTTP request, as an Http-triggered handler receives it.
+
+    :param method: the request method, upper case (``"GET"``).
+    :param path: the request path, percent-decoded (``"/items/42"``).
+    :param path_params: values of the route's ``{name}`` segments (``{"id": "42"}``).
+    :param query: query parameters; a repeated name's values are joined with ``","``
+        (as Lambda's HTTP API does).
+    :param headers: header names in lower case; repeated headers are joined with ``", "``.
+    :param body: the raw request body.
+    """
+
+    method: str
+    path: str
+    path_params: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
+    query: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
+    headers: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
+    body: bytes = b""
+
+    def json(self) -> Any:
+        """The body parsed as JSON.
+
+        :raises ValueError: the body is not valid JSON.
+        """
+        return json.loads(self.body)
+
+    def text(self) -> str:
+        """The body decoded as UTF-8 (undecodable bytes replaced)."""
+        return self.body.decode("utf-8", errors="replace")
+
+
+def _to_body(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class HttpResponse:
+    """What an Http-triggered handler may return for full control of the response.
+
+    ``HttpResponse.json(data)`` and ``HttpResponse.text(s)`` set the body and its
+    content type. A handler may also return a dict or list (sent as JSON), a ``str``
+    (text/plain) or ``bytes`` (application/octet-stream).
+
+    :param status: the status code, 100-599.
+    :param body: the body (a ``str`` is encoded as UTF-8).
+    :param headers: response headers; ``content-type`` defaults to application/octet-stream.
+    """
+
+    status: int = attrs.field(default=200)
+    body: bytes = attrs.field(default=b"", converter=_to_body)
+    headers: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
+
+    @status.validator
+    def _check_status(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
+            raise ValueError(f"HttpResponse: status must be an int from 100 to 599, got {value!r}")
+
+    @body.validator
+    def _check_body(self, attribute: attrs.Attribute[bytes], value: bytes) -> None:
+        if not isinstance(value, bytes):
+            raise ValueError(f"HttpResponse: body must be bytes or str, got {type(value).__name__}")
+
+    @headers.validator
+    def _check_headers(self, attribute: attrs.Attribute[dict[str, str]], value: dict[str, str]) -> None:
+        for name, header in value.items():
+            if not isinstance(name, str) or not isinstance(header, str) or "\n" in name + header or "\r" in name + header:
+                raise ValueError(f"HttpResponse: headers must map str to str without line breaks, got {name!r}: {header!r}")
+
+    @classmethod
+    def json(cls, data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
+        """A JSON response (``application/json``)."""
+        body = json.dumps(data, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        return cls(status=status, body=body, headers={"content-type": "application/json", **(headers or {})})
+
+    @classmethod
+    def text(cls, text: str, *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
+        """A text response (``text/plain; charset=utf-8``)."""
+        return cls(status=status, body=text, headers={"content-type": "text/plain; charset=utf-8", **(headers or {})})
+
+
+@attrs.frozen
+class Http(Trigger):
+    """An HTTP route served by the gateway (``faas.serve_http()``): ``mf.Http("GET", "/items/{id}")``.
+
+    The handler gets an ``HttpRequest``. ``{name}`` segments match one path segment
+    and arrive in ``request.path_params``. A GET route also answers HEAD.
+
+    :param method: GET, POST, PUT, PATCH, DELETE or OPTIONS (any case).
+    :param path: starts with ``/``; literal segments and ``{name}`` segments.
+    :raises ValueError: a bad method or path (the message names the field).
+    """
+
+    method: str = attrs.field(converter=lambda m: m.upper() if isinstance(m, str) else m)
+    path: str = attrs.field()
+
+    @method.validator
+    def _check_method(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in HTTP_METHODS:
+            raise ValueError(f"Http: method must be one of {', '.join(sorted(HTTP_METHODS))}, got {value!r}")
+
+    @path.validator
+    def _check_path(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ValueError(f"Http: path must be a str starting with '/', got {value!r}")
+        names: list[str] = []
+        segments = value[1:].split("/")
+        for i, segment in enumerate(segments):
+            if segment == "" and i == len(segments) - 1:
+                continue  # "/" or a trailing slash
+            param = _PATH_PARAM.match(segment)
+            if param:
+                names.append(param.group(1))
+            elif not _PATH_LITERAL.match(segment):
+                raise ValueError(
+                    f"Http: path must be made of literal segments and {{name}} segments, got {value!r} (bad segment {segment!r})"
+                )
+        if len(names) != len(set(names)):
+            raise ValueError(f"Http: path must not name a path parameter twice, got {value!r}")
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(m.group(1) for s in self.path.split("/") if (m := _PATH_PARAM.match(s)))

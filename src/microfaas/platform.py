@@ -56,6 +56,8 @@ from .worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
     from .app import App, FunctionSpec, Retries
+    from .sources.streams import StreamSource
+    from .sources.topics import TopicSource
 
 __all__ = ["Platform"]
 
@@ -302,6 +304,14 @@ class Platform:
             if spawned > 0:
                 pending.append(f"{spawned} spawned call(s)")
             raise TimeoutError(f"drain timed out after {timeout}s; still pending: {'; '.join(pending) or 'nothing'}")
+
+    def topic(self, name: str) -> TopicSource:
+        """The running topic ``name``: ``await faas.topic("orders").publish(data)``."""
+        return self.source(f"topic:{name}")  # type: ignore[return-value]
+
+    def stream(self, name: str) -> StreamSource:
+        """The running stream ``name``: ``await faas.stream("clicks").put(value, key=...)``."""
+        return self.source(f"stream:{name}")  # type: ignore[return-value]
 
     def source(self, key: str) -> Source:
         """The running event source ``key`` (``"topic:orders"``, ``"stream:clicks"``)."""

@@ -1,0 +1,184 @@
+"""Topics: pub/sub with fan-out, batching, retries and dead letters.
+
+How this works. ``publish`` puts the message into every subscription's bounded
+buffer (an anyio memory object stream), waiting while a buffer is full: that is
+the backpressure, and nothing is dropped. Each subscription runs one collector
+that takes up to ``batch_size`` messages (waiting at most ``batch_window`` for a
+batch to fill) and starts a delivery for it, at most ``max_concurrency`` at once.
+A delivery invokes the function and retries the messages that failed -- all of
+them when the invocation raised, only those named in a returned
+``BatchResult(failed=[...])`` otherwise -- with the function's backoff, up to the
+subscription's ``max_retries``; what is left goes to the dead letters.
+Delivery is at least once: a retried batch may hold messages already handled.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from ..app import Retries
+from ..delivery import retry_delay
+from ..errors import FaaSError, FunctionError
+from ..events import BatchResult, Message
+from .triggers import Topic, TopicSubscription
+
+if TYPE_CHECKING:
+    from ..platform import Platform
+
+__all__ = ["TopicSource"]
+
+
+class _Subscription:
+    def __init__(self, topic: str, function: str, trigger: TopicSubscription) -> None:
+        self.topic = topic
+        self.function = function
+        self.trigger = trigger
+        self.send, self.receive = anyio.create_memory_object_stream[Message](trigger.buffer_size)
+        self.in_delivery = 0
+
+    def buffered(self) -> int:
+        return self.send.statistics().current_buffer_used
+
+    async def serve(self, platform: Platform) -> None:
+        spec = platform.app.functions[self.function]
+        retries = Retries(
+            self.trigger.max_retries,
+            spec.retries.initial_delay,
+            spec.retries.backoff,
+            spec.retries.max_delay,
+            spec.retries.jitter,
+            spec.retries.max_event_age,
+        )
+        limit = self.trigger.max_concurrency
+        limiter = anyio.Semaphore(limit) if limit is not None else None
+        async with anyio.create_task_group() as tg:
+            while True:
+                batch = await self._collect()
+                if limiter is not None:
+                    await limiter.acquire()
+                self.in_delivery += len(batch)
+                tg.start_soon(self._deliver, platform, batch, retries, limiter)
+
+    async def _collect(self) -> list[Message]:
+        batch = [await self.receive.receive()]
+        size = self.trigger.batch_size
+        while len(batch) < size:
+            try:
+                batch.append(self.receive.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        if len(batch) < size and self.trigger.batch_window > 0:
+            with anyio.move_on_after(self.trigger.batch_window):
+                while len(batch) < size:
+                    batch.append(await self.receive.receive())
+        return batch
+
+    async def _deliver(self, platform: Platform, batch: list[Message], retries: Retries, limiter: anyio.Semaphore | None) -> None:
+        invocation_id = platform.new_invocation_id()
+        first_attempt_at = time.time()
+        remaining = batch
+        try:
+            for attempt in range(1, retries.max_retries + 2):
+                messages = [attrs.evolve(m, attempt=attempt) for m in remaining]
+                failed, error = await self._attempt(platform, invocation_id, attempt, messages)
+                remaining = [m for m in messages if m.id in failed]
+                if not remaining:
+                    return
+                delay = retry_delay(retries, attempt)
+                too_old = retries.max_event_age is not None and time.time() + delay - first_attempt_at > retries.max_event_age
+                if attempt > retries.max_retries or too_old:
+                    break
+                await anyio.sleep(delay)
+            assert error is not None
+            for message in remaining:
+                platform.add_dead_letter(
+                    function=self.function,
+                    source=f"topic:{self.topic}",
+                    event=message,
+                    error=error,
+                    attempts=message.attempt,
+                    invocation_id=invocation_id,
+                    first_attempt_at=first_attempt_at,
+                )
+        finally:
+            self.in_delivery -= len(batch)
+            platform.in_flight.finished(len(batch))
+            if limiter is not None:
+                limiter.release()
+
+    async def _attempt(
+        self, platform: Platform, invocation_id: str, attempt: int, messages: list[Message]
+    ) -> tuple[set[str], FaaSError | None]:
+        """One invocation; the ids that failed, and the error to record if they end up dead."""
+        arg: Any = messages[0] if self.trigger.batch_size == 1 else messages
+        ids = {m.id for m in messages}
+        try:
+            result = await platform.invoke_with_id(self.function, invocation_id, attempt, arg)
+        except FaaSError as exc:
+            return ids, exc
+        if isinstance(result, BatchResult) and self.trigger.batch_size > 1:
+            failed = set(result.failed) & ids
+            error = FunctionError(
+                f"{self.function}: the handler reported these messages as failed in its BatchResult",
+                remote_type="microfaas.BatchResult",
+                remote_message="reported as failed by the handler",
+                remote_traceback="",
+                function_name=self.function,
+                invocation_id=invocation_id,
+            )
+            return failed, error
+        return set(), None
+
+
+class TopicSource:
+    """A running topic: ``faas.topic(name)``. Publish to it; every subscription gets each message."""
+
+    def __init__(self, topic: Topic, subscriptions: list[tuple[str, TopicSubscription]]) -> None:
+        self.name = topic.name
+        self.key = f"topic:{topic.name}"
+        self._subscriptions = [_Subscription(topic.name, function, trigger) for function, trigger in subscriptions]
+        self._platform: Platform | None = None
+
+    def __repr__(self) -> str:
+        return f"<topic {self.name!r} with {len(self._subscriptions)} subscriptions>"
+
+    async def run(self, platform: Platform, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._platform = platform
+        async with anyio.create_task_group() as tg:
+            for subscription in self._subscriptions:
+                tg.start_soon(subscription.serve, platform)
+            task_status.started()
+
+    async def publish(self, data: Any, attributes: dict[str, str] | None = None) -> str:
+        """Publish ``data`` to every subscription and return the message id.
+
+        Waits while a subscription's buffer is full (backpressure); never drops.
+        """
+        platform = self._platform
+        if platform is None or platform.closed:
+            from ..errors import PlatformClosed
+
+            raise PlatformClosed(f"topic {self.name!r} is not running; publish inside `async with app.run()`")
+        message = Message(id=uuid.uuid4().hex, topic=self.name, data=data, attributes=attributes or {}, published_at=time.time())
+        for subscription in self._subscriptions:
+            platform.in_flight.started()
+            try:
+                await subscription.send.send(message)
+            except BaseException:
+                platform.in_flight.finished()
+                raise
+        return message.id
+
+    def pending(self) -> list[str]:
+        out = []
+        for s in self._subscriptions:
+            waiting = s.buffered() + s.in_delivery
+            if waiting:
+                out.append(f"{waiting} message(s) of topic {self.name!r} for {s.function}")
+        return out
