@@ -1,127 +1,158 @@
 """Measure microfaas against its peers in the same run.
 
-    python -m benchmarks [--quick] [--json PATH]
+    python -m benchmarks [--quick] [--json PATH] [--chart PATH] [--no-ray]
 
-Figures (all interleaved per round so that a noisy machine hits every contender alike):
-- warm no-op round trip p50/p99: microfaas invoke, anyio.to_process.run_sync, and a raw
-  asyncio socketpair echo to a forked process (the floor);
-- cold start to first result p50 with start_method fork and spawn.
+Figures (contenders interleaved per round, so a noisy machine hits all alike):
+- warm no-op round trip p50/p99: microfaas, anyio.to_process, ProcessPoolExecutor,
+  loky, multiprocessing.Pool, and a raw asyncio socketpair echo (the floor);
+- throughput of 10,000 concurrent no-op calls on 2 workers (calls/s);
+- cold start to first result p50, start_method fork and spawn, and a raw
+  fork-and-pipe floor;
+- a 10 MiB bytes argument echoed back (p50);
+- idle worker USS/PSS;
+- scheduler core decisions per second (benchmarks/core_decisions.py).
+Ray actors join in a phase of their own (with microfaas measured again beside
+them) when ray is installed, so Ray's daemons do not load the machine while the
+other peers are measured; without ray the phase is skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import socket
-import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import anyio
-import anyio.to_process
 
 import microfaas as mf
-from benchmarks import core_decisions
-from benchmarks.peers import noop
+from benchmarks import cold, core_decisions, memory, payload, peers, report, throughput, warm
+from benchmarks.common import log
 
-app = mf.App("bench")
-mf_noop = app.function(noop, name="noop", idle_timeout=None)
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "psutil", "matplotlib", "ray")
 
 
-async def time_calls(call: Callable[[], Awaitable[object]], n: int) -> list[float]:
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - t0)
-    return samples
-
-
-ECHO = "import socket, sys\ns = socket.socket(fileno=int(sys.argv[1]))\nwhile data := s.recv(65536):\n    s.sendall(data)\n"
-
-
-class SocketpairEcho:
-    """The floor: another process echoing 1-byte messages over a socketpair, read by asyncio."""
-
-    async def start(self) -> None:
-        parent, child = socket.socketpair()
-        self.process = await anyio.open_process([sys.executable, "-c", ECHO, str(child.fileno())], pass_fds=[child.fileno()])
-        child.close()
-        self.reader, self.writer = await asyncio.open_connection(sock=parent)
-
-    async def call(self) -> None:
-        self.writer.write(b"x")
-        await self.reader.readexactly(1)
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.process.wait()
-
-
-async def warm_round_trip(rounds: int, per_round: int) -> dict[str, dict[str, float]]:
-    samples: dict[str, list[float]] = {"microfaas": [], "anyio_to_process": [], "socketpair_floor": []}
-    floor = SocketpairEcho()
-    await floor.start()
-    async with app.run(nodes=mf.LocalNodes()):
-        contenders: dict[str, Callable[[], Awaitable[object]]] = {
-            "microfaas": lambda: mf_noop.invoke(None),
-            "anyio_to_process": lambda: anyio.to_process.run_sync(noop, None),
-            "socketpair_floor": floor.call,
-        }
-        for call in contenders.values():  # warm up every contender
-            await time_calls(call, 200)
-        for _ in range(rounds):
-            for name, call in contenders.items():
-                samples[name] += await time_calls(call, per_round)
-    await floor.close()
-    return {name: {"p50_us": pct(s, 0.5) * 1e6, "p99_us": pct(s, 0.99) * 1e6, "n": len(s)} for name, s in samples.items()}
-
-
-async def cold_start(start_method: str, n: int) -> dict[str, float]:
-    cold_app = mf.App(f"cold_{start_method}")
-    fn = cold_app.function(noop, name="noop", idle_timeout=0.0)
-    samples = []
-    async with cold_app.run(nodes=mf.LocalNodes(start_method=start_method)) as faas:
-        for _ in range(n):
-            with anyio.fail_after(30):
-                while faas.containers("noop"):  # noqa: ASYNC110 - wait until the last container was released
-                    await anyio.sleep(0.001)
-            t0 = time.perf_counter()
-            await fn.invoke(None)
-            samples.append(time.perf_counter() - t0)
-        assert faas.stats("noop").cold_starts == n
-    return {"p50_ms": statistics.median(samples) * 1e3, "p99_ms": pct(samples, 0.99) * 1e3, "n": n}
-
-
-async def main(quick: bool) -> dict[str, object]:
-    results: dict[str, object] = {}
-    results["warm_round_trip"] = await warm_round_trip(rounds=5 if quick else 20, per_round=400 if quick else 500)
-    results["cold_start_fork"] = await cold_start("fork", 30 if quick else 200)
-    results["cold_start_spawn"] = await cold_start("spawn", 5 if quick else 20)
-    results["core_decisions"] = core_decisions.measure(quick)
-    warm = results["warm_round_trip"]
-    assert isinstance(warm, dict)
-    ratios = {
-        "warm_p50_vs_anyio": warm["microfaas"]["p50_us"] / warm["anyio_to_process"]["p50_us"],
-        "warm_p50_vs_floor": warm["microfaas"]["p50_us"] / warm["socketpair_floor"]["p50_us"],
-        "cold_start_fork_ms": results["cold_start_fork"]["p50_ms"],  # type: ignore[index]
-        "core_decisions_per_s": results["core_decisions"]["decisions_per_s"],  # type: ignore[index]
-    }
+def machine_facts() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
     return {
-        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
-        "versions": {pkg: version(pkg) for pkg in ("microfaas", "anyio", "cloudpickle")},
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "uname": " ".join(platform.uname()),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def config(quick: bool) -> dict[str, Any]:
+    return {
+        "quick": quick,
+        "warm_rounds": 5 if quick else 20,
+        "warm_per_round": 400 if quick else 500,
+        "throughput_calls": 10_000,
+        "throughput_rounds": 1 if quick else 5,
+        "payload_calls": 10 if quick else 30,
+        "cold_fork": 30 if quick else 200,
+        "cold_spawn": 5 if quick else 20,
+        "cold_rounds": 3 if quick else 10,
+        # The Ray phase (Ray is slow to call on 2 cores; --quick keeps it short).
+        "ray": {
+            "warm_rounds": 1 if quick else 5,
+            "warm_per_round": 300 if quick else 400,
+            "payload_calls": 5 if quick else 20,
+            "throughput_calls": 2_000 if quick else 10_000,
+        },
+    }
+
+
+async def run_phase(cfg: dict[str, Any], contenders: list[Any], floor: Any | None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    names = ", ".join(c.name for c in contenders)
+    log(f"warm round trip: {names}")
+    results["warm_round_trip"] = await warm.measure(
+        [*contenders, *([floor] if floor else [])], cfg["warm_rounds"], cfg["warm_per_round"], warmup=100 if cfg["quick"] else 200
+    )
+    log("idle worker memory")
+    results["idle_memory"] = memory.measure(contenders)
+    log(f"throughput: {cfg['throughput_calls']} calls x {cfg['throughput_rounds']} rounds")
+    results["throughput"] = await throughput.measure(contenders, cfg["throughput_calls"], cfg["throughput_rounds"])
+    log(f"10 MiB payload x {cfg['payload_calls']}")
+    results["payload_10mib"] = await payload.measure([*contenders, *([floor] if floor else [])], cfg["payload_calls"])
+    return results
+
+
+async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
+    cfg = config(quick)
+    started = time.perf_counter()
+    notes: list[str] = []
+    results: dict[str, Any] = {}
+    app = mf.App("bench")
+    handle = app.function(peers.noop, name="noop", max_containers=peers.WORKERS, idle_timeout=None)
+    # Executors that fork start before anything else owns threads.
+    others = [peers.MpPool(), peers.ProcessPool(), peers.Loky(), peers.AnyioToProcess()]
+    floor = peers.SocketpairFloor()
+    async with app.run(nodes=mf.LocalNodes()) as faas:
+        mfaas = peers.Microfaas(faas, handle)
+        contenders = [mfaas, *others]
+        for c in [*contenders, floor]:
+            await c.start()
+        try:
+            results.update(await run_phase(cfg, contenders, floor))
+        finally:
+            for c in [*others, floor]:
+                await c.close()
+        why_not = peers.ray_available() if with_ray else "disabled with --no-ray"
+        if why_not is None:
+            log("ray phase: ray actors vs microfaas")
+            ray = peers.RayActors()
+            await ray.start()
+            try:
+                results["ray_phase"] = await run_phase({**cfg, **cfg["ray"]}, [mfaas, ray], None)
+            finally:
+                await ray.close()
+            notes.append(
+                "Ray ran in a phase of its own, interleaved with microfaas (results.ray_phase), "
+                "so its daemons were off during the other figures."
+            )
+        else:
+            results["ray_phase"] = None
+            notes.append(f"ray skipped: {why_not}")
+            log(f"note: ray skipped ({why_not})")
+    log(f"cold start: fork x {cfg['cold_fork']} with the raw fork floor interleaved; spawn x {cfg['cold_spawn']}")
+    results["cold_start"] = await cold.measure("fork", cfg["cold_fork"], rounds=cfg["cold_rounds"], with_floor=True)
+    results["cold_start"].update(await cold.measure("spawn", cfg["cold_spawn"]))
+    log("scheduler core decisions")
+    results["core_decisions"] = core_decisions.measure(quick)
+    ratios = report.ratios(results)
+    return {
+        "machine": machine_facts(),
+        "versions": package_versions(),
+        "config": cfg,
         "results": results,
         "ratios": ratios,
+        "targets": report.target_status(ratios),
+        "notes": notes,
+        "wall_s": time.perf_counter() - started,
     }
 
 
@@ -129,12 +160,26 @@ def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer samples (under a minute)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON to PATH")
+    parser.add_argument("--chart", metavar="PATH", help="PNG chart path (default: docs/benchmarks.png with --json or in a full run)")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray phase even when ray is installed")
     args = parser.parse_args()
-    report = anyio.run(main, args.quick)
-    print(json.dumps(report, indent=2))
+    result = anyio.run(main, args.quick, not args.no_ray)
+    table = report.rows(result["results"], result["ratios"])
+    print()
+    print(report.text_table(table))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"wall time: {result['wall_s']:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    chart = args.chart or ("docs/benchmarks.png" if args.json or not args.quick else None)
+    if chart:
+        from benchmarks import chart as chart_module
+
+        chart_module.draw(result, chart)
+        print(f"wrote {chart}")
 
 
 if __name__ == "__main__":

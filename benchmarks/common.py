@@ -1,0 +1,39 @@
+"""Small helpers shared by the figure modules."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+
+class Contender(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+    async def call(self, x: object) -> object: ...
+    async def many(self, n: int) -> None: ...
+    def worker_pids(self) -> list[int]: ...
+    async def close(self) -> None: ...
+
+
+def pct(samples: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of ``samples``."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def time_calls(call: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+_T0 = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.perf_counter() - _T0:6.1f}s] {message}", flush=True)

@@ -1,0 +1,143 @@
+"""Ratios, targets, and the table printed at the end of a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Column order of the table: microfaas first, then the floor, then each peer.
+COLUMNS = ("microfaas", "socketpair_floor", "anyio_to_process", "process_pool_executor", "loky", "mp_pool", "ray")
+SHORT = {
+    "microfaas": "microfaas",
+    "socketpair_floor": "floor",
+    "anyio_to_process": "anyio",
+    "process_pool_executor": "PPE",
+    "loky": "loky",
+    "mp_pool": "mp.Pool",
+    "ray": "ray",
+}
+
+# ratio key -> (comparison, target); the other two ratio keys are reported without a target.
+TARGETS: dict[str, tuple[str, float]] = {
+    "warm_p50_vs_anyio": ("<=", 0.8),
+    "throughput_vs_mp_pool": (">=", 2.0),
+    "cold_start_fork_ms": ("<=", 5.0),
+    "payload_10mib_vs_ppe": ("<=", 0.7),
+    "idle_container_uss_mb": ("<=", 5.0),
+    "core_decisions_per_s": (">=", 200_000.0),
+}
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    warm, thr, cold, pay, mem = (results[k] for k in ("warm_round_trip", "throughput", "cold_start", "payload_10mib", "idle_memory"))
+    return {
+        "warm_p50_vs_anyio": warm["microfaas"]["p50_us"] / warm["anyio_to_process"]["p50_us"],
+        "warm_p50_vs_floor": warm["microfaas"]["p50_us"] / warm["socketpair_floor"]["p50_us"],
+        "throughput_vs_mp_pool": thr["microfaas"]["calls_per_s"] / thr["mp_pool"]["calls_per_s"],
+        "cold_start_fork_ms": cold["microfaas_fork"]["p50_ms"],
+        "cold_start_fork_vs_raw_fork": cold["microfaas_fork"]["p50_ms"] / cold["raw_fork_pipe"]["p50_ms"],
+        "payload_10mib_vs_ppe": pay["microfaas"]["p50_ms"] / pay["process_pool_executor"]["p50_ms"],
+        "idle_container_uss_mb": mem["microfaas"]["uss_mb"],
+        "core_decisions_per_s": results["core_decisions"]["decisions_per_s"],
+    }
+
+
+def target_status(ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key, (op, target) in TARGETS.items():
+        value = ratios[key]
+        met = value <= target if op == "<=" else value >= target
+        # How far off: the factor by which the figure must still improve (1.0 = met exactly).
+        off_by = (value / target if op == "<=" else target / value) if value else float("inf")
+        out[key] = {"value": value, "target": f"{op} {target:g}", "met": met, "off_by_factor": off_by}
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 100_000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def rows(results: dict[str, Any], ratio: dict[str, float]) -> list[list[str]]:
+    """The table as rows of cells: figure, one column per contender, ratio, target, met?"""
+    status = target_status(ratio)
+    ray = results.get("ray_phase") or {}
+
+    def per(figure: str, field: str, extra: dict[str, Any] | None = None) -> list[float | None]:
+        data = dict(results.get(figure) or {})
+        if ray.get(figure, {}).get("ray"):
+            data["ray"] = ray[figure]["ray"]
+        data.update(extra or {})
+        return [data.get(col, {}).get(field) for col in COLUMNS]
+
+    def row(label: str, values: list[float | None], ratio_key: str | None = None, ratio_text: str | None = None) -> list[str]:
+        if ratio_key is None:
+            return [label, *(_fmt(v) for v in values), ratio_text or "", "", ""]
+        st = status.get(ratio_key)
+        value = ratio[ratio_key]
+        text = f"{ratio_key} = {_fmt(value)}"
+        if st is None:
+            return [label, *(_fmt(v) for v in values), text, "", ""]
+        return [label, *(_fmt(v) for v in values), text, st["target"], "yes" if st["met"] else "NO"]
+
+    cold = results["cold_start"]
+    core = results["core_decisions"]["decisions_per_s"]
+    none = [None] * (len(COLUMNS) - 1)
+    return [
+        row("warm no-op p50 (us)", per("warm_round_trip", "p50_us"), "warm_p50_vs_anyio"),
+        row("warm no-op p50 vs floor", per("warm_round_trip", "p50_us"), "warm_p50_vs_floor"),
+        row("warm no-op p99 (us)", per("warm_round_trip", "p99_us")),
+        row("10k no-ops on 2 workers (calls/s)", per("throughput", "calls_per_s"), "throughput_vs_mp_pool"),
+        row(
+            "cold start, fork, p50 (ms)",
+            [cold["microfaas_fork"]["p50_ms"], cold["raw_fork_pipe"]["p50_ms"], *none[1:]],
+            "cold_start_fork_ms",
+        ),
+        row("cold start fork vs raw fork+pipe", [None] * len(COLUMNS), "cold_start_fork_vs_raw_fork"),
+        row("cold start, spawn, p50 (ms)", [cold["microfaas_spawn"]["p50_ms"], *none]),
+        row("10 MiB echo p50 (ms)", per("payload_10mib", "p50_ms"), "payload_10mib_vs_ppe"),
+        row("idle worker USS (MiB)", per("idle_memory", "uss_mb"), "idle_container_uss_mb"),
+        row("idle worker PSS (MiB)", per("idle_memory", "pss_mb")),
+        row("scheduler core decisions/s", [core, *none], "core_decisions_per_s"),
+    ]
+
+
+HEADER = ["figure", *(SHORT[c] for c in COLUMNS), "ratio", "target", "met?"]
+
+
+def text_table(table: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [HEADER, *table]) for i in range(len(HEADER))]
+
+    def line(r: list[str]) -> str:
+        left = (0, len(HEADER) - 3, len(HEADER) - 2, len(HEADER) - 1)
+        return "  ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
+
+    lines = [line(r) for r in [HEADER, *table]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in table]
+    return "\n".join(lines)
+
+
+def cli() -> None:
+    """``python -m benchmarks.report RESULTS.json``: print a run's table as Markdown (for docs/performance.md)."""
+    import json
+    import sys
+
+    with open(sys.argv[1]) as f:
+        result = json.load(f)
+    print(markdown_table(rows(result["results"], result["ratios"])))
+
+
+if __name__ == "__main__":
+    cli()
