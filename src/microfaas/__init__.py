@@ -37,11 +37,14 @@ from .keepalive import FixedKeepAlive, KeepAlivePolicy, NeverUnload
 from .platform import Platform
 from .pool import LocalNodes
 from .scheduler import ContainerState
+from .sources.batch import BatchJob, BatchProgress
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 
 __all__ = [
     "App",
+    "BatchJob",
+    "BatchProgress",
     "BatchResult",
     "BatchTask",
     "Call",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .keepalive import KeepAlivePolicy
     from .platform import Platform
     from .pool import LocalNodes
+    from .sources.batch import BatchJob, BatchProgress
 
 __all__ = ["App", "FunctionHandle", "FunctionSpec", "Retries"]
 
@@ -222,6 +223,28 @@ class FunctionHandle(Generic[P, R]):
             ``(max_containers or 32) * concurrency``).
         """
         return self.app._running().map(self.name, *iterables, return_exceptions=return_exceptions, max_in_flight=max_in_flight)
+
+    async def batch(
+        self,
+        items: Iterable[Any],
+        *,
+        max_parallel: int = 8,
+        on_progress: Callable[[BatchProgress], Any] | None = None,
+    ) -> BatchJob[R]:
+        """Start a batch job: one task per item (the item is the single argument), in the background.
+
+        Each task is retried per the function's ``retries``; one that fails every attempt
+        goes to ``faas.dead_letters(name)`` as a ``BatchTask``. ``await job.wait()``, then
+        ``job.results()`` (input order; a failed slot holds its ``FaaSError``).
+
+        :param max_parallel: tasks running at once.
+        :param on_progress: called with ``BatchProgress(done, failed, total)`` after each
+            task finishes (in the platform's task; keep it quick, its errors are logged).
+        :raises ValueError: a bad argument (the message names it).
+        :raises SerializationError: an item would not pickle.
+        :raises PlatformClosed: the app is not running.
+        """
+        return await self.app._running().batch(self.name, items, max_parallel=max_parallel, on_progress=on_progress)
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the handler in this process, with no container (for unit tests).

@@ -56,6 +56,7 @@ from .worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
     from .app import App, FunctionSpec, Retries
+    from .sources.batch import BatchJob, BatchProgress
     from .sources.streams import StreamSource
     from .sources.topics import TopicSource
 
@@ -236,6 +237,20 @@ class Platform:
         finally:
             for call in window:
                 call.cancel()
+
+    async def batch(
+        self,
+        name: str,
+        items: Iterable[Any],
+        /,
+        *,
+        max_parallel: int = 8,
+        on_progress: Callable[[BatchProgress], Any] | None = None,
+    ) -> BatchJob[Any]:
+        """Start a batch job: one task per item, run in the background (see ``FunctionHandle.batch``)."""
+        from .sources.batch import start_batch  # sources sit above the platform
+
+        return await start_batch(self, name, items, max_parallel=max_parallel, on_progress=on_progress)
 
     def stats(self, name: str) -> FunctionStats:
         """What has happened to function ``name`` so far."""
@@ -469,8 +484,12 @@ class Platform:
         elif isinstance(exc, Throttled):
             stats.throttles += 1
 
-    async def _run_call(self, call: Call[Any], blob: bytes, retries: Retries | None) -> None:
-        """Run a spawned call: retried and dead-lettered per ``retries`` (None: one attempt, no dead letter)."""
+    async def _run_call(self, call: Call[Any], blob: bytes, retries: Retries | None, *, source: str = "spawn", event: Any = None) -> None:
+        """Run a spawned call: retried and dead-lettered per ``retries`` (None: one attempt, no dead letter).
+
+        ``source`` and ``event`` (None: the call's ``(args, kwargs)``) are what its dead letter records;
+        batch jobs and timers pass their own.
+        """
         first_attempt_at = time.time()
         self._in_flight.started()
         with call._scope:
@@ -498,8 +517,8 @@ class Platform:
                 if retries is not None and call.status is CallStatus.FAILED and isinstance(call._error, FaaSError):
                     self.add_dead_letter(
                         function=call.function_name,
-                        source="spawn",
-                        event=_loads_or_blob(blob),
+                        source=source,
+                        event=_loads_or_blob(blob) if event is None else event,
                         error=call._error,
                         attempts=call.attempts,
                         invocation_id=call.id,

@@ -35,4 +35,20 @@ def build_sources(app: App) -> list[Source]:
                     )
                 subscriptions[trigger.topic].append((name, trigger))
     sources: list[Source] = [TopicSource(app.topics[topic], subs) for topic, subs in subscriptions.items()]
+    from .timers import build_timer_sources  # timers: one source per Every / Cron trigger
+
+    sources += build_timer_sources(app)
+    # Streams: one StreamSource per declared stream, with the functions consuming it.
+    from .streams import StreamSource
+
+    consumers: dict[str, list[tuple[str, StreamConsumer]]] = {name: [] for name in app.streams}
+    for name, spec in app.functions.items():
+        for trigger in spec.triggers:
+            if isinstance(trigger, StreamConsumer):
+                if trigger.stream not in consumers:
+                    raise ValueError(
+                        f"{name}: consumes stream {trigger.stream!r}, which app {app.name!r} did not declare with app.stream()"
+                    )
+                consumers[trigger.stream].append((name, trigger))
+    sources += [StreamSource(app.streams[stream], cons) for stream, cons in consumers.items()]
     return sources

@@ -1,0 +1,292 @@
+"""Batch jobs: ``job = await f.batch(items, max_parallel=8)`` runs one task per item in the background.
+
+How this works. ``batch`` pickles every item first (a ``SerializationError`` names the
+item and costs no container), then starts one runner in the platform's task group
+and returns the ``BatchJob`` at once. The runner starts the tasks in input order, at
+most ``max_parallel`` at a time. Each task is a spawned call run by the platform's
+own ``_run_call``: the function's ``retries`` apply (backoff, ``max_event_age``, only
+retryable errors), and a task that fails every attempt goes to the dead letters with
+``source="batch:<job id>"`` and a ``BatchTask(job_id, index, item)`` event.
+
+Task failures never raise from the job: ``await job.wait()`` returns once every task
+has succeeded or failed for good, ``job.results()`` holds each task's value in input
+order (a failed task's slot holds its ``FaaSError``) and ``job.failures()`` lists
+``(index, error)``. Progress is reported after each task finishes, to the
+``on_progress`` callback and to every ``job.progress_updates()`` iterator.
+
+Accounting. Every task counts in ``platform.in_flight`` from ``batch()`` until it
+ends, so ``drain`` waits for the whole job. Tasks that never started because the job
+was cancelled (``CallCancelled``) or the platform stopped (``PlatformClosed``) fail
+with that error and are not dead-lettered: they were never attempted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+import anyio
+import anyio.abc
+
+from ..call import Call, CallStatus
+from ..errors import CallCancelled, FaaSError, PlatformClosed, SerializationError
+from ..events import BatchTask
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from ..app import Retries
+    from ..platform import Platform
+
+__all__ = ["BatchJob", "BatchProgress", "start_batch"]
+
+logger = logging.getLogger("microfaas.batch")
+
+R = TypeVar("R")
+
+_PENDING: Any = object()
+
+
+class BatchProgress(NamedTuple):
+    """How far a batch job has come: ``(done, failed, total)``.
+
+    :param done: tasks finished, succeeded or failed.
+    :param failed: of those, the tasks that failed (after their retries).
+    :param total: tasks in the job.
+    """
+
+    done: int
+    failed: int
+    total: int
+
+    @property
+    def succeeded(self) -> int:
+        return self.done - self.failed
+
+    @property
+    def finished(self) -> bool:
+        """Whether every task has finished."""
+        return self.done >= self.total
+
+    @property
+    def fraction(self) -> float:
+        """``done / total`` (1.0 for an empty job)."""
+        return self.done / self.total if self.total else 1.0
+
+
+class BatchJob(Generic[R]):
+    """A running batch job (made by ``f.batch(items)``): one task per item.
+
+    ``job.id``, ``job.progress``, ``await job.wait()``, ``job.results()``,
+    ``job.failures()``, ``async for p in job.progress_updates()``, ``job.cancel()``.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        function_name: str,
+        items: list[Any],
+        blobs: list[bytes | None],
+        *,
+        max_parallel: int,
+        on_progress: Callable[[BatchProgress], Any] | None,
+    ) -> None:
+        self.id = job_id
+        self.function_name = function_name
+        self.max_parallel = max_parallel
+        self._items = items
+        self._blobs = blobs
+        self._on_progress = on_progress
+        self._results: list[Any] = [_PENDING] * len(items)
+        self._failures: list[tuple[int, FaaSError]] = []
+        self._done_count = 0
+        self._unstarted = len(items)  # still counted in platform.in_flight by the job itself
+        self._done = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._subscribers: set[MemoryObjectSendStream[BatchProgress]] = set()
+
+    def __repr__(self) -> str:
+        done, failed, total = self.progress
+        return f"<BatchJob {self.id} of {self.function_name}: {done}/{total} done, {failed} failed>"
+
+    @property
+    def progress(self) -> BatchProgress:
+        """``(done, failed, total)`` now."""
+        return BatchProgress(self._done_count, len(self._failures), len(self._results))
+
+    def done(self) -> bool:
+        """Whether every task has finished (succeeded, or failed for good)."""
+        return self._done.is_set()
+
+    async def wait(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the API asks for it
+        """Wait until every task has finished. Task failures do not raise; see ``failures()``.
+
+        :param timeout: seconds to wait (None: as long as it takes).
+        :raises TimeoutError: the job did not finish in ``timeout`` seconds (it keeps running).
+        """
+        with anyio.fail_after(timeout):
+            await self._done.wait()
+
+    def results(self) -> list[R | FaaSError]:
+        """Every task's result in input order; a failed task's slot holds its ``FaaSError``.
+
+        :raises RuntimeError: the job has not finished (``await job.wait()`` first).
+        """
+        if not self.done():
+            done, _, total = self.progress
+            raise RuntimeError(f"batch job {self.id} has not finished ({done}/{total} tasks done); await job.wait() first")
+        return list(self._results)
+
+    def failures(self) -> list[tuple[int, FaaSError]]:
+        """``(index, error)`` of each task that failed so far, by index."""
+        return sorted(self._failures, key=lambda pair: pair[0])
+
+    async def progress_updates(self) -> AsyncIterator[BatchProgress]:
+        """Yield the progress now, then again after each task finishes; end when the job is done.
+
+        Every step is delivered, however slowly the caller iterates::
+
+            async for done, failed, total in job.progress_updates():
+                bar.update(done)
+        """
+        current = self.progress
+        if self.done():
+            yield current
+            return
+        send, receive = anyio.create_memory_object_stream[BatchProgress](math.inf)
+        self._subscribers.add(send)
+        try:
+            yield current
+            async with receive:
+                async for progress in receive:
+                    yield progress
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+            receive.close()
+
+    def cancel(self) -> None:
+        """Stop the job: running tasks are abandoned, the others never start; all fail with ``CallCancelled``."""
+        if not self.done():
+            self._scope.cancel()
+
+    # -- for start_batch -----------------------------------------------------------------
+
+    async def _run(self, platform: Platform, retries: Retries) -> None:
+        limiter = anyio.Semaphore(self.max_parallel)
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    for index in range(len(self._items)):
+                        await limiter.acquire()
+                        tg.start_soon(self._task, platform, retries, limiter, index)
+        finally:
+            # Tasks that never started: the job was cancelled, or the platform stopped.
+            if self._unstarted:
+                platform.in_flight.finished(self._unstarted)
+                self._unstarted = 0
+            for index, slot in enumerate(self._results):
+                if slot is _PENDING:
+                    if platform.closed:
+                        error: FaaSError = PlatformClosed(
+                            f"app {platform.app.name!r} stopped before task {index} of batch job {self.id} ran"
+                        )
+                    else:
+                        error = CallCancelled(f"batch job {self.id} was cancelled before task {index} ran")
+                    self._record(index, None, error)
+            self._finish()
+
+    async def _task(self, platform: Platform, retries: Retries, limiter: anyio.Semaphore, index: int) -> None:
+        call: Call[Any] = Call(platform.new_invocation_id(), self.function_name)
+        blob = self._blobs[index]
+        self._blobs[index] = None
+        assert blob is not None
+        event = BatchTask(job_id=self.id, index=index, item=self._items[index])
+        # Hand the task's in-flight count over to _run_call, which counts the call itself
+        # (nothing awaits in between; drain re-checks the count after a checkpoint).
+        self._unstarted -= 1
+        platform.in_flight.finished()
+        try:
+            await platform._run_call(call, blob, retries, source=f"batch:{self.id}", event=event)
+        finally:
+            limiter.release()
+            if call.done():
+                if call.status is CallStatus.SUCCEEDED:
+                    self._record(index, call._value, None)
+                else:
+                    error = call._error
+                    if not isinstance(error, FaaSError):  # pragma: no cover - _run_call only fails with FaaSErrors
+                        error = CallCancelled(f"task {index} of batch job {self.id} failed: {error!r}")
+                    self._record(index, None, error)
+
+    def _record(self, index: int, value: Any, error: FaaSError | None) -> None:
+        if self._results[index] is not _PENDING:
+            return
+        if error is not None:
+            self._results[index] = error
+            self._failures.append((index, error))
+        else:
+            self._results[index] = value
+        self._done_count += 1
+        progress = self.progress
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(progress)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.discard(send)
+        if self._on_progress is not None:
+            try:
+                self._on_progress(progress)
+            except Exception:
+                logger.exception("on_progress callback of batch job %s raised; ignoring it", self.id)
+        if progress.finished:
+            self._finish()  # at once: drain may return as soon as the last task's call ends
+
+    def _finish(self) -> None:
+        if self._done.is_set():
+            return
+        self._done.set()
+        for send in list(self._subscribers):
+            send.close()
+        self._subscribers.clear()
+
+
+async def start_batch(
+    platform: Platform,
+    name: str,
+    items: Iterable[Any],
+    *,
+    max_parallel: int = 8,
+    on_progress: Callable[[BatchProgress], Any] | None = None,
+) -> BatchJob[Any]:
+    """Validate, pickle every item, and start the job in the platform's task group.
+
+    :raises ValueError: a bad ``items``, ``max_parallel`` or ``on_progress`` (the message names it).
+    :raises SerializationError: an item would not pickle (the message gives its index).
+    :raises UnknownFunction, PlatformClosed: as for ``invoke``.
+    """
+    spec = platform._lookup(name)
+    if not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1:
+        raise ValueError(f"{name}: max_parallel must be an int >= 1, got {max_parallel!r}")
+    if on_progress is not None and not callable(on_progress):
+        raise ValueError(f"{name}: on_progress must be a callable taking a BatchProgress, or None, got {on_progress!r}")
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise ValueError(f"{name}: items must be an iterable of task inputs (a list, a range, ...), got {items!r}")
+    materialised = list(items)
+    blobs: list[bytes | None] = []
+    for index, item in enumerate(materialised):
+        try:
+            blobs.append(platform._dump_args(name, (item,), {}))
+        except SerializationError as exc:
+            raise SerializationError(f"{name}: item {index} of the batch could not be pickled: {exc.__cause__!r}") from exc
+    job: BatchJob[Any] = BatchJob(
+        platform.new_invocation_id(), name, materialised, blobs, max_parallel=max_parallel, on_progress=on_progress
+    )
+    if not materialised:
+        job._finish()
+        return job
+    platform.in_flight.started(len(materialised))
+    platform._tg.start_soon(job._run, platform, spec.retries)
+    return job

@@ -1,0 +1,301 @@
+"""Streams: ordered, partitioned logs read in order by their consumers.
+
+How this works. ``put(value, key=...)`` appends a ``Record`` to one shard's
+in-memory log: the shard is ``zlib.crc32(key.encode()) % shards`` (stable across
+processes and runs, unlike ``hash()``); records without a key go round robin over
+the shards. Each shard numbers its records 0, 1, 2, ... in put order.
+
+Every consuming function has, on every shard, a cursor: the *checkpoint* is the
+highest sequence below which (inclusive) every record is done -- handled, or
+dead-lettered. The cursor reads the shard through ``parallelization`` lanes; a
+record goes to lane ``blake2b(key) % parallelization`` (keyless records:
+``sequence % parallelization``), so records of one key always share a lane. Each
+lane takes up to ``batch_size`` of its records in order (waiting at most
+``batch_window`` for more), invokes the function with a ``RecordBatch`` and only
+then takes the next batch: a lane never skips ahead while its batch is retried.
+
+A failing batch (the invocation raised a ``FaaSError``: handler error, crash,
+timeout, ...) is, with ``bisect_on_error``, split in two halves that are delivered
+one after the other, recursively, as AWS Lambda's BisectBatchOnFunctionError does
+(a split is not a retry: each half is a new sub-batch whose attempts start at 1).
+A single record that fails is retried with the function's backoff up to the
+consumer's ``max_retries`` and then dead-lettered alone (``event`` is the
+``Record``). Without bisection the whole batch is retried and then dead-lettered
+as one ``RecordBatch``. Either way the shard then moves on. Delivery is at least
+once: a retried batch may hold records its handler already processed.
+
+``drain`` sees every record put as in flight once per consumer, until that
+consumer's checkpoint passes it. Records every consumer has checkpointed are
+trimmed from the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from ..app import Retries
+from ..delivery import retry_delay
+from ..errors import FaaSError, PlatformClosed
+from ..events import Record, RecordBatch
+from .triggers import Stream, StreamConsumer
+
+if TYPE_CHECKING:
+    from ..platform import Platform
+
+__all__ = ["StreamSource", "shard_for_key"]
+
+# Trim a shard's log once this many leading records are checkpointed by every consumer.
+_TRIM_EVERY = 1024
+
+
+def shard_for_key(key: str, shards: int) -> int:
+    """The shard of records put with ``key`` on a stream of ``shards`` shards (CRC-32 of its UTF-8 bytes)."""
+    return zlib.crc32(key.encode("utf-8")) % shards
+
+
+def _lane_hash(key: str) -> int:
+    # A hash independent of the shard's CRC-32, so lanes of one shard are evenly used.
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=b"mf-lane").digest(), "big")
+
+
+class _Shard:
+    """One shard: an append-only log of records, the oldest checkpointed ones trimmed."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.log: list[Record] = []
+        self.lane_hashes: list[int] = []  # parallel to log
+        self.base = 0  # the sequence of log[0]
+        self.next_sequence = 0
+        self.cursors: list[_Cursor] = []
+        self._grew: anyio.Event | None = None
+
+    def append(self, key: str | None, value: Any) -> Record:
+        record = Record(key=key, value=value, sequence=self.next_sequence, shard=self.index, put_at=time.time())
+        self.log.append(record)
+        self.lane_hashes.append(_lane_hash(key) if key is not None else record.sequence)
+        self.next_sequence += 1
+        if self._grew is not None:
+            self._grew.set()
+            self._grew = None
+        if not self.cursors:
+            self.trim()  # nobody will read it
+        return record
+
+    async def wait_beyond(self, sequence: int) -> None:
+        """Wait until a record with ``sequence`` (or a later one) has been put."""
+        while self.next_sequence <= sequence:
+            if self._grew is None:
+                self._grew = anyio.Event()
+            await self._grew.wait()
+
+    def trim(self) -> None:
+        low = min((c.checkpoint + 1 for c in self.cursors), default=self.next_sequence)
+        count = low - self.base
+        if count > 0 and (count >= _TRIM_EVERY or count == len(self.log)):
+            del self.log[:count]
+            del self.lane_hashes[:count]
+            self.base = low
+
+
+class _Cursor:
+    """One consuming function on one shard: its lanes and its checkpoint."""
+
+    def __init__(self, stream: str, function: str, trigger: StreamConsumer, shard: _Shard) -> None:
+        self.stream = stream
+        self.function = function
+        self.trigger = trigger
+        self.shard = shard
+        self.start = 0  # the first sequence this consumer handles (set when it starts)
+        self.checkpoint = -1  # every record up to this sequence is done
+        self._done: set[int] = set()  # done records above the checkpoint
+        self._started = False
+
+    @property
+    def lag(self) -> int:
+        return self.shard.next_sequence - 1 - self.checkpoint
+
+    def begin(self, platform: Platform) -> None:
+        """Fix where this consumer starts, and count what it has to do as in flight."""
+        shard = self.shard
+        self.start = shard.next_sequence if self.trigger.start == "latest" else shard.base
+        self.checkpoint = self.start - 1
+        self._started = True
+        platform.in_flight.started(shard.next_sequence - self.start)
+
+    async def serve(self, platform: Platform) -> None:
+        spec = platform.app.functions[self.function]
+        retries = Retries(
+            self.trigger.max_retries,
+            spec.retries.initial_delay,
+            spec.retries.backoff,
+            spec.retries.max_delay,
+            spec.retries.jitter,
+            spec.retries.max_event_age,
+        )
+        async with anyio.create_task_group() as tg:
+            for lane in range(self.trigger.parallelization):
+                tg.start_soon(self._serve_lane, platform, retries, lane)
+
+    async def _serve_lane(self, platform: Platform, retries: Retries, lane: int) -> None:
+        scan = self.start
+        while True:
+            batch, scan = await self._collect(lane, scan)
+            await self._deliver(platform, retries, batch, time.time())
+
+    def _take(self, lane: int, scan: int, batch: list[Record]) -> int:
+        """Append this lane's records from ``scan`` on to ``batch``; the next sequence to scan."""
+        shard, size, lanes = self.shard, self.trigger.batch_size, self.trigger.parallelization
+        scan = max(scan, shard.base)  # records below base are done by everyone, so none is this lane's
+        while scan < shard.next_sequence and len(batch) < size:
+            i = scan - shard.base
+            if lanes == 1 or shard.lane_hashes[i] % lanes == lane:
+                batch.append(shard.log[i])
+            scan += 1
+        return scan
+
+    async def _collect(self, lane: int, scan: int) -> tuple[list[Record], int]:
+        batch: list[Record] = []
+        while True:
+            scan = self._take(lane, scan, batch)
+            if batch:
+                break
+            await self.shard.wait_beyond(scan)
+        window, size = self.trigger.batch_window, self.trigger.batch_size
+        if len(batch) < size and window > 0:
+            with anyio.move_on_after(window):
+                while len(batch) < size:
+                    await self.shard.wait_beyond(scan)
+                    scan = self._take(lane, scan, batch)
+        return batch, scan
+
+    async def _deliver(self, platform: Platform, retries: Retries, records: list[Record], first_attempt_at: float) -> None:
+        """Deliver ``records`` (one batch, or a half of one) until handled or dead-lettered."""
+        invocation_id = platform.new_invocation_id()
+        bisect = self.trigger.bisect_on_error and len(records) > 1
+        batch = RecordBatch(stream=self.stream, shard=self.shard.index, records=records)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await platform.invoke_with_id(self.function, invocation_id, attempt, batch)
+            except FaaSError as exc:
+                error = exc
+            else:
+                self._mark_done(platform, records)
+                return
+            if bisect:
+                half = len(records) // 2
+                await self._deliver(platform, retries, records[:half], first_attempt_at)
+                await self._deliver(platform, retries, records[half:], first_attempt_at)
+                return
+            delay = retry_delay(retries, attempt)
+            too_old = retries.max_event_age is not None and time.time() + delay - first_attempt_at > retries.max_event_age
+            if attempt > retries.max_retries or too_old:
+                break
+            await anyio.sleep(delay)
+        platform.add_dead_letter(
+            function=self.function,
+            source=f"stream:{self.stream}/{self.shard.index}",
+            event=records[0] if self.trigger.bisect_on_error else batch,
+            error=error,
+            attempts=attempt,
+            invocation_id=invocation_id,
+            first_attempt_at=first_attempt_at,
+        )
+        self._mark_done(platform, records)
+
+    def _mark_done(self, platform: Platform, records: list[Record]) -> None:
+        self._done.update(r.sequence for r in records)
+        advanced = 0
+        while self.checkpoint + 1 in self._done:
+            self.checkpoint += 1
+            self._done.discard(self.checkpoint)
+            advanced += 1
+        if advanced:
+            platform.in_flight.finished(advanced)
+            self.shard.trim()
+
+
+class StreamSource:
+    """A running stream: ``faas.stream(name)``. Put records on it; each consumer reads every shard in order."""
+
+    def __init__(self, stream: Stream, consumers: list[tuple[str, StreamConsumer]]) -> None:
+        self.name = stream.name
+        self.key = f"stream:{stream.name}"
+        self.shards = stream.shards
+        self._shards = [_Shard(i) for i in range(stream.shards)]
+        self._cursors: list[_Cursor] = []
+        for function, trigger in consumers:
+            for shard in self._shards:
+                cursor = _Cursor(stream.name, function, trigger, shard)
+                shard.cursors.append(cursor)
+                self._cursors.append(cursor)
+        self._round_robin = itertools.count()
+        self._platform: Platform | None = None
+
+    def __repr__(self) -> str:
+        functions = sorted({c.function for c in self._cursors})
+        return f"<stream {self.name!r} with {self.shards} shards, consumed by {functions}>"
+
+    async def run(self, platform: Platform, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._platform = platform
+        async with anyio.create_task_group() as tg:
+            for cursor in self._cursors:
+                cursor.begin(platform)
+                tg.start_soon(cursor.serve, platform)
+            task_status.started()
+
+    def shard_for(self, key: str | None) -> int:
+        """The shard a record put with ``key`` goes to (keyless: the next in round robin)."""
+        if key is None:
+            return next(self._round_robin) % self.shards
+        return shard_for_key(key, self.shards)
+
+    async def put(self, value: Any, key: Any = None) -> Record:
+        """Append a record to the shard of ``key`` and return it (with its shard and sequence).
+
+        ``key`` is turned into a ``str``; records with one key share a shard and are
+        handled in put order. Records without a key go round robin over the shards.
+        A stream takes records from the moment ``app.run()`` returns its platform, so
+        records may be put before ``async with`` starts the consumers: ``start="earliest"``
+        consumers get them, ``start="latest"`` ones do not. Never waits (the log is
+        in memory and unbounded).
+
+        :raises PlatformClosed: the platform has stopped.
+        """
+        platform = self._platform
+        if platform is not None and platform.closed:
+            raise PlatformClosed(f"stream {self.name!r} is not running; put inside `async with app.run()`")
+        if key is not None and not isinstance(key, str):
+            key = str(key)
+        shard = self._shards[self.shard_for(key)]
+        record = shard.append(key, value)
+        if platform is not None:
+            platform.in_flight.started(len(shard.cursors))
+        return record
+
+    def lag(self) -> dict[int, int]:
+        """Per shard, the records put but not yet checkpointed (the most behind consumer's count; 0 without consumers)."""
+        return {shard.index: max((c.lag for c in shard.cursors), default=0) for shard in self._shards}
+
+    def checkpoints(self, function: str) -> dict[int, int]:
+        """Per shard, the highest sequence ``function`` has fully processed (-1: none yet)."""
+        found = {c.shard.index: c.checkpoint for c in self._cursors if c.function == function}
+        if not found:
+            raise ValueError(f"function {function!r} does not consume stream {self.name!r}")
+        return found
+
+    def pending(self) -> list[str]:
+        return [
+            f"{c.lag} record(s) of stream {self.name!r} shard {c.shard.index} for {c.function}"
+            for c in self._cursors
+            if c._started and c.lag > 0
+        ]
