@@ -14,6 +14,7 @@ or ``BrokenPipeError`` escaping to the user.
 from __future__ import annotations
 
 import array
+import asyncio
 import os
 import signal
 import socket
@@ -203,11 +204,18 @@ class LocalContainer:
         self.on_exit: Callable[[LocalContainer], None] | None = None
         self.on_reply: Callable[[LocalContainer], None] | None = None
         self._sock = sock
+        self._fd = sock.fileno()
         self._decoder = protocol.FrameDecoder()
         self._pending: dict[str, _Pending] = {}
         self._writing = False
         self._write_done: anyio.Event | None = None
         self._closed = False
+        self._first_frame: tuple[tuple[object, ...], bytes] | None = None
+        self._first_event = anyio.Event()
+        self._eof = anyio.Event()
+        self._callback_error: BaseException | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._on_readable)
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -272,14 +280,67 @@ class LocalContainer:
             self.exited.set()
 
     # -- the channel ------------------------------------------------------------------------
+    #
+    # Replies are read by a callback the event loop runs when the socket is readable
+    # (registered once, for the container's life): it resolves the pending call and
+    # reports the finished call at once, so a reply costs one wake-up, the caller's.
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._channel_lost()
+            return
+        decoder = self._decoder
+        decoder.feed(data)
+        try:
+            while (frame := decoder.next_frame()) is not None:
+                self._on_frame(*frame)
+        except protocol.ProtocolError:
+            self.kill("protocol_error")
+            self._channel_lost()
+        except BaseException as exc:  # noqa: BLE001 - a bug in a callback: surface it from serve_replies
+            self._callback_error = exc
+            self.kill("internal_error")
+            self._channel_lost()
+
+    def _on_frame(self, meta: tuple[object, ...], blob: bytes) -> None:
+        if self._first_frame is None:
+            self._first_frame = (meta, blob)
+            self._first_event.set()
+            return
+        kind = meta[0]
+        pending = self._pending.pop(str(meta[1]), None)
+        if pending is None:
+            return
+        if kind == "result":
+            pending.resolve(Returned(blob))
+        elif kind == "error":
+            pending.resolve(Raised(str(meta[2]), str(meta[3]), str(meta[4])))
+        elif kind == "bad_payload":
+            pending.resolve(BadPayload(str(meta[2])))
+        else:
+            raise protocol.ProtocolError(f"container {self.id} sent unexpected {kind!r}")
+        if self.on_reply is not None:
+            self.on_reply(self)
+
+    def _channel_lost(self) -> None:
+        if not self._eof.is_set():
+            self._loop.remove_reader(self._fd)
+            self._eof.set()
+            self._first_event.set()
 
     async def handshake(self) -> None:
-        """Read the container's first frame: ready, or why it could not start."""
-        try:
-            frame = await self._read_frame()
-        except protocol.ProtocolError as exc:
-            raise StartFailed(f"the container spoke garbage before it was ready: {exc}", stage="process") from exc
+        """Wait for the container's first frame: ready, or why it could not start."""
+        await self._first_event.wait()
+        frame = self._first_frame
         if frame is None:
+            if self.kill_reason == "protocol_error":
+                raise StartFailed("the container spoke garbage before it was ready", stage="process")
             await self._await_exit()
             raise StartFailed(f"the container process {describe_exit(self.returncode)} before it was ready", stage="process")
         meta, _ = frame
@@ -298,26 +359,9 @@ class LocalContainer:
         raise StartFailed(f"the container sent {meta[0]!r} before it was ready", stage="process")
 
     async def serve_replies(self) -> None:
-        """Resolve pending calls from the container's replies until its channel closes."""
+        """Wait until the container's channel closes, then fail what is pending and report the exit."""
         try:
-            while (frame := await self._read_frame()) is not None:
-                meta, blob = frame
-                kind = meta[0]
-                pending = self._pending.pop(str(meta[1]), None)
-                if pending is None:
-                    continue
-                if kind == "result":
-                    pending.resolve(Returned(blob))
-                elif kind == "error":
-                    pending.resolve(Raised(str(meta[2]), str(meta[3]), str(meta[4])))
-                elif kind == "bad_payload":
-                    pending.resolve(BadPayload(str(meta[2])))
-                else:
-                    raise protocol.ProtocolError(f"container {self.id} sent unexpected {kind!r}")
-                if self.on_reply is not None:
-                    self.on_reply(self)
-        except protocol.ProtocolError:
-            self.kill("protocol_error")
+            await self._eof.wait()
         finally:
             with anyio.CancelScope(shield=True):
                 self._close_channel()
@@ -328,6 +372,8 @@ class LocalContainer:
                 self._pending.clear()
                 if self.on_exit is not None:
                     self.on_exit(self)
+        if self._callback_error is not None:
+            raise self._callback_error
 
     def _death(self) -> Died:
         return Died(self.returncode, self.kill_reason)
@@ -343,25 +389,8 @@ class LocalContainer:
     def _close_channel(self) -> None:
         if not self._closed:
             self._closed = True
+            self._channel_lost()
             _close(self._sock)
-
-    async def _read_frame(self) -> tuple[tuple[object, ...], bytes] | None:
-        decoder = self._decoder
-        while (frame := decoder.next_frame()) is None:
-            if self._closed:
-                return None
-            try:
-                data = self._sock.recv(_READ_SIZE)
-            except BlockingIOError:
-                if not await _readable(self._sock):
-                    return None
-                continue
-            except OSError:
-                return None
-            if not data:
-                return None
-            decoder.feed(data)
-        return frame
 
     async def _send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
         while self._writing:

@@ -38,6 +38,8 @@ from . import events, protocol
 
 __all__ = ["Bundle", "FunctionRef", "serve"]
 
+_READ_SIZE = 1 << 16
+
 
 @attrs.frozen
 class FunctionRef:
@@ -75,7 +77,7 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._send_lock = threading.Lock()
-        self._header = bytearray(protocol.HEADER.size)
+        self._buf = bytearray()  # bytes read past the last frame
 
     def send(self, meta: tuple[object, ...], blob: bytes | bytearray | memoryview = b"") -> None:
         buffers = protocol.encode(meta, blob)
@@ -83,16 +85,38 @@ class Channel:
             _sendmsg_all(self.sock, buffers)
 
     def recv(self) -> tuple[tuple[object, ...], bytearray] | None:
-        """The next frame, or None when the platform closed the channel."""
-        if not _recv_exactly(self.sock, memoryview(self._header)):
-            return None
-        body_len, version, meta_len = protocol.HEADER.unpack(self._header)
+        """The next frame, or None when the platform closed the channel.
+
+        A small frame usually arrives whole in one ``recv``; a large one is read
+        straight into a buffer of its size.
+        """
+        buf = self._buf
+        while len(buf) < protocol.HEADER.size:
+            if not self._fill():
+                return None
+        body_len, version, meta_len = protocol.HEADER.unpack_from(buf)
         protocol.check_header(version, body_len, meta_len)
-        meta_buf = bytearray(meta_len)
-        blob = bytearray(body_len - 5 - meta_len)
-        if not (_recv_exactly(self.sock, memoryview(meta_buf)) and _recv_exactly(self.sock, memoryview(blob))):
-            return None
-        return protocol.decode_meta(meta_buf), blob
+        total = 4 + body_len
+        if len(buf) < total:
+            have = len(buf)
+            frame = bytearray(total)
+            frame[:have] = buf
+            buf.clear()
+            if not _recv_exactly(self.sock, memoryview(frame)[have:]):
+                return None
+        else:
+            frame = buf[:total]
+            del buf[:total]
+        meta_end = protocol.HEADER.size + meta_len
+        with memoryview(frame) as view:
+            meta = protocol.decode_meta(view[protocol.HEADER.size : meta_end])
+        del frame[:meta_end]
+        return meta, frame
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(_READ_SIZE)
+        self._buf += data
+        return bool(data)
 
 
 def _sendmsg_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview]) -> None:
