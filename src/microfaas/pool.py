@@ -52,7 +52,7 @@ _READ_SIZE: Final = 1 << 18
 
 @attrs.frozen(slots=True)
 class Returned:
-    blob: bytes
+    blob: bytes | bytearray
 
 
 @attrs.frozen(slots=True)
@@ -210,7 +210,7 @@ class LocalContainer:
         self._writing = False
         self._write_done: anyio.Event | None = None
         self._closed = False
-        self._first_frame: tuple[tuple[object, ...], bytes] | None = None
+        self._first_frame: tuple[tuple[object, ...], bytes | bytearray] | None = None
         self._first_event = anyio.Event()
         self._eof = anyio.Event()
         self._callback_error: BaseException | None = None
@@ -286,17 +286,23 @@ class LocalContainer:
     # reports the finished call at once, so a reply costs one wake-up, the caller's.
 
     def _on_readable(self) -> None:
+        decoder = self._decoder
         try:
-            data = self._sock.recv(_READ_SIZE)
+            if (view := decoder.writable()) is not None:
+                with view:
+                    received = self._sock.recv_into(view)
+                decoder.wrote(received)
+            else:
+                data = self._sock.recv(_READ_SIZE)
+                received = len(data)
+                decoder.feed(data)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            received = 0
+        if not received:
             self._channel_lost()
             return
-        decoder = self._decoder
-        decoder.feed(data)
         try:
             while (frame := decoder.next_frame()) is not None:
                 self._on_frame(*frame)
@@ -308,7 +314,7 @@ class LocalContainer:
             self.kill("internal_error")
             self._channel_lost()
 
-    def _on_frame(self, meta: tuple[object, ...], blob: bytes) -> None:
+    def _on_frame(self, meta: tuple[object, ...], blob: bytes | bytearray) -> None:
         if self._first_frame is None:
             self._first_frame = (meta, blob)
             self._first_event.set()

@@ -43,6 +43,8 @@ PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct(">IBI")
 # A frame larger than this is a bug or a corrupt stream, not a payload.
 MAX_FRAME: Final = 2**32 - 1
+# Frames from this size on are read into a buffer of their own (one copy).
+LARGE_FRAME: Final = 1 << 20
 
 
 class ProtocolError(Exception):
@@ -84,23 +86,60 @@ class FrameDecoder:
         decoder.feed(chunk)
         while (frame := decoder.next_frame()) is not None:
             meta, blob = frame
+
+    A frame larger than ``LARGE_FRAME`` gets a buffer of its own size once its
+    header is known; ``writable()`` then offers the rest of that buffer for
+    ``recv_into`` (report with ``wrote(n)``), so a large payload is copied once.
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._frame: bytearray | None = None  # a large frame being filled
+        self._filled = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
+        frame = self._frame
+        if frame is None:
+            self._buf += data
+            return
+        n = min(len(data), len(frame) - self._filled)
+        frame[self._filled : self._filled + n] = data[:n]
+        self._filled += n
+        self._buf += data[n:]
 
-    def next_frame(self) -> tuple[tuple[object, ...], bytes] | None:
+    def writable(self) -> memoryview | None:
+        """The unfilled part of a large frame, for ``recv_into``; None when there is none.
+
+        Release the view (``with view:``) before the next ``next_frame()``.
+        """
+        if self._frame is None:
+            return None
+        return memoryview(self._frame)[self._filled :]
+
+    def wrote(self, n: int) -> None:
+        self._filled += n
+
+    def next_frame(self) -> tuple[tuple[object, ...], bytes | bytearray] | None:
+        frame = self._frame
+        if frame is not None:
+            if self._filled < len(frame):
+                return None
+            self._frame = None
+            self._filled = 0
+            return _split(frame)
         buf = self._buf
         if len(buf) < HEADER.size:
             return None
         body_len, version, meta_len = HEADER.unpack_from(buf)
+        check_header(version, body_len, meta_len)
         end = 4 + body_len
         if len(buf) < end:
+            if end >= LARGE_FRAME:
+                self._frame = bytearray(end)
+                self._frame[: len(buf)] = buf
+                self._filled = len(buf)
+                buf.clear()
             return None
-        check_header(version, body_len, meta_len)
         meta_end = HEADER.size + meta_len
         with memoryview(buf) as view:
             meta = decode_meta(view[HEADER.size : meta_end])
@@ -110,4 +149,14 @@ class FrameDecoder:
 
     @property
     def pending_bytes(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._filled
+
+
+def _split(frame: bytearray) -> tuple[tuple[object, ...], bytearray]:
+    """Meta and blob of a whole frame held in its own buffer (the blob is not copied)."""
+    _, _, meta_len = HEADER.unpack_from(frame)
+    meta_end = HEADER.size + meta_len
+    with memoryview(frame) as view:
+        meta = decode_meta(view[HEADER.size : meta_end])
+    del frame[:meta_end]
+    return meta, frame
