@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
-
 import pytest
 
 import microfaas as mf
+from conftest import HandlerLog
 
 pytestmark = pytest.mark.anyio
 
 app = mf.App("batches")
-# Handlers run in other processes: they report what they did by appending to a file.
-LOG = pathlib.Path(tempfile.gettempdir()) / "microfaas-test-batch.log"
-
-
-def _log(line: str) -> None:
-    with open(LOG, "a") as f:
-        f.write(line + "\n")
+# Handlers run in other processes: they report what they did in this log.
+LOG = HandlerLog("batch")
 
 
 @app.function(max_containers=2)
@@ -31,7 +24,7 @@ def square(x: int) -> int:
 @app.function(retries=mf.Retries(2, initial_delay=0.01, jitter=False))
 def flaky(x: int) -> int:
     attempt = mf.context().attempt
-    _log(f"flaky {x} attempt={attempt}")
+    LOG.write(f"flaky {x} attempt={attempt}")
     if x == 1 and attempt == 1:
         raise RuntimeError("fails once")
     if x == 2:
@@ -44,19 +37,15 @@ def slow(x: int) -> int:
     import time
 
     time.sleep(0.2)
-    _log(f"slow {x}")
+    LOG.write(f"slow {x}")
     return x
 
 
 @pytest.fixture(autouse=True)
 def fresh_log():
-    LOG.unlink(missing_ok=True)
+    LOG.clear()
     yield
-    LOG.unlink(missing_ok=True)
-
-
-def lines() -> list[str]:
-    return LOG.read_text().splitlines() if LOG.exists() else []
+    LOG.clear()
 
 
 async def test_results_are_in_input_order_with_a_failed_task_error_in_its_slot():
@@ -95,8 +84,8 @@ async def test_each_task_is_retried_and_one_that_exhausts_its_retries_is_dead_le
         assert results[1] == 101  # failed once, then succeeded
         assert isinstance(results[2], mf.FunctionError)
         assert job.progress == (3, 1, 3)
-        assert sorted(line for line in lines() if line.startswith("flaky 1")) == ["flaky 1 attempt=1", "flaky 1 attempt=2"]
-        assert len([line for line in lines() if line.startswith("flaky 2")]) == 3  # first try and 2 retries
+        assert sorted(line for line in LOG.lines() if line.startswith("flaky 1")) == ["flaky 1 attempt=1", "flaky 1 attempt=2"]
+        assert len([line for line in LOG.lines() if line.startswith("flaky 2")]) == 3  # first try and 2 retries
         [letter] = faas.dead_letters("flaky")
         assert letter.source == f"batch:{job.id}"
         assert letter.event == mf.BatchTask(job_id=job.id, index=2, item=2)
@@ -111,7 +100,7 @@ async def test_drain_waits_for_a_running_batch():
         assert job.done()
         assert job.progress == (5, 0, 5)
         assert job.results() == [0, 1, 2, 3, 4]
-        assert sorted(lines()) == [f"slow {i}" for i in range(5)]
+        assert sorted(LOG.lines()) == [f"slow {i}" for i in range(5)]
 
 
 async def test_a_progress_iterator_started_late_and_an_empty_batch_end_at_once():

@@ -4,38 +4,28 @@ from __future__ import annotations
 
 import collections
 import os
-import pathlib
 import sys
-import tempfile
 
 import anyio
 import pytest
 
 import microfaas as mf
+from conftest import HandlerLog
 from microfaas.sources.streams import shard_for_key
 
 pytestmark = pytest.mark.anyio
 
-# Handlers run in other processes: they report what they handled by appending to a file.
-LOG = pathlib.Path(tempfile.gettempdir()) / "microfaas-test-streams.log"
+# Handlers run in other processes: they report what they did in this log.
+LOG = HandlerLog("streams")
 FAST = mf.Retries(0, initial_delay=0.01, jitter=False)
 POISON = 13
 KEYS = ["alice", "bob", "carol", "dave", "erin"]
 
 
-def _log(line: str) -> None:
-    with open(LOG, "a") as f:
-        f.write(line + "\n")
-
-
-def lines() -> list[str]:
-    return LOG.read_text().splitlines() if LOG.exists() else []
-
-
 def handled(prefix: str) -> list[tuple[str, int, int, int]]:
     """(key, shard, sequence, value) of each successful handling by ``prefix``, in log order."""
     out = []
-    for line in lines():
+    for line in LOG.lines():
         name, key, shard, sequence, value = line.split()
         if name == prefix:
             out.append((key, int(shard), int(sequence), int(value)))
@@ -43,8 +33,7 @@ def handled(prefix: str) -> list[tuple[str, int, int, int]]:
 
 
 def _log_batch(name: str, batch: mf.RecordBatch) -> None:
-    with open(LOG, "a") as f:
-        f.write("".join(f"{name} {r.key} {r.shard} {r.sequence} {r.value}\n" for r in batch))
+    LOG.write("\n".join(f"{name} {r.key} {r.shard} {r.sequence} {r.value}" for r in batch))
 
 
 app = mf.App("streams")
@@ -64,7 +53,7 @@ def work(batch: mf.RecordBatch) -> None:
     for r in batch:
         if r.value == POISON:
             raise ValueError("poison")
-        _log(f"work {r.key} {r.shard} {r.sequence} {r.value}")  # partial progress, as real handlers make
+        LOG.write(f"work {r.key} {r.shard} {r.sequence} {r.value}")  # partial progress, as real handlers make
 
 
 @app.function(triggers=[plain.consume(batch_size=4, bisect_on_error=False, max_retries=1)], retries=FAST)
@@ -72,7 +61,7 @@ def strict(batch: mf.RecordBatch) -> None:
     for r in batch:
         if r.value == 5:
             raise ValueError("five")
-        _log(f"strict {r.key} {r.shard} {r.sequence} {r.value}")
+        LOG.write(f"strict {r.key} {r.shard} {r.sequence} {r.value}")
 
 
 @app.function(triggers=[audit.consume(batch_size=3, max_retries=2)], retries=FAST)
@@ -84,9 +73,9 @@ def dies_on_first_attempt(batch: mf.RecordBatch) -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_log():
-    LOG.unlink(missing_ok=True)
+    LOG.clear()
     yield
-    LOG.unlink(missing_ok=True)
+    LOG.clear()
 
 
 def assert_key_order(events: list[tuple[str, int, int, int]]) -> None:
@@ -205,7 +194,7 @@ async def test_lag_counts_what_a_slow_consumer_has_not_checkpointed():
             await stream.put(i, key=KEYS[i % 2])
         assert sum(stream.lag().values()) == 6  # nothing can be checkpointed before an invocation returns
         with anyio.fail_after(30):
-            while not lines():
+            while not LOG.lines():
                 await anyio.sleep(0.01)
         assert sum(stream.lag().values()) > 0  # the consumer is behind: records are still in flight
         assert any("record(s) of stream 'events'" in item for item in stream.pending())

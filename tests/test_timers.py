@@ -3,8 +3,6 @@ dead letters, naming, and the next-fire computation on a fake clock (no waiting 
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
 import time
 from datetime import UTC, datetime
 
@@ -12,35 +10,27 @@ import anyio
 import pytest
 
 import microfaas as mf
+from conftest import HandlerLog
 from microfaas.sources import build_sources
 from microfaas.sources.timers import TimerSource, build_timer_sources, catch_up, next_fire
 
 pytestmark = pytest.mark.anyio
 
-# Handlers run in other processes: they report their ticks by appending to a file.
-LOG = pathlib.Path(tempfile.gettempdir()) / "microfaas-test-timers.log"
-
-
-def _log(line: str) -> None:
-    with open(LOG, "a") as f:
-        f.write(line + "\n")
+# Handlers run in other processes: they report what they did in this log.
+LOG = HandlerLog("timers")
 
 
 @pytest.fixture(autouse=True)
 def fresh_log():
-    LOG.unlink(missing_ok=True)
+    LOG.clear()
     yield
-    LOG.unlink(missing_ok=True)
-
-
-def lines() -> list[str]:
-    return LOG.read_text().splitlines() if LOG.exists() else []
+    LOG.clear()
 
 
 async def wait_for_lines(n: int, prefix: str) -> list[str]:
     """Poll the log until ``n`` lines start with ``prefix`` (a generous bound, not a timing assertion)."""
     with anyio.fail_after(60):
-        while len(found := [line for line in lines() if line.startswith(prefix)]) < n:
+        while len(found := [line for line in LOG.lines() if line.startswith(prefix)]) < n:
             await anyio.sleep(0.05)
     return found
 
@@ -50,7 +40,7 @@ async def test_every_fires_repeatedly_with_ticks():
 
     @app.function(triggers=[mf.Every(seconds=0.2)])
     def heartbeat(tick: mf.Tick) -> None:
-        _log(f"beat {tick.name} {tick.scheduled_at!r} {tick.fired_at!r} {tick.skipped}")
+        LOG.write(f"beat {tick.name} {tick.scheduled_at!r} {tick.fired_at!r} {tick.skipped}")
 
     async with app.run() as faas:
         beats = await wait_for_lines(2, "beat")
@@ -73,7 +63,7 @@ async def test_a_slow_handler_skips_late_ticks_instead_of_stacking_them():
 
     @app.function(triggers=[mf.Every(seconds=period, name="slowpoke")], max_containers=1)
     def sluggish(tick: mf.Tick) -> None:
-        _log(f"tick {tick.skipped}")
+        LOG.write(f"tick {tick.skipped}")
         time.sleep(0.5)  # five periods
 
     started = time.monotonic()
@@ -86,7 +76,7 @@ async def test_a_slow_handler_skips_late_ticks_instead_of_stacking_them():
         assert source.skipped > 0
     # One invocation at a time: far fewer invocations than periods went by.
     assert invocations < elapsed / period
-    skipped = [int(line.split()[1]) for line in lines()]
+    skipped = [int(line.split()[1]) for line in LOG.lines()]
     assert any(s > 0 for s in skipped[1:])
 
 
@@ -95,7 +85,7 @@ async def test_a_tick_that_fails_every_attempt_is_dead_lettered():
 
     @app.function(triggers=[mf.Every(seconds=0.2)], retries=mf.Retries(1, initial_delay=0.01, jitter=False))
     def broken(tick: mf.Tick) -> None:
-        _log(f"broken attempt={mf.context().attempt}")
+        LOG.write(f"broken attempt={mf.context().attempt}")
         raise RuntimeError("no")
 
     async with app.run() as faas:

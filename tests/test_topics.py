@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import os
-import pathlib
-import tempfile
 
 import anyio
 import pytest
 
 import microfaas as mf
+from conftest import HandlerLog
 
 pytestmark = pytest.mark.anyio
 
 app = mf.App("topics")
 orders = app.topic("orders")
 audit = app.topic("audit")
-# Handlers run in other processes: they report what they handled by appending to a file.
-LOG = pathlib.Path(tempfile.gettempdir()) / "microfaas-test-topics.log"
-
-
-def _log(line: str) -> None:
-    with open(LOG, "a") as f:
-        f.write(line + "\n")
+# Handlers run in other processes: they report what they did in this log.
+LOG = HandlerLog("topics")
 
 
 @app.function(triggers=[orders.subscribe()])
 def bill(msg: mf.Message) -> None:
-    _log(f"bill {msg.data['id']} {msg.attributes.get('src', '')}")
+    LOG.write(f"bill {msg.data['id']} {msg.attributes.get('src', '')}")
 
 
 @app.function(triggers=[orders.subscribe(batch_size=10, batch_window=0.2)])
@@ -39,7 +33,7 @@ def ship(batch: list[mf.Message]) -> mf.BatchResult:
         elif msg.data["id"] == 4:
             failed.append(msg.id)  # always fails
         else:
-            _log(f"ship {msg.data['id']} attempt={msg.attempt}")
+            LOG.write(f"ship {msg.data['id']} attempt={msg.attempt}")
     return mf.BatchResult(failed=failed)
 
 
@@ -47,18 +41,14 @@ def ship(batch: list[mf.Message]) -> mf.BatchResult:
 def dies_on_first_attempt(msg: mf.Message) -> None:
     if msg.attempt == 1:
         os._exit(9)
-    _log(f"audit {msg.data} attempt={msg.attempt}")
+    LOG.write(f"audit {msg.data} attempt={msg.attempt}")
 
 
 @pytest.fixture(autouse=True)
 def fresh_log():
-    LOG.unlink(missing_ok=True)
+    LOG.clear()
     yield
-    LOG.unlink(missing_ok=True)
-
-
-def lines() -> list[str]:
-    return LOG.read_text().splitlines() if LOG.exists() else []
+    LOG.clear()
 
 
 async def test_publish_fans_out_to_every_subscription():
@@ -67,9 +57,9 @@ async def test_publish_fans_out_to_every_subscription():
             message_id = await faas.topic("orders").publish({"id": i}, attributes={"src": "web"})
             assert isinstance(message_id, str)
         await faas.drain(timeout=60)
-        billed = sorted(line for line in lines() if line.startswith("bill"))
+        billed = sorted(line for line in LOG.lines() if line.startswith("bill"))
         assert billed == [f"bill {i} web" for i in range(1, 6)]
-        shipped = sorted(line for line in lines() if line.startswith("ship"))
+        shipped = sorted(line for line in LOG.lines() if line.startswith("ship"))
         assert shipped == ["ship 1 attempt=1", "ship 2 attempt=1", "ship 3 attempt=2", "ship 5 attempt=1"]
         [letter] = faas.dead_letters("ship")
         assert letter.source == "topic:orders"
@@ -85,7 +75,7 @@ async def test_a_container_dying_on_the_first_attempt_loses_no_message():
         for i in range(3):
             await faas.topic("audit").publish(i)
         await faas.drain(timeout=60)
-        assert sorted(lines()) == [f"audit {i} attempt=2" for i in range(3)]
+        assert sorted(LOG.lines()) == [f"audit {i} attempt=2" for i in range(3)]
         assert faas.dead_letters("dies_on_first_attempt") == []
         assert faas.stats("dies_on_first_attempt").crashes >= 3
 
@@ -100,7 +90,7 @@ async def test_publish_waits_when_a_buffer_is_full_and_drops_nothing():
         import time
 
         time.sleep(0.05)
-        _log(f"slow {msg.data}")
+        LOG.write(f"slow {msg.data}")
 
     async with small.run() as faas:
         published = 0
@@ -116,7 +106,7 @@ async def test_publish_waits_when_a_buffer_is_full_and_drops_nothing():
             await anyio.sleep(0.05)
             assert published < 12  # publish is waiting on the full buffer
         await faas.drain(timeout=60)
-        assert sorted(int(line.split()[1]) for line in lines()) == list(range(12))
+        assert sorted(int(line.split()[1]) for line in LOG.lines()) == list(range(12))
         with pytest.raises(mf.UnknownFunction, match="no topic 'nope'"):
             faas.topic("nope")
         assert got.name == "results"

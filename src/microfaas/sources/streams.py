@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import attrs
 
 from ..app import Retries
 from ..delivery import retry_delay
@@ -132,14 +133,7 @@ class _Cursor:
 
     async def serve(self, platform: Platform) -> None:
         spec = platform.app.functions[self.function]
-        retries = Retries(
-            self.trigger.max_retries,
-            spec.retries.initial_delay,
-            spec.retries.backoff,
-            spec.retries.max_delay,
-            spec.retries.jitter,
-            spec.retries.max_event_age,
-        )
+        retries = attrs.evolve(spec.retries, max_retries=self.trigger.max_retries)
         async with anyio.create_task_group() as tg:
             for lane in range(self.trigger.parallelization):
                 tg.start_soon(self._serve_lane, platform, retries, lane)
@@ -200,6 +194,8 @@ class _Cursor:
             too_old = retries.max_event_age is not None and time.time() + delay - first_attempt_at > retries.max_event_age
             if attempt > retries.max_retries or too_old:
                 break
+            source = f"stream:{self.stream}/{self.shard.index}"
+            platform.record_retry(error, function=self.function, source=source, invocation_id=invocation_id, attempt=attempt, delay=delay)
             await anyio.sleep(delay)
         platform.add_dead_letter(
             function=self.function,

@@ -41,20 +41,14 @@ class _Subscription:
         self.trigger = trigger
         self.send, self.receive = anyio.create_memory_object_stream[Message](trigger.buffer_size)
         self.in_delivery = 0
+        self.in_hand = 0  # taken from the buffer, not yet handed to a delivery
 
     def buffered(self) -> int:
         return self.send.statistics().current_buffer_used
 
     async def serve(self, platform: Platform) -> None:
         spec = platform.app.functions[self.function]
-        retries = Retries(
-            self.trigger.max_retries,
-            spec.retries.initial_delay,
-            spec.retries.backoff,
-            spec.retries.max_delay,
-            spec.retries.jitter,
-            spec.retries.max_event_age,
-        )
+        retries = attrs.evolve(spec.retries, max_retries=self.trigger.max_retries)
         limit = self.trigger.max_concurrency
         limiter = anyio.Semaphore(limit) if limit is not None else None
         async with anyio.create_task_group() as tg:
@@ -63,20 +57,24 @@ class _Subscription:
                 if limiter is not None:
                     await limiter.acquire()
                 self.in_delivery += len(batch)
+                self.in_hand = 0
                 tg.start_soon(self._deliver, platform, batch, retries, limiter)
 
     async def _collect(self) -> list[Message]:
         batch = [await self.receive.receive()]
+        self.in_hand = 1
         size = self.trigger.batch_size
         while len(batch) < size:
             try:
                 batch.append(self.receive.receive_nowait())
             except anyio.WouldBlock:
                 break
+        self.in_hand = len(batch)
         if len(batch) < size and self.trigger.batch_window > 0:
             with anyio.move_on_after(self.trigger.batch_window):
                 while len(batch) < size:
                     batch.append(await self.receive.receive())
+                    self.in_hand = len(batch)
         return batch
 
     async def _deliver(self, platform: Platform, batch: list[Message], retries: Retries, limiter: anyio.Semaphore | None) -> None:
@@ -94,6 +92,10 @@ class _Subscription:
                 too_old = retries.max_event_age is not None and time.time() + delay - first_attempt_at > retries.max_event_age
                 if attempt > retries.max_retries or too_old:
                     break
+                assert error is not None
+                platform.record_retry(
+                    error, function=self.function, source=f"topic:{self.topic}", invocation_id=invocation_id, attempt=attempt, delay=delay
+                )
                 await anyio.sleep(delay)
             assert error is not None
             for message in remaining:
@@ -178,7 +180,7 @@ class TopicSource:
     def pending(self) -> list[str]:
         out = []
         for s in self._subscriptions:
-            waiting = s.buffered() + s.in_delivery
+            waiting = s.buffered() + s.in_hand + s.in_delivery
             if waiting:
                 out.append(f"{waiting} message(s) of topic {self.name!r} for {s.function}")
         return out
