@@ -90,6 +90,8 @@ class ResourceManager:
         self.nodes: dict[str, NodeRecord] = {}
         self._next_id = 1
         self._released_node_seconds = 0.0
+        # Ready nodes holding no container: the candidates for release.
+        self._empty: dict[str, NodeRecord] = {}
 
     # -- questions -------------------------------------------------------------------
 
@@ -128,10 +130,12 @@ class ResourceManager:
         node.acquired_at = now
         if node.containers == 0:
             node.empty_since = now
+            self._empty[node_id] = node
 
     def node_lost(self, node_id: str, *, now: float) -> None:
         """The node failed to come up or vanished; forget it (its containers are gone too)."""
         node = self.nodes.pop(node_id, None)
+        self._empty.pop(node_id, None)
         if node is not None:
             self._released_node_seconds += now - node.held_since
 
@@ -142,6 +146,7 @@ class ResourceManager:
         node.used_mb += memory_mb
         node.containers += 1
         node.empty_since = None
+        self._empty.pop(node_id, None)
 
     def free(self, node_id: str, memory_mb: int, *, now: float) -> None:
         node = self.nodes.get(node_id)
@@ -151,6 +156,8 @@ class ResourceManager:
         node.containers -= 1
         if node.containers == 0:
             node.empty_since = now
+            if node.state is NodeState.READY:
+                self._empty[node_id] = node
 
     def expire(self, *, now: float) -> list[ReleaseNode]:
         """Release nodes that have been empty for ``release_after`` (keeping ``min_nodes``)."""
@@ -158,11 +165,12 @@ class ResourceManager:
         spare = len(self.nodes) - self.min_nodes
         if spare <= 0:
             return releases
-        for node in sorted(self._empty_ready_nodes(), key=lambda n: n.empty_since or 0.0):
+        for node in sorted(self._empty.values(), key=lambda n: n.empty_since or 0.0):
             if spare <= 0:
                 break
             if node.empty_since is not None and now >= node.empty_since + self.release_after:
                 del self.nodes[node.id]
+                del self._empty[node.id]
                 self._released_node_seconds += now - node.held_since
                 releases.append(ReleaseNode(node_id=node.id))
                 spare -= 1
@@ -172,6 +180,7 @@ class ResourceManager:
         releases = [ReleaseNode(node_id=node_id) for node_id in self.nodes]
         self._released_node_seconds += sum(now - node.held_since for node in self.nodes.values())
         self.nodes.clear()
+        self._empty.clear()
         return releases
 
     def node_seconds(self, *, now: float) -> float:
@@ -181,8 +190,5 @@ class ResourceManager:
     def next_wake(self) -> float | None:
         if len(self.nodes) <= self.min_nodes:
             return None
-        times = [n.empty_since + self.release_after for n in self._empty_ready_nodes() if n.empty_since is not None]
+        times = [n.empty_since + self.release_after for n in self._empty.values() if n.empty_since is not None]
         return min(times, default=None)
-
-    def _empty_ready_nodes(self) -> list[NodeRecord]:
-        return [n for n in self.nodes.values() if n.containers == 0 and n.state is NodeState.READY]

@@ -27,7 +27,8 @@ Rules, as in AWS Lambda and OpenWhisk:
   up serves the oldest waiting requests or goes idle; a container freed by a
   finished call serves a waiting request before any start completes.
 * Placement is best fit (``ResourceManager.place``). With no room and no node to
-  acquire, idle unpinned containers are evicted, least recently used first; if
+  acquire, idle unpinned containers are evicted, least recently used first
+  (or lowest ``eviction_priority`` first, if the keep-alive policy says); if
   that is not enough the start waits in one FIFO shared by all functions, so a
   large function is not starved by small ones.
 * At most ``queue_limit`` requests wait at once; past it a request is throttled.
@@ -141,6 +142,7 @@ class Scheduler:
                 f"{self.resources.node_memory_mb} MB; lower memory_mb or raise node_memory_mb"
             )
         self._functions[profile.name] = _Function(profile)
+        self.keep_alive.function_added(profile.name, memory_mb=profile.memory_mb)
 
     def profile(self, function: str) -> FunctionProfile:
         return self._functions[function].profile
@@ -498,10 +500,14 @@ class Scheduler:
         return actions
 
     def _evict_for(self, memory_mb: int, now: float) -> list[Action]:
-        """Stop the least recently used idle, unpinned containers that make room on one node."""
+        """Stop the idle, unpinned containers of lowest eviction priority that make room on one node.
+
+        The priority is the policy's ``eviction_priority``: by default the time of
+        last use, so the least recently used go first."""
+        priority = self.keep_alive.eviction_priority
         idle = sorted(
             (c for c in self._containers.values() if c.state is ContainerState.IDLE and not c.pinned),
-            key=lambda c: c.last_used,
+            key=lambda c: priority(c, now=now),
         )
         chosen: dict[str, list[ContainerRecord]] = collections.defaultdict(list)
         freed: dict[str, int] = collections.defaultdict(int)
@@ -509,7 +515,10 @@ class Scheduler:
             chosen[rec.node_id].append(rec)
             freed[rec.node_id] += rec.memory_mb
             if self.resources.nodes[rec.node_id].free_mb + freed[rec.node_id] >= memory_mb:
-                return [self._stop(victim, "evicted", now) for victim in chosen[rec.node_id]]
+                stops = [self._stop(victim, "evicted", now) for victim in chosen[rec.node_id]]
+                for victim in chosen[rec.node_id]:
+                    self.keep_alive.evicted(victim, remaining=len(self._functions[victim.function].containers), now=now)
+                return stops
         return []
 
     def _stop(self, rec: ContainerRecord, reason: str, now: float) -> StopContainer:

@@ -3,7 +3,7 @@
 How this works. ``simulate`` builds the same ``Scheduler`` and ``ResourceManager``
 that ``platform.py`` drives, and plays the part of the async shell with no I/O,
 no threads and no clock: time is a float that jumps from one event to the next.
-Pending events sit in a heap of ``(time, order, seq, kind, payload)``; ``seq``
+Pending outcomes sit in a heap of ``(time, seq, kind, payload)`` and arrivals in a sorted list; ``seq``
 breaks ties in insertion order, so a run is deterministic. At equal times the
 outcomes of earlier actions (a node came up, a container started, a call
 finished) are fed in before new arrivals, and the scheduler's ``tick`` runs
@@ -30,7 +30,7 @@ from __future__ import annotations
 import collections
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
@@ -38,16 +38,30 @@ import attrs
 from .keepalive import KeepAlivePolicy
 from .resources import AcquireNode, ReleaseNode, ResourceManager
 from .scheduler import Action, FailRequest, FunctionProfile, RunOn, Scheduler, StartContainer, StopContainer
+from .traces import Trace, TraceError, TraceFunction, load_azure, load_csv
 
-__all__ = ["Invocation", "SimFunction", "SimReport", "SimulatedNodes", "simulate"]
+__all__ = [
+    "REPLAY_NODES",
+    "Invocation",
+    "ReplayReport",
+    "SimFunction",
+    "SimReport",
+    "SimulatedNodes",
+    "Trace",
+    "TraceError",
+    "TraceFunction",
+    "load_azure",
+    "load_csv",
+    "replay",
+    "simulate",
+]
 
 # With drain=True, ticks stop this many virtual seconds after the last event
 # (pinned containers that cannot start are retried forever).
 DRAIN_HORIZON: Final = 86_400.0
 
 # Event kinds; outcomes of earlier actions come before arrivals at the same instant.
-_NODE_UP, _STARTED, _FINISHED, _ARRIVAL = "node_up", "started", "finished", "arrival"
-_ORDER: Final = {_NODE_UP: 0, _STARTED: 0, _FINISHED: 0, _ARRIVAL: 1}
+_NODE_UP, _STARTED, _FINISHED = "node_up", "started", "finished"
 
 
 def _at_least(low: float) -> Any:
@@ -144,25 +158,44 @@ class _Box:
 
 
 class _Driver:
-    def __init__(self, sched: Scheduler, fns: dict[str, SimFunction], nodes: SimulatedNodes, record: bool) -> None:
+    """Carries the core's actions out on a virtual clock.
+
+    Arrivals are given as parallel lists sorted by time (``times``, ``names``,
+    ``durations``) and merged with the heap of outcomes, so they cost no heap
+    entry; ``ids[i]`` is call i's request id (``index`` maps ids back to i, None
+    when the ids are the indices themselves).
+    """
+
+    def __init__(
+        self,
+        sched: Scheduler,
+        fns: dict[str, SimFunction],
+        nodes: SimulatedNodes,
+        record: bool,
+        arrivals: tuple[list[float], list[str], list[float]],
+        ids: Any,
+        index: dict[str, int] | None,
+    ) -> None:
         self.sched, self.fns, self.nodes, self.record = sched, fns, nodes, record
+        self.times, self.names, self.durations = arrivals
+        self.ids, self.index = ids, index
+        self.next_call = 0
         self.now = 0.0
-        self.heap: list[tuple[float, int, int, str, Any]] = []
+        self.heap: list[tuple[float, int, str, Any]] = []
         self.seq = 0
-        self.arrived: dict[str, float] = {}
-        self.durations: dict[str, float] = {}
-        self.waits: dict[str, float | None] = {}
+        self.waits: list[float | None] = [None] * len(self.times)
         self.boxes: dict[str, _Box] = {}
         self.held: dict[str, float] = {}  # node id -> acquired at
         self.node_seconds = self.idle_mb_s = 0.0
-        self.peak_nodes = self.started = self.cold = self.warm = 0
+        self.peak_nodes = self.started = self.cold = self.warm = self.decisions = 0
         self.cold_by_fn: collections.Counter[str] = collections.Counter()
         self.failed: collections.Counter[str] = collections.Counter()
         self.stopped: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[float, Action]] = []
+        self.progress: Callable[[int, int], None] | None = None
 
     def push(self, time: float, kind: str, payload: Any) -> None:
-        heapq.heappush(self.heap, (time, _ORDER[kind], self.seq, kind, payload))
+        heapq.heappush(self.heap, (time, self.seq, kind, payload))
         self.seq += 1
 
     def _idle_end(self, box: _Box) -> None:
@@ -170,36 +203,43 @@ class _Driver:
             self.idle_mb_s += box.memory_mb * (self.now - box.idle_since)
 
     def apply(self, actions: list[Action]) -> None:
+        if not actions:
+            return
         pending = collections.deque(actions)
         now = self.now
         while pending:
             action = pending.popleft()
             if self.record:
                 self.log.append((now, action))
-            if isinstance(action, RunOn):
+            if type(action) is RunOn:
                 box = self.boxes[action.container_id]
                 self._idle_end(box)
                 box.busy += 1
-                self.waits[action.request_id] = now - self.arrived[action.request_id]
+                request_id = action.request_id
+                i = request_id if self.index is None else self.index[request_id]
+                self.waits[i] = now - self.times[i]
                 if action.cold_start:
                     self.cold += 1
                     self.cold_by_fn[box.function] += 1
                 else:
                     self.warm += 1
-                self.push(now + self.durations[action.request_id], _FINISHED, action.container_id)
+                self.push(now + self.durations[i], _FINISHED, action.container_id)
             elif isinstance(action, StartContainer):
                 self.started += 1
-                self.boxes[action.container_id] = _Box(function=action.function, memory_mb=self.fns[action.function].memory_mb)
-                self.push(now + self.fns[action.function].cold_start_s, _STARTED, action.container_id)
+                fn = self.fns[action.function]
+                self.boxes[action.container_id] = _Box(function=action.function, memory_mb=fn.memory_mb)
+                self.push(now + fn.cold_start_s, _STARTED, action.container_id)
             elif isinstance(action, StopContainer):
                 box = self.boxes.pop(action.container_id, None)
                 if box is not None:
                     self._idle_end(box)
                 self.stopped[action.reason] += 1
+                self.decisions += 1
                 pending.extend(self.sched.container_exited(action.container_id, now=now))
             elif isinstance(action, FailRequest):
                 self.failed[action.reason] += 1
-                self.waits[action.request_id] = None
+                request_id = action.request_id
+                self.waits[request_id if self.index is None else self.index[request_id]] = None
             elif isinstance(action, AcquireNode):
                 self.held[action.node_id] = now
                 self.peak_nodes = max(self.peak_nodes, len(self.held))
@@ -211,43 +251,57 @@ class _Driver:
 
     def handle(self, kind: str, payload: Any) -> None:
         now, sched = self.now, self.sched
-        if kind == _ARRIVAL:
-            request_id, function = payload
-            self.arrived[request_id] = now
-            self.apply(sched.request(request_id, function, now=now))
+        self.decisions += 1
+        if kind == _FINISHED:
+            box = self.boxes.get(payload)
+            if box is not None:
+                box.busy -= 1
+                box.idle_since = now
+            self.apply(sched.call_finished(payload, now=now))
         elif kind == _STARTED:
             box = self.boxes.get(payload)
             if box is None:
                 return  # stopped while starting (shutdown): the core ignores it too
             box.up, box.idle_since = True, now
             self.apply(sched.container_started(payload, now=now))
-        elif kind == _FINISHED:
-            box = self.boxes.get(payload)
-            if box is not None:
-                box.busy -= 1
-                box.idle_since = now
-            self.apply(sched.call_finished(payload, now=now))
         elif kind == _NODE_UP:
             self.apply(sched.node_acquired(payload, now=now))
 
     def run(self, drain: bool) -> None:
         last_event = 0.0
         stalled_at: float | None = None
+        heap, times, names, ids, sched = self.heap, self.times, self.names, self.ids, self.sched
+        n = len(times)
+        progress, every = self.progress, 1 << 14
         while True:
-            wake = self.sched.next_wake()
-            if self.heap and (wake is None or self.heap[0][0] <= wake):
-                time, _, _, kind, payload = heapq.heappop(self.heap)
-                self.now = last_event = max(self.now, time)
-                self.handle(kind, payload)
-                continue
-            if wake is None or not (self.heap or (drain and wake <= last_event + DRAIN_HORIZON)):
+            wake = sched.next_wake()
+            i = self.next_call
+            at = times[i] if i < n else math.inf
+            top = heap[0][0] if heap else math.inf
+            if (top <= at and top < math.inf) or at < top:
+                event = top if top <= at else at
+                if wake is None or event <= wake:
+                    self.now = last_event = max(self.now, event)
+                    if top <= at:
+                        _, _, kind, payload = heapq.heappop(heap)
+                        self.handle(kind, payload)
+                    else:
+                        self.next_call = i + 1
+                        self.decisions += 1
+                        self.apply(sched.request(ids[i], names[i], now=self.now))
+                        if progress is not None and not (i + 1) % every:
+                            progress(i + 1, n)
+                    continue
+            pending = bool(heap) or i < n
+            if wake is None or not (pending or (drain and wake <= last_event + DRAIN_HORIZON)):
                 return
             time = max(wake, self.now)
             if time == stalled_at:
                 # next_wake() and tick() may round differently; step past the float.
                 time = math.nextafter(time, math.inf)
             self.now = time
-            actions = self.sched.tick(now=time)
+            self.decisions += 1
+            actions = sched.tick(now=time)
             stalled_at = time if not actions else None
             self.apply(actions)
 
@@ -256,6 +310,11 @@ class _Driver:
             self._idle_end(box)
         for acquired_at in self.held.values():
             self.node_seconds += self.now - acquired_at
+
+
+# The replay's default nodes: 16 nodes of 1 TB, so that memory pressure plays no
+# part in a keep-alive comparison (the 50-function day peaks well below this).
+REPLAY_NODES: Final = SimulatedNodes(max_nodes=16, node_memory_mb=4 << 20, release_after=30.0)
 
 
 def simulate(
@@ -282,15 +341,15 @@ def simulate(
     sched = Scheduler(nodes.resource_manager(), keep_alive=keep_alive, queue_limit=queue_limit)
     for fn in fns.values():
         sched.add_function(fn.profile())
-    driver = _Driver(sched, fns, nodes, record)
-    for i, call in sorted(enumerate(calls), key=lambda ic: (ic[1].time_s, ic[0])):
-        request_id = f"r-{i}"
-        driver.durations[request_id] = call.duration_s
-        driver.push(call.time_s, _ARRIVAL, (request_id, call.function))
+    order = sorted(range(len(calls)), key=lambda i: (calls[i].time_s, i))
+    arrivals = ([calls[i].time_s for i in order], [calls[i].function for i in order], [calls[i].duration_s for i in order])
+    ids = [f"r-{i}" for i in order]
+    driver = _Driver(sched, fns, nodes, record, arrivals, ids, {rid: k for k, rid in enumerate(ids)})
     driver.apply(sched.start(now=0.0))
     driver.run(drain)
     driver.finish()
-    waits = tuple(driver.waits.get(f"r-{i}") for i in range(len(calls)))
+    position = {i: k for k, i in enumerate(order)}
+    waits = tuple(driver.waits[position[i]] for i in range(len(calls)))
     answered = [w for w in waits if w is not None]
     return SimReport(
         invocations=len(calls),
@@ -308,4 +367,149 @@ def simulate(
         idle_memory_mb_s=driver.idle_mb_s,
         end_s=driver.now,
         actions=tuple(driver.log),
+    )
+
+
+# -- trace replay ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ReplayReport:
+    """What replaying a trace under one keep-alive policy cost.
+
+    Ratios are cold starts / invocations. ``p75_app_cold_start_ratio`` is the
+    75th percentile (linear interpolation) over apps of each app's ratio.
+    ``wall_s`` and ``decisions`` (facts fed to the core) describe the run, not
+    its outcome, and are left out of ``==``.
+    """
+
+    policy: str
+    source: str
+    invocations: int
+    cold_starts: int
+    warm_starts: int
+    cold_start_ratio: float
+    p75_app_cold_start_ratio: float
+    app_cold_start_ratio: dict[str, float]
+    function_cold_start_ratio: dict[str, float]
+    function_invocations: dict[str, int]
+    idle_memory_mb_s: float
+    idle_memory_by_function: dict[str, float]
+    node_seconds: float
+    peak_nodes: int
+    wait_s: float
+    max_wait_s: float
+    containers_started: int
+    containers_stopped: dict[str, int]
+    failed: dict[str, int]
+    end_s: float
+    decisions: int = attrs.field(default=0, eq=False)
+    wall_s: float = attrs.field(default=0.0, eq=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers, JSON-ready."""
+        return {
+            "policy": self.policy,
+            "invocations": self.invocations,
+            "cold_starts": self.cold_starts,
+            "cold_start_ratio": self.cold_start_ratio,
+            "p75_app_cold_start_ratio": self.p75_app_cold_start_ratio,
+            "idle_memory_mb_s": self.idle_memory_mb_s,
+            "node_seconds": self.node_seconds,
+            "wait_s": self.wait_s,
+            "evictions": self.containers_stopped.get("evicted", 0),
+            "failed": sum(self.failed.values()),
+        }
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by linear interpolation (numpy's default)."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def policy_name(policy: KeepAlivePolicy | None) -> str:
+    if policy is None:
+        return "fixed:600"
+    ttl = getattr(policy, "ttl", None)
+    if type(policy).__name__ == "FixedKeepAlive" and ttl is not None:
+        return f"fixed:{ttl:g}"
+    return str(getattr(policy, "name", type(policy).__name__))
+
+
+def replay(
+    trace: Trace,
+    *,
+    keep_alive: KeepAlivePolicy | None = None,
+    nodes: SimulatedNodes | None = None,
+    concurrency: int = 1,
+    queue_limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    name: str | None = None,
+) -> ReplayReport:
+    """Replay ``trace`` through the real ``Scheduler`` on simulated ``nodes`` in virtual time.
+
+    Every function has ``idle_timeout=None`` (the policy decides), the trace's
+    memory and cold start, and ``concurrency`` calls per container (1: one
+    invocation per container, as in the Azure model). ``nodes`` defaults to
+    ``REPLAY_NODES``, large enough that memory pressure plays no part.
+    ``progress(done, total)`` is called every 16384 arrivals.
+    """
+    import time as _time  # the wall clock is only read to report speed
+
+    started = _time.perf_counter()
+    nodes = nodes if nodes is not None else REPLAY_NODES
+    fns = {
+        f.name: SimFunction(f.name, memory_mb=f.memory_mb, concurrency=concurrency, idle_timeout=None, cold_start_s=f.cold_start_s)
+        for f in trace.functions
+    }
+    sched = Scheduler(nodes.resource_manager(), keep_alive=keep_alive, queue_limit=queue_limit)
+    for fn in fns.values():
+        sched.add_function(fn.profile())
+    names = [f.name for f in trace.functions]
+    arrivals = (trace.times, [names[c] for c in trace.calls], trace.durations)
+    driver = _Driver(sched, fns, nodes, False, arrivals, range(len(trace)), None)
+    driver.progress = progress
+    driver.apply(sched.start(now=0.0))
+    driver.run(drain=False)
+    driver.finish()
+    end = driver.now
+
+    per_fn: collections.Counter[str] = collections.Counter(names[c] for c in trace.calls)
+    fn_ratio = {f: driver.cold_by_fn[f] / per_fn[f] for f in names if per_fn[f]}
+    app_calls: collections.Counter[str] = collections.Counter()
+    app_cold: collections.Counter[str] = collections.Counter()
+    for f in trace.functions:
+        app_calls[f.app] += per_fn[f.name]
+        app_cold[f.app] += driver.cold_by_fn[f.name]
+    app_ratio = {a: app_cold[a] / n for a, n in app_calls.items() if n}
+    answered = [w for w in driver.waits if w is not None]
+    return ReplayReport(
+        policy=name or policy_name(keep_alive),
+        source=trace.source,
+        invocations=len(trace),
+        cold_starts=driver.cold,
+        warm_starts=driver.warm,
+        cold_start_ratio=driver.cold / len(trace) if len(trace) else 0.0,
+        p75_app_cold_start_ratio=percentile(app_ratio.values(), 0.75),
+        app_cold_start_ratio=app_ratio,
+        function_cold_start_ratio=fn_ratio,
+        function_invocations=dict(per_fn),
+        idle_memory_mb_s=driver.idle_mb_s,
+        idle_memory_by_function={f: sched.usage_at(f, now=end).idle_memory_mb_s for f in names},
+        node_seconds=driver.node_seconds,
+        peak_nodes=driver.peak_nodes,
+        wait_s=sum(answered),
+        max_wait_s=max(answered, default=0.0),
+        containers_started=driver.started,
+        containers_stopped=dict(driver.stopped),
+        failed=dict(driver.failed),
+        end_s=end,
+        decisions=driver.decisions,
+        wall_s=_time.perf_counter() - started,
     )

@@ -1,0 +1,141 @@
+"""Trace loading and replay: the Azure 2019 format, the plain CSV, determinism, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import microfaas as mf
+from microfaas import sim
+from microfaas.cli import main
+
+# The Azure Functions 2019 samples ship with the repository (data/, CC-BY 4.0).
+DATA = Path(__file__).resolve().parents[1] / "data" / "azure2019-invitro-samples"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_load_csv_sorts_calls_and_sizes_functions(tmp_path: Path) -> None:
+    trace = sim.load_csv(
+        write(tmp_path / "calls.csv", "time_s,function,duration_s,memory_mb\n5,f,1.0,256\n1,g,0.5,128\n2,f,2.0,512\n3,f,1,256\n")
+    )
+    assert trace.times == [1.0, 2.0, 3.0, 5.0]
+    assert [trace.functions[i].name for i in trace.calls] == ["g", "f", "f", "f"]
+    assert {f.name: f.memory_mb for f in trace.functions} == {"f": 256, "g": 128}
+    assert trace.apps() == {"f": ["f"], "g": ["g"]}
+
+
+def test_load_csv_app_column_groups_functions(tmp_path: Path) -> None:
+    trace = sim.load_csv(write(tmp_path / "c.csv", "time_s,function,duration_s,memory_mb,app\n0,a,1,128,shop\n1,b,1,128,shop\n"))
+    assert trace.apps() == {"shop": ["a", "b"]}
+    report = sim.replay(trace, keep_alive=mf.FixedKeepAlive(600))
+    assert report.app_cold_start_ratio == {"shop": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ("time_s,function,duration_s,memory_mb\n0,f,1,128\n1,f,x,128\n", ":3:3:", "duration_s"),
+        ("time_s,function,duration_s,memory_mb\n0,f,1,128\n1,f,1\n", ":3:4:", "truncated"),
+        ("time_s,function,duration_s\n0,f,1\n", ":1:4:", "memory_mb"),
+        ("", ":1:1:", "empty"),
+        ("time_s,function,duration_s,memory_mb\n-1,f,1,128\n", ":2:1:", "time_s"),
+    ],
+)
+def test_bad_csv_names_file_line_and_column(tmp_path: Path, text: str, where: str, what: str) -> None:
+    path = write(tmp_path / "bad.csv", text)
+    with pytest.raises(sim.TraceError, match=what) as info:
+        sim.load_csv(path)
+    assert f"bad.csv{where}" in str(info.value)
+
+
+def test_load_azure_spreads_each_minute_and_is_seeded() -> None:
+    trace = sim.load_azure(DATA / "10_inv.csv", seed=1, minutes=120)
+    again = sim.load_azure(DATA / "10_inv.csv", seed=1, minutes=120)
+    other = sim.load_azure(DATA / "10_inv.csv", seed=2, minutes=120)
+    assert trace.times == again.times and trace.durations == again.durations
+    assert trace.times != other.times
+    assert trace.times == sorted(trace.times) and trace.times[-1] < 120 * 60
+    assert len(trace.functions) == 10 and all(f.memory_mb > 0 and f.cold_start_s > 0.5 for f in trace.functions)
+    poisson = sim.load_azure(DATA / "10_inv.csv", seed=1, minutes=120, arrivals="poisson")
+    assert len(poisson) == len(trace)  # per-minute counts are kept exactly
+
+
+def test_truncated_azure_file_names_line_and_column(tmp_path: Path) -> None:
+    for kind in ("run", "mem"):
+        shutil.copy(DATA / f"10_{kind}.csv", tmp_path / f"10_{kind}.csv")
+    lines = (DATA / "10_inv.csv").read_text().splitlines()
+    cut = lines[3][: len(lines[3]) // 2].rsplit(",", 1)[0]
+    write(tmp_path / "10_inv.csv", "\n".join([*lines[:3], cut]) + "\n")
+    with pytest.raises(sim.TraceError, match=r"10_inv\.csv:4:\d+: .*truncated"):
+        sim.load_azure(tmp_path / "10_inv.csv")
+    run = (DATA / "10_run.csv").read_text().splitlines()
+    fields = run[1].split(",")
+    fields[7] = "oops"  # percentile_Average_0
+    write(tmp_path / "10_run.csv", "\n".join([run[0], ",".join(fields), *run[2:]]) + "\n")
+    with pytest.raises(sim.TraceError, match=r"10_run\.csv:2:8: percentile_Average_0"):
+        sim.load_azure(tmp_path / "10_inv.csv")
+
+
+def test_same_seed_same_report() -> None:
+    trace = sim.load_azure(DATA / "10_inv.csv", seed=0, minutes=240)
+    first = sim.replay(trace, keep_alive=mf.HistogramKeepAlive())
+    second = sim.replay(sim.load_azure(DATA / "10_inv.csv", seed=0, minutes=240), keep_alive=mf.HistogramKeepAlive())
+    assert first == second
+    assert first.invocations == len(trace) == first.cold_starts + first.warm_starts
+    assert 0 <= first.p75_app_cold_start_ratio <= 1 and first.decisions > first.invocations
+
+
+def test_replay_counts_cold_starts_and_idle_memory(tmp_path: Path) -> None:
+    trace = sim.load_csv(write(tmp_path / "c.csv", "time_s,function,duration_s,memory_mb\n0,f,1,1024\n100,f,1,1024\n1000,f,1,1024\n"))
+    report = sim.replay(trace, keep_alive=mf.FixedKeepAlive(200))
+    # Cold start 1.0 s for 1 GB: up at 1, busy to 2, idle to 100 (98 s), idle 102..302 then stopped.
+    assert (report.cold_starts, report.warm_starts) == (2, 1)
+    assert report.idle_memory_mb_s == pytest.approx(1024 * (98 + 200))
+    assert report.function_cold_start_ratio == {"f": pytest.approx(2 / 3)}
+
+
+def test_greedy_dual_under_memory_pressure_evicts(tmp_path: Path) -> None:
+    rows = "".join(f"{t},{f},1,400\n" for t, f in [(0, "a"), (0, "b"), (5, "a"), (10, "c"), (20, "a"), (30, "b")])
+    trace = sim.load_csv(write(tmp_path / "c.csv", "time_s,function,duration_s,memory_mb\n" + rows))
+    nodes = sim.SimulatedNodes(max_nodes=1, node_memory_mb=1000)
+    report = sim.replay(trace, keep_alive=mf.GreedyDualKeepAlive(), nodes=nodes)
+    assert report.containers_stopped.get("evicted", 0) >= 1
+    assert report.failed == {}
+
+
+def test_cli_replay_prints_a_table_and_draws_the_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png, out = tmp_path / "out.png", tmp_path / "out.json"
+    argv = [str(DATA / "10_inv.csv"), "--minutes", "180", "--policy", "hybrid", "--compare", "fixed:600", "--compare", "adaptive"]
+    argv += ["--sweep", "60..7200", "--sweep-points", "3", "--plot", str(png), "--json", str(out), "--quiet"]
+    assert main(["replay", *argv]) == 0
+    text = capsys.readouterr().out
+    assert "p75 app" in text and "hybrid" in text and "fixed:7200" in text
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    payload = json.loads(out.read_text())
+    assert [p["policy"] for p in payload["policies"]] == ["hybrid", "fixed:600", "adaptive"]
+    assert len(payload["sweep"]) == 3
+
+
+def test_cli_replay_rejects_a_bad_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "c.csv", "time_s,function,duration_s,memory_mb\n0,f,1,128\n")
+    assert main(["replay", str(path), "--policy", "lru"]) == 2
+    assert "unknown policy" in capsys.readouterr().err
+    assert main(["replay", str(path), "--sweep", "10..5"]) == 2
+
+
+@pytest.mark.slow
+def test_the_50_function_day_replays() -> None:
+    trace = sim.load_azure(DATA / "50_inv.csv", seed=0)
+    report = sim.replay(trace, keep_alive=mf.FixedKeepAlive(600))
+    assert report.invocations == 283_330
+    assert report.cold_starts + report.warm_starts == 283_330
+    assert 0 <= report.cold_start_ratio <= 1 and 0 <= report.p75_app_cold_start_ratio <= 1
+    assert all(0 <= r <= 1 for r in report.app_cold_start_ratio.values())
+    assert report.failed == {}
