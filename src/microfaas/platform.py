@@ -32,6 +32,7 @@ import anyio
 import anyio.lowlevel
 import cloudpickle
 
+from . import lifecycle as ev
 from .call import Call, CallStatus
 from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
@@ -47,7 +48,9 @@ from .errors import (
     Throttled,
     UnknownFunction,
 )
+from .faults import INJECTED, FaultPlan
 from .keepalive import KeepAlivePolicy
+from .lifecycle import LifecycleEvent, LifecycleLog
 from .pool import BadPayload, Died, LocalContainer, LocalNode, LocalNodes, NodeSetup, Raised, Returned, StartFailed, describe_exit
 from .resources import AcquireNode, ReleaseNode
 from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
@@ -55,6 +58,8 @@ from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
 from .worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
     from .app import App, FunctionSpec, Retries
     from .sources.batch import BatchJob, BatchProgress
     from .sources.streams import StreamSource
@@ -105,6 +110,8 @@ class Platform:
         self._queue_limit = queue_limit
         self._state = "new"
         self._clock: Callable[[], float] = time.monotonic
+        self._lifecycle = LifecycleLog(self._clock)
+        self._faults = FaultPlan()
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(3)
         self._specs: dict[str, FunctionSpec] = {}
@@ -126,6 +133,8 @@ class Platform:
             self._sources[source.key] = source
         self._dead_letters: dict[str, list[DeadLetter]] = collections.defaultdict(list)
         self._in_flight = InFlight()
+        self._running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
+        self._batch_jobs: list[BatchJob[Any]] = []
 
     def __repr__(self) -> str:
         return f"<microfaas Platform of app {self.app.name!r}: {self._state}>"
@@ -183,12 +192,14 @@ class Platform:
             self.app._platform = None
         with anyio.CancelScope(shield=True):
             if not hasattr(self, "_sched"):
+                self._lifecycle.close()
                 return
             self._apply(self._sched.shutdown(now=self._clock()))
             async with anyio.create_task_group() as tg:
                 for node in list(self._nodes.values()):
                     tg.start_soon(node.stop)
             self._nodes.clear()
+            self._lifecycle.close()
 
     @property
     def closed(self) -> bool:
@@ -250,7 +261,10 @@ class Platform:
         """Start a batch job: one task per item, run in the background (see ``FunctionHandle.batch``)."""
         from .sources.batch import start_batch  # sources sit above the platform
 
-        return await start_batch(self, name, items, max_parallel=max_parallel, on_progress=on_progress)
+        job = await start_batch(self, name, items, max_parallel=max_parallel, on_progress=on_progress)
+        self._batch_jobs = [j for j in self._batch_jobs if not j.done()]
+        self._batch_jobs.append(job)  # for drain's report of what is pending
+        return job
 
     def stats(self, name: str) -> FunctionStats:
         """What has happened to function ``name`` so far."""
@@ -315,10 +329,75 @@ class Platform:
                     return
         if scope.cancelled_caught:
             pending = [item for source in self._sources.values() for item in source.pending()]
-            spawned = self._in_flight.count - len(pending)
-            if spawned > 0:
-                pending.append(f"{spawned} spawned call(s)")
-            raise TimeoutError(f"drain timed out after {timeout}s; still pending: {'; '.join(pending) or 'nothing'}")
+            self._batch_jobs = [job for job in self._batch_jobs if not job.done()]
+            for job in self._batch_jobs:
+                done, _, total = job.progress
+                pending.append(f"{total - done} task(s) of batch job {job.id} for {job.function_name}")
+            calls = collections.Counter(
+                call.function_name for call, source in self._running_calls.values() if source == "spawn" and not call.done()
+            )
+            pending += [f"{n} spawned call(s) of {name}" for name, n in sorted(calls.items())]
+            summary = "; ".join(pending) or f"{self._in_flight.count} item(s) in flight"
+            raise TimeoutError(f"drain timed out after {timeout}s; still pending: {summary}")
+
+    # -- for tests: lifecycle events and faults ----------------------------------------------
+
+    def events(self, kind: str | Iterable[str] | None = None, function: str | None = None) -> list[LifecycleEvent]:
+        """What happened so far, oldest first: cold and warm starts, releases, crashes, retries, ...
+
+        :param kind: only events of this kind (or these kinds); see ``microfaas.lifecycle.KINDS``.
+        :param function: only events of this function.
+        :raises ValueError: an unknown kind.
+        """
+        return self._lifecycle.events(kind, function)
+
+    def subscribe_events(
+        self, kind: str | Iterable[str] | None = None, function: str | None = None, *, replay: bool = False
+    ) -> MemoryObjectReceiveStream[LifecycleEvent]:
+        """Every later event (with ``replay``, the past ones first), as a stream that ends when the platform stops.
+
+        ``async for event in faas.subscribe_events("cold_start"): ...``; close it (or use
+        ``with``) to unsubscribe. Subscribed at once, so nothing after this call is missed.
+        """
+        return self._lifecycle.subscribe(kind, function, replay=replay)
+
+    def record_retry(self, error: FaaSError, *, function: str, source: str, invocation_id: str, attempt: int, delay: float) -> None:
+        """Report that an event's attempt failed and will be retried (event sources call this)."""
+        self._lifecycle.retry(error, function=function, source=source, invocation_id=invocation_id, attempt=attempt, delay=delay)
+
+    def inject(self, name: str, /, *, crash: int = 0, timeout: int = 0, start_failure: int = 0) -> None:
+        """Make the next ``crash`` + ``timeout`` calls of ``name`` crash or time out, its next ``start_failure`` starts fail.
+
+        Counts add up over calls; the platform then behaves as under real faults (see ``microfaas.faults``).
+        """
+        self._lookup(name, require_open=False)
+        self._faults.arm(name, crash=crash, timeout=timeout, start_failure=start_failure)
+
+    def armed_faults(self, name: str) -> dict[str, int]:
+        """The faults still armed for ``name``: ``{"crash": n, "timeout": n, "start_failure": n}``."""
+        self._lookup(name, require_open=False)
+        return self._faults.armed(name)
+
+    def clear_faults(self, name: str | None = None) -> None:
+        """Disarm the faults not yet taken (of ``name``, or of every function)."""
+        self._faults.clear(name)
+
+    async def kill(self, container: str | ContainerInfo) -> None:
+        """Kill a running container with SIGKILL, as a real crash; return once the platform has seen it die.
+
+        :raises ValueError: no such container (or it has not finished starting).
+        """
+        container_id = container.id if isinstance(container, ContainerInfo) else container
+        target = self._containers.get(container_id)
+        if target is None:
+            live = ", ".join(sorted(self._containers)) or "none"
+            raise ValueError(f"no running container {container_id!r}; the running ones are: {live}")
+        with self._lifecycle.subscribe(ev.CONTAINER_EXITED) as exits:
+            self._faults.killed(container_id)
+            target.kill(INJECTED)
+            async for event in exits:
+                if event.container == container_id:
+                    break
 
     def topic(self, name: str) -> TopicSource:
         """The running topic ``name``: ``await faas.topic("orders").publish(data)``."""
@@ -365,6 +444,7 @@ class Platform:
             value = await self._run(name, run, invocation_id, attempt, blob)
         except FaaSError as exc:
             self._count_failure(stats, exc)
+            self._lifecycle.call_failed(exc, attempt=attempt, injected=self._faults.was_injected(invocation_id, exc))
             raise
         stats.completed += 1
         stats.latencies.append(self._clock() - started)
@@ -396,6 +476,17 @@ class Platform:
         timeout = self._specs[name].timeout
         deadline = time.time() + timeout if timeout is not None else None
         coords = {"function_name": name, "invocation_id": invocation_id, "container_id": container.id, "node_id": container.node_id}
+        self._lifecycle.call_started(name, container, cold=run.cold_start, invocation_id=invocation_id, attempt=attempt)
+        fault = self._faults.take_call_fault(name, invocation_id) if self._faults else None
+        if fault == "timeout":  # injected: as if the call had run past its timeout
+            container.kill("timeout")
+            raise FunctionTimeout(
+                f"{name}: invocation {invocation_id} ran past timeout={timeout}s in container {container.id}; "
+                "the container was killed (a timeout injected with faas.inject)",
+                **coords,
+            )
+        if fault == "crash":  # injected: the call is sent to a container that has just been killed
+            container.kill(INJECTED)
         expires = self._clock() + timeout if timeout is not None else math.inf
         if timeout is None:
             outcome = await container.call(invocation_id, attempt, deadline, run.cold_start, blob)
@@ -444,7 +535,8 @@ class Platform:
             return PlatformClosed(f"{where} was stopped with the platform while running invocation {invocation_id}")
         if death.kill_reason == "timeout":
             return ContainerCrashed(f"{where} was killed because another invocation in it ran past its timeout", **coords)
-        return ContainerCrashed(f"{where} {describe_exit(death.returncode)} while running invocation {invocation_id}", **coords)
+        injected = " (a crash injected with faas.inject or faas.kill)" if death.kill_reason == INJECTED else ""
+        return ContainerCrashed(f"{where} {describe_exit(death.returncode)} while running invocation {invocation_id}{injected}", **coords)
 
     def _request_failed(self, name: str, invocation_id: str, decision: FailRequest) -> FaaSError:
         coords: dict[str, Any] = {"function_name": name, "invocation_id": invocation_id}
@@ -492,6 +584,7 @@ class Platform:
         """
         first_attempt_at = time.time()
         self._in_flight.started()
+        self._running_calls[call.id] = (call, source)
         with call._scope:
             try:
                 for attempt in itertools.count(1):
@@ -502,6 +595,9 @@ class Platform:
                         delay = retry_delay(retries, attempt) if retries is not None else 0.0
                         retry = retries is not None and isinstance(exc, RETRYABLE)
                         if retry and self._may_retry(retries, attempt, first_attempt_at, delay):  # type: ignore[arg-type]
+                            self._lifecycle.retry(
+                                exc, function=call.function_name, source=source, invocation_id=call.id, attempt=attempt, delay=delay
+                            )
                             await anyio.sleep(delay)
                             continue
                         call._fail(exc)
@@ -524,6 +620,7 @@ class Platform:
                         invocation_id=call.id,
                         first_attempt_at=first_attempt_at,
                     )
+                self._running_calls.pop(call.id, None)
                 self._in_flight.finished()
 
     @staticmethod
@@ -558,6 +655,7 @@ class Platform:
             failed_at=time.time(),
         )
         self._dead_letters[function].append(letter)
+        self._lifecycle.dead_letter(letter)
         return letter
 
     @property
@@ -585,6 +683,7 @@ class Platform:
         await anyio.sleep(max(0.0, deadline - self._clock()))
         if invocation_id in container._pending:
             container.kill("timeout")
+            self._emit(ev.TIMEOUT, container.id, invocation_id=invocation_id, abandoned=True, injected=False)
 
     # -- carrying out the core's decisions --------------------------------------------------
 
@@ -611,6 +710,7 @@ class Platform:
                 self._pending_nodes[action.node_id] = anyio.Event()
                 self._tg.start_soon(self._acquire_node, action.node_id)
             elif kind is ReleaseNode:
+                self._lifecycle.emit(ev.NODE_RELEASED, node=action.node_id, reason="shutdown" if self._state == "closed" else "empty")
                 node = self._nodes.pop(action.node_id, None)
                 if node is not None:
                     self._tg.start_soon(node.stop)
@@ -629,6 +729,8 @@ class Platform:
                 node = self._nodes.get(action.node_id)
                 if node is None:
                     raise StartFailed(f"node {action.node_id} is gone", stage="node")
+                if self._faults and self._faults.take_start_failure(action.function):
+                    raise StartFailed("the start failure was injected with faas.inject(start_failure=...)", stage="injected")
                 start_timeout = max(MIN_START_TIMEOUT, self._specs[action.function].timeout or 0.0)
                 try:
                     with anyio.fail_after(start_timeout):
@@ -639,6 +741,8 @@ class Platform:
                     ) from None
             except (StartFailed, SerializationError, OSError) as exc:
                 self._start_errors[container_id] = exc
+                stage = getattr(exc, "stage", None)
+                self._emit(ev.START_FAILED, container_id, stage=stage, error=str(exc), injected=stage == "injected")
                 self._apply(self._sched.container_start_failed(container_id, now=self._clock()))
                 return
             container.on_exit = self._container_exited
@@ -654,6 +758,7 @@ class Platform:
                 container.terminate()  # stopped (or the platform closed) while it was starting
                 self._tg.start_soon(self._kill_after_grace, container)
                 return
+            self._lifecycle.container_started(action.function, container, pinned=action.pinned)
             self._apply(self._sched.container_started(container_id, now=self._clock()))
         finally:
             event = self._pending_starts.pop(container_id, None)
@@ -661,6 +766,8 @@ class Platform:
                 event.set()
 
     def _stop_container(self, action: StopContainer) -> None:
+        kind = {"idle": ev.IDLE_RELEASE, "evicted": ev.EVICTION}.get(action.reason, ev.CONTAINER_STOPPED)
+        self._emit(kind, action.container_id, reason=action.reason)
         container = self._containers.get(action.container_id)
         if container is not None:
             container.terminate()
@@ -672,6 +779,7 @@ class Platform:
         container.kill("stopped")
 
     def _container_exited(self, container: LocalContainer) -> None:
+        self._emit(ev.CONTAINER_EXITED, container.id, returncode=container.returncode, reason=container.kill_reason)
         self._containers.pop(container.id, None)
         node = self._nodes.get(container.node_id)
         if node is not None:
@@ -689,6 +797,7 @@ class Platform:
                 for record in self._sched.containers():
                     if record.node_id == node_id:
                         self._start_errors[record.id] = StartFailed(f"node {node_id} could not be acquired: {exc}", stage="node")
+                self._lifecycle.emit(ev.NODE_FAILED, node=node_id, error=str(exc))
                 self._apply(self._sched.node_failed(node_id, now=self._clock()))
                 return
             if node_id not in self._sched.resources.nodes:
@@ -698,6 +807,7 @@ class Platform:
             if node.preload_failures:
                 self._by_value.update(node.preload_failures)
                 self._bundles.clear()
+            self._lifecycle.emit(ev.NODE_ACQUIRED, node=node_id)
             self._apply(self._sched.node_acquired(node_id, now=self._clock()))
         finally:
             event = self._pending_nodes.pop(node_id, None)
@@ -728,6 +838,12 @@ class Platform:
                     container.kill("oom")
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _emit(self, kind: str, container_id: str, **detail: Any) -> None:
+        """A lifecycle event about container ``container_id`` (its function and node from the core's record)."""
+        record = self._sched.container(container_id)
+        function, node = (record.function, record.node_id) if record is not None else (None, None)
+        self._lifecycle.emit(kind, function=function, container=container_id, node=node, **detail)
 
     def _lookup(self, name: str, *, require_open: bool = True) -> FunctionSpec:
         if require_open and self._state != "running":

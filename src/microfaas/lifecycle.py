@@ -1,0 +1,286 @@
+"""Lifecycle events: the ordered record of what the platform did, for tests and tools.
+
+How this works. The platform calls ``LifecycleLog.emit`` at the points where
+something happens to a function, a container or a node: a call got a cold or a
+warm container, a container came up or failed to, was released for idleness or
+evicted, a node was acquired or released, an invocation timed out, crashed or
+ran out of memory, a delivery was retried or dead-lettered. Each becomes a
+frozen ``LifecycleEvent``, appended to a log and sent to every subscriber.
+
+``faas.events(kind=..., function=...)`` reads the log; ``faas.subscribe_events()``
+returns a receive stream (an anyio memory object stream, unbounded, one per
+subscriber) that gets every later event and ends when the platform stops.
+
+The log keeps the latest ``EVENTS_KEPT`` events (a platform may run for a long
+time in production, and ``warm_start`` is one event per call);
+``microfaas.testing.running`` and the pytest fixture keep them all.
+Emitting never awaits and never blocks: a slow subscriber only grows its buffer.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .errors import ContainerCrashed, FaaSError, FunctionError, FunctionTimeout, OutOfMemory
+
+if TYPE_CHECKING:
+    from .delivery import DeadLetter
+
+__all__ = [
+    "COLD_START",
+    "CONTAINER_EXITED",
+    "CONTAINER_STARTED",
+    "CONTAINER_STOPPED",
+    "CRASH",
+    "DEAD_LETTER",
+    "EVENTS_KEPT",
+    "EVICTION",
+    "FUNCTION_ERROR",
+    "IDLE_RELEASE",
+    "KINDS",
+    "NODE_ACQUIRED",
+    "NODE_FAILED",
+    "NODE_RELEASED",
+    "OUT_OF_MEMORY",
+    "RETRY",
+    "START_FAILED",
+    "TIMEOUT",
+    "WARM_START",
+    "LifecycleEvent",
+    "LifecycleLog",
+]
+
+# -- the kinds of event (detail keys in brackets) --------------------------------------------
+#: A call got a container that was started for it [invocation_id, attempt, start_s, load_s, init_s].
+COLD_START: Final = "cold_start"
+#: A call got a container that was already up [invocation_id, attempt].
+WARM_START: Final = "warm_start"
+#: A container is ready: loaded, init run [start_s, load_s, init_s, pinned, pid].
+CONTAINER_STARTED: Final = "container_started"
+#: A container could not start [stage, error, injected].
+START_FAILED: Final = "start_failed"
+#: An idle container was stopped after its keep-alive ran out.
+IDLE_RELEASE: Final = "idle_release"
+#: An idle container was stopped to make room for another function's container.
+EVICTION: Final = "eviction"
+#: A container was stopped for another reason [reason: "shutdown"].
+CONTAINER_STOPPED: Final = "container_stopped"
+#: A container's process ended, for whatever reason [returncode, reason].
+CONTAINER_EXITED: Final = "container_exited"
+#: A node was acquired.
+NODE_ACQUIRED: Final = "node_acquired"
+#: A node could not be acquired [error].
+NODE_FAILED: Final = "node_failed"
+#: A node was released [reason: "empty" or "shutdown"].
+NODE_RELEASED: Final = "node_released"
+#: An invocation ran past its timeout; its container was killed [invocation_id, attempt, timeout, injected].
+TIMEOUT: Final = "timeout"
+#: A container died under an invocation [invocation_id, attempt, returncode, injected].
+CRASH: Final = "crash"
+#: A container went over memory_mb under an invocation and was killed [invocation_id, attempt, used_mb, limit_mb].
+OUT_OF_MEMORY: Final = "out_of_memory"
+#: The handler raised [invocation_id, attempt, remote_type, remote_message].
+FUNCTION_ERROR: Final = "function_error"
+#: A failed attempt will be tried again [source, invocation_id, attempt (the one that failed), delay, error].
+RETRY: Final = "retry"
+#: An event failed every attempt and went to the dead letters [source, invocation_id, attempts, error].
+DEAD_LETTER: Final = "dead_letter"
+
+KINDS: Final = frozenset(
+    {
+        COLD_START,
+        WARM_START,
+        CONTAINER_STARTED,
+        START_FAILED,
+        IDLE_RELEASE,
+        EVICTION,
+        CONTAINER_STOPPED,
+        CONTAINER_EXITED,
+        NODE_ACQUIRED,
+        NODE_FAILED,
+        NODE_RELEASED,
+        TIMEOUT,
+        CRASH,
+        OUT_OF_MEMORY,
+        FUNCTION_ERROR,
+        RETRY,
+        DEAD_LETTER,
+    }
+)
+
+# How many events a platform keeps (the oldest are dropped past it); None keeps all.
+EVENTS_KEPT: Final = 10_000
+
+
+@attrs.frozen(kw_only=True)
+class LifecycleEvent:
+    """One thing that happened on the platform.
+
+    :param kind: what happened: one of ``microfaas.lifecycle.KINDS`` (``"cold_start"``, ``"crash"``, ...).
+    :param function: the function it concerns (None for node events).
+    :param container: the container it concerns, if any.
+    :param node: the node it concerns, if any.
+    :param time: when, on the platform's monotonic clock (``time.monotonic()``).
+    :param wall_time: when, in wall-clock seconds (``time.time()``).
+    :param detail: the rest, by kind (see the kind constants in ``microfaas.lifecycle``).
+    """
+
+    kind: str
+    function: str | None = None
+    container: str | None = None
+    node: str | None = None
+    time: float
+    wall_time: float
+    detail: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def _kinds(kind: str | Iterable[str] | None) -> frozenset[str] | None:
+    if kind is None:
+        return None
+    kinds = frozenset((kind,)) if isinstance(kind, str) else frozenset(kind)
+    unknown = kinds - KINDS
+    if unknown:
+        raise ValueError(f"unknown lifecycle event kind(s) {sorted(unknown)}; the kinds are: {', '.join(sorted(KINDS))}")
+    return kinds
+
+
+def _matches(event: LifecycleEvent, kinds: frozenset[str] | None, function: str | None) -> bool:
+    return (kinds is None or event.kind in kinds) and (function is None or event.function == function)
+
+
+class _Container(Protocol):
+    id: str
+    node_id: str
+    pid: int | None
+    start_s: float
+    load_s: float
+    init_s: float
+
+
+# The kind of event for an invocation that failed with each error (other errors make none:
+# ColdStartFailed is reported per container as START_FAILED).
+_FAILURES: Final = ((FunctionTimeout, TIMEOUT), (OutOfMemory, OUT_OF_MEMORY), (ContainerCrashed, CRASH), (FunctionError, FUNCTION_ERROR))
+
+
+class _Subscriber:
+    __slots__ = ("function", "kinds", "send")
+
+    def __init__(self, send: MemoryObjectSendStream[LifecycleEvent], kinds: frozenset[str] | None, function: str | None) -> None:
+        self.send = send
+        self.kinds = kinds
+        self.function = function
+
+
+class LifecycleLog:
+    """The platform's event log and its subscribers."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, limit: int | None = EVENTS_KEPT) -> None:
+        self._clock = clock
+        self._events: collections.deque[LifecycleEvent] = collections.deque(maxlen=limit)
+        self._subscribers: list[_Subscriber] = []
+        self._closed = False
+        #: Events dropped from the front of the log because it was full.
+        self.dropped = 0
+
+    def keep(self, limit: int | None) -> None:
+        """Keep at most ``limit`` events from now on (None: all of them)."""
+        self._events = collections.deque(self._events, maxlen=limit)
+
+    def emit(self, kind: str, *, function: str | None = None, container: str | None = None, node: str | None = None, **detail: Any) -> None:
+        event = LifecycleEvent(
+            kind=kind, function=function, container=container, node=node, time=self._clock(), wall_time=time.time(), detail=detail
+        )
+        events = self._events
+        if events.maxlen is not None and len(events) == events.maxlen:
+            self.dropped += 1
+        events.append(event)
+        if self._subscribers:
+            for sub in list(self._subscribers):
+                if _matches(event, sub.kinds, sub.function):
+                    try:
+                        sub.send.send_nowait(event)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        self._subscribers.remove(sub)  # the subscriber closed its end
+
+    # -- what the platform reports ----------------------------------------------------------------
+
+    def call_started(self, function: str, container: _Container, *, cold: bool, invocation_id: str, attempt: int) -> None:
+        """A call got ``container``: a cold start (it was started for the call) or a warm one."""
+        where = {"function": function, "container": container.id, "node": container.node_id}
+        if cold:
+            timings = {"start_s": container.start_s, "load_s": container.load_s, "init_s": container.init_s}
+            self.emit(COLD_START, **where, invocation_id=invocation_id, attempt=attempt, **timings)
+        else:
+            self.emit(WARM_START, **where, invocation_id=invocation_id, attempt=attempt)
+
+    def call_failed(self, error: FaaSError, *, attempt: int, injected: bool) -> None:
+        """An attempt failed with ``error``: a timeout, out of memory, a crash or the handler's error."""
+        kind = next((kind for error_type, kind in _FAILURES if isinstance(error, error_type)), None)
+        if kind is None:
+            return
+        assert isinstance(error, FunctionTimeout | OutOfMemory | ContainerCrashed | FunctionError)
+        detail: dict[str, Any] = {"invocation_id": error.invocation_id, "attempt": attempt, "error": str(error)}
+        if isinstance(error, FunctionError):
+            detail["remote_type"] = error.remote_type
+        else:
+            detail["injected"] = injected
+        self.emit(kind, function=error.function_name, container=error.container_id, node=error.node_id, **detail)
+
+    def container_started(self, function: str, container: _Container, *, pinned: bool) -> None:
+        timings = {"start_s": container.start_s, "load_s": container.load_s, "init_s": container.init_s}
+        self.emit(
+            CONTAINER_STARTED,
+            function=function,
+            container=container.id,
+            node=container.node_id,
+            pinned=pinned,
+            pid=container.pid,
+            **timings,
+        )
+
+    def retry(self, error: FaaSError, *, function: str, source: str, invocation_id: str, attempt: int, delay: float) -> None:
+        """Attempt ``attempt`` failed with ``error`` and will be tried again in ``delay`` seconds."""
+        where = {"container": getattr(error, "container_id", None), "node": getattr(error, "node_id", None)}
+        detail = {"source": source, "invocation_id": invocation_id, "attempt": attempt, "delay": delay, "error": type(error).__name__}
+        self.emit(RETRY, function=function, **where, **detail)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        where = {"container": getattr(letter.error, "container_id", None), "node": getattr(letter.error, "node_id", None)}
+        detail = {"source": letter.source, "invocation_id": letter.invocation_id, "attempts": letter.attempts}
+        self.emit(DEAD_LETTER, function=letter.function, **where, error=type(letter.error).__name__, **detail)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def events(self, kind: str | Iterable[str] | None = None, function: str | None = None) -> list[LifecycleEvent]:
+        kinds = _kinds(kind)
+        return [event for event in self._events if _matches(event, kinds, function)]
+
+    def subscribe(
+        self, kind: str | Iterable[str] | None = None, function: str | None = None, *, replay: bool = False
+    ) -> MemoryObjectReceiveStream[LifecycleEvent]:
+        kinds = _kinds(kind)
+        send, receive = anyio.create_memory_object_stream[LifecycleEvent](math.inf)
+        if replay:
+            for event in self._events:
+                if _matches(event, kinds, function):
+                    send.send_nowait(event)
+        if self._closed:
+            send.close()
+        else:
+            self._subscribers.append(_Subscriber(send, kinds, function))
+        return receive
+
+    def close(self) -> None:
+        """The platform stopped: end every subscription (the log stays readable)."""
+        self._closed = True
+        for sub in self._subscribers:
+            sub.send.close()
+        self._subscribers.clear()
