@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .app import App, FunctionHandle, FunctionSpec, Retries
 from .call import Call, CallStatus
 from .delivery import DeadLetter
@@ -33,7 +35,8 @@ from .errors import (
     UnknownFunction,
 )
 from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
-from .keepalive import FixedKeepAlive, KeepAlivePolicy, NeverUnload
+from .keepalive import AdaptiveKeepAlive, FixedKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy, NeverUnload
+from .lifecycle import LifecycleEvent
 from .platform import Platform
 from .pool import LocalNodes
 from .scheduler import ContainerState
@@ -41,7 +44,11 @@ from .sources.batch import BatchJob, BatchProgress
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 
+if TYPE_CHECKING:
+    from .ray import RayNodes as RayNodes
+
 __all__ = [
+    "AdaptiveKeepAlive",
     "App",
     "BatchJob",
     "BatchProgress",
@@ -65,11 +72,14 @@ __all__ = [
     "FunctionSpec",
     "FunctionStats",
     "FunctionTimeout",
+    "GreedyDualKeepAlive",
+    "HistogramKeepAlive",
     "Http",
     "HttpRequest",
     "HttpResponse",
     "InvocationError",
     "KeepAlivePolicy",
+    "LifecycleEvent",
     "LocalNodes",
     "Message",
     "NeverUnload",
@@ -101,5 +111,25 @@ for _name in __all__:
         except (AttributeError, TypeError):
             pass
 del _name, _obj
+
+# RayNodes needs the `ray` extra: imported on first use, so `import microfaas` never
+# imports ray. It is left out of __all__ so that `from microfaas import *` works without it.
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "RayNodes"])
+
+
+def __getattr__(name: str) -> object:
+    if name == "RayNodes":
+        try:
+            from .ray import RayNodes
+        except ImportError as exc:
+            raise ImportError(f"mf.RayNodes needs Ray: pip install 'microfaas[ray]' ({exc})") from exc
+        RayNodes.__module__ = __name__
+        globals()["RayNodes"] = RayNodes
+        return RayNodes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"

@@ -36,7 +36,7 @@ import cloudpickle
 
 from . import events, protocol
 
-__all__ = ["Bundle", "FunctionRef", "serve"]
+__all__ = ["Bundle", "FunctionRef", "load_bundle", "run_call", "run_call_async", "run_init", "serve"]
 
 _READ_SIZE = 1 << 16
 
@@ -198,60 +198,96 @@ class Container:
                 assert self.pool is not None
                 self.pool.submit(self._run, ctx, blob)
 
-    def _unpack(self, ctx: events.Context, blob: bytearray) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        try:
-            args, kwargs = cloudpickle.loads(blob)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is the payload's fault
-            self.channel.send(("bad_payload", ctx.invocation_id, f"the arguments could not be unpickled in the container: {exc!r}"))
-            return None
-        return args, kwargs
-
     def _run(self, ctx: events.Context, blob: bytearray) -> None:
-        unpacked = self._unpack(ctx, blob)
-        if unpacked is None:
-            return
-        token = events.set_context(ctx)
         try:
-            if self.is_async:
-                assert self.loop is not None
-                result = self.loop.run_until_complete(self.bundle.fn(*unpacked[0], **unpacked[1]))
-            else:
-                result = self.bundle.fn(*unpacked[0], **unpacked[1])
-        except Exception as exc:  # noqa: BLE001 - the handler's error goes back to the caller
-            self._reply_error(ctx, exc)
-        else:
-            self._reply(ctx, result)
+            self.channel.send(*run_call(self.bundle, ctx, blob, self.loop))
         finally:
-            events.reset_context(token)
             _flush_user_output()
 
     async def _run_async(self, ctx: events.Context, blob: bytearray) -> None:
-        unpacked = self._unpack(ctx, blob)
-        if unpacked is None:
-            return
-        token = events.set_context(ctx)
         try:
-            result = await self.bundle.fn(*unpacked[0], **unpacked[1])
-        except Exception as exc:  # noqa: BLE001
-            self._reply_error(ctx, exc)
-        else:
-            self._reply(ctx, result)
+            self.channel.send(*await run_call_async(self.bundle, ctx, blob))
         finally:
-            events.reset_context(token)
             _flush_user_output()
 
-    def _reply(self, ctx: events.Context, result: object) -> None:
-        try:
-            payload = cloudpickle.dumps(result)
-        except Exception as exc:  # noqa: BLE001
-            self.channel.send(
-                ("bad_payload", ctx.invocation_id, f"the result of type {type(result).__qualname__} could not be pickled: {exc!r}")
-            )
-            return
-        self.channel.send(("result", ctx.invocation_id), payload)
 
-    def _reply_error(self, ctx: events.Context, exc: BaseException) -> None:
-        self.channel.send(("error", ctx.invocation_id, *_describe(exc)))
+# -- loading a function and running one call, shared with other container kinds (ray.py) --------
+
+Reply = tuple[tuple[object, ...], bytes]
+
+
+def load_bundle(bundle_blob: bytes | bytearray) -> Bundle:
+    """Unpickle a ``Bundle`` and resolve its function reference (raises what loading raised)."""
+    bundle: Bundle = cloudpickle.loads(bundle_blob)
+    if isinstance(bundle.fn, FunctionRef):
+        bundle = attrs.evolve(bundle, fn=bundle.fn.resolve())
+    return bundle
+
+
+def run_init(bundle: Bundle) -> asyncio.AbstractEventLoop | None:
+    """Run the bundle's init; return the event loop that async handlers must run on (None: sync)."""
+    loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(bundle.fn) else None
+    if bundle.init is not None:
+        result = bundle.init()
+        if inspect.isawaitable(result):
+            loop = loop or asyncio.new_event_loop()
+            loop.run_until_complete(result)  # type: ignore[arg-type]
+    return loop
+
+
+def _unpack(ctx: events.Context, blob: bytes | bytearray) -> tuple[tuple[Any, ...], dict[str, Any], Reply | None]:
+    """The call's arguments, or the bad_payload reply when they cannot be unpickled."""
+    try:
+        args, kwargs = cloudpickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the payload's fault
+        return (), {}, (("bad_payload", ctx.invocation_id, f"the arguments could not be unpickled in the container: {exc!r}"), b"")
+    return args, kwargs, None
+
+
+def _result_reply(ctx: events.Context, result: object) -> Reply:
+    try:
+        payload = cloudpickle.dumps(result)
+    except Exception as exc:  # noqa: BLE001
+        return ("bad_payload", ctx.invocation_id, f"the result of type {type(result).__qualname__} could not be pickled: {exc!r}"), b""
+    return ("result", ctx.invocation_id), payload
+
+
+def run_call(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray, loop: asyncio.AbstractEventLoop | None) -> Reply:
+    """Run one call in this thread (an async handler via ``loop.run_until_complete``); the reply frame to send.
+
+    The reply is ``("result", id), blob``, ``("error", id, type, message, traceback), b""`` or
+    ``("bad_payload", id, message), b""``.
+    """
+    args, kwargs, bad = _unpack(ctx, blob)
+    if bad is not None:
+        return bad
+    token = events.set_context(ctx)
+    try:
+        if inspect.iscoroutinefunction(bundle.fn):
+            assert loop is not None
+            result = loop.run_until_complete(bundle.fn(*args, **kwargs))
+        else:
+            result = bundle.fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the handler's error goes back to the caller
+        return ("error", ctx.invocation_id, *_describe(exc)), b""
+    finally:
+        events.reset_context(token)
+    return _result_reply(ctx, result)
+
+
+async def run_call_async(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray) -> Reply:
+    """Run one call of an async handler on the running loop; the reply frame to send (as ``run_call``)."""
+    args, kwargs, bad = _unpack(ctx, blob)
+    if bad is not None:
+        return bad
+    token = events.set_context(ctx)
+    try:
+        result = await bundle.fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        return ("error", ctx.invocation_id, *_describe(exc)), b""
+    finally:
+        events.reset_context(token)
+    return _result_reply(ctx, result)
 
 
 def _set_parent_death_signal() -> None:
@@ -304,24 +340,17 @@ def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray
         _, sys_path, cwd = meta
         adopt_environment(sys_path, cwd)  # type: ignore[arg-type]
     try:
-        bundle: Bundle = cloudpickle.loads(bundle_blob)
-        if isinstance(bundle.fn, FunctionRef):
-            bundle = attrs.evolve(bundle, fn=bundle.fn.resolve())
+        bundle = load_bundle(bundle_blob)
     except BaseException as exc:  # noqa: BLE001 - report, whatever it was
         channel.send(("start_failed", "load", *_describe(exc)))
         return
     loaded = time.perf_counter()
-    loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(bundle.fn) else None
-    if bundle.init is not None:
-        try:
-            result = bundle.init()
-            if inspect.isawaitable(result):
-                loop = loop or asyncio.new_event_loop()
-                loop.run_until_complete(result)  # type: ignore[arg-type]
-        except BaseException as exc:  # noqa: BLE001
-            _flush_user_output()
-            channel.send(("start_failed", "init", *_describe(exc)))
-            return
+    try:
+        loop = run_init(bundle)
+    except BaseException as exc:  # noqa: BLE001
+        _flush_user_output()
+        channel.send(("start_failed", "init", *_describe(exc)))
+        return
     initialised = time.perf_counter()
     channel.send(("ready", os.getpid(), loaded - started, initialised - loaded))
     Container(channel, bundle, container_id, loop).serve_forever()

@@ -1,0 +1,546 @@
+"""RayNodes: a node is a Ray node, a container is a Ray actor on it (extra ``ray``).
+
+How this works. ``RayNodes`` is a node provider (``nodes.NodeProvider``): the
+platform's ``ResourceManager`` sizes nodes from the cluster (the smallest alive
+node's ``memory`` resource; as many nodes as are alive), and acquiring microfaas
+node ``n-k`` maps it to one alive Ray node that no other microfaas node holds
+(with ``autoscale=True`` it asks the Ray autoscaler for one when none is free).
+Releasing the node frees the Ray node again.
+
+A container is a ``_ContainerActor`` placed on its node with a hard node-affinity
+scheduling strategy and ``max_concurrency`` equal to the function's concurrency.
+Its constructor loads the cloudpickled ``Bundle`` exactly as ``worker.serve`` does
+(``worker.load_bundle``, ``worker.run_init``); an invocation is one ``invoke``
+actor call (``worker.run_call``), awaited from the platform's event loop, whose
+reply is the same tuple the subprocess worker sends. A second, never-returning
+``watch`` call in its own concurrency group notices the actor's death even when
+it is idle.
+
+Every Ray error is turned into a microfaas fact here: an actor that dies, or any
+Ray exception while a call is awaited, is the container's death (``Died``), which
+the platform reports as ``ContainerCrashed`` (or ``FunctionTimeout`` /
+``OutOfMemory`` when the platform killed it). Timeouts, memory limits and stops
+kill the actor with ``ray.kill(actor, no_restart=True)``.
+
+Actors ask Ray for no CPUs and no memory: microfaas does the packing itself (the
+``ResourceManager`` never puts more ``memory_mb`` on a node than its capacity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import attrs
+import cloudpickle
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from . import events
+from .container import EXIT_STATUS_WAIT, BadPayload, Died, Outcome, Raised, Returned, StartFailed, _Pending
+from .pool import NodeSetup
+from .resources import ResourceManager
+from .worker import Bundle, _describe, _flush_user_output, load_bundle, run_call, run_call_async, run_init
+
+__all__ = ["RayContainer", "RayNode", "RayNodes"]
+
+# How often an autoscaling acquire looks for the node it asked for.
+_AUTOSCALE_POLL: Final = 1.0
+_CONTROL_GROUP: Final = "microfaas-control"
+
+
+def _private_mb(pid: int | str) -> float | None:
+    """A process's private memory (USS) in MB, from /proc; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            private_kb = sum(int(line.split()[1]) for line in f if line.startswith(b"Private_"))
+    except (OSError, IndexError, ValueError):
+        return None
+    return private_kb / 1024
+
+
+# -- the container: a Ray actor --------------------------------------------------------------
+
+
+class _ContainerActor:
+    """One container inside a Ray worker process (see the module docstring)."""
+
+    def __init__(self, container_id: str, bundle_blob: bytes, sys_path: list[str], cwd: str) -> None:
+        started = time.perf_counter()
+        self._baseline_mb = 0.0
+        self._container_id = container_id
+        self._forever = threading.Event()
+        self._bundle: Bundle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The platform's import path first (its modules import here by name), then the worker's own.
+        sys.path[:0] = [p for p in sys_path if p not in sys.path]
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+        try:
+            bundle = load_bundle(bundle_blob)
+        except BaseException as exc:  # noqa: BLE001 - report, whatever it was
+            self._ready: tuple[object, ...] = ("start_failed", "load", *_describe(exc))
+            return
+        loaded = time.perf_counter()
+        # What the Ray worker and the function's code take is not the container's to pay for (a
+        # forked local container shares them with its zygote); init's allocations and the calls' are.
+        self._baseline_mb = _private_mb("self") or 0.0
+        try:
+            loop = run_init(bundle)
+        except BaseException as exc:  # noqa: BLE001
+            _flush_user_output()
+            self._ready = ("start_failed", "init", *_describe(exc))
+            return
+        initialised = time.perf_counter()
+        _flush_user_output()
+        self._bundle, self._loop = bundle, loop
+        if loop is not None:
+            # Async handlers (and what their init set up) share one loop, run in a helper thread.
+            threading.Thread(target=loop.run_forever, name="microfaas-loop", daemon=True).start()
+        self._ready = ("ready", os.getpid(), loaded - started, initialised - loaded, self._baseline_mb)
+
+    @ray.method(concurrency_group=_CONTROL_GROUP)
+    def ready(self) -> tuple[object, ...]:
+        return self._ready
+
+    @ray.method(concurrency_group=_CONTROL_GROUP)
+    def pid(self) -> int:
+        return os.getpid()
+
+    @ray.method(concurrency_group=_CONTROL_GROUP)
+    def watch(self) -> None:
+        """Never returns: its error is how the platform learns that the actor died."""
+        self._forever.wait()
+
+    def invoke(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> tuple[object, ...]:
+        """Run one invocation: ``("result", blob)``, ``("error", type, message, traceback)`` or ``("bad_payload", message)``."""
+        bundle = self._bundle
+        assert bundle is not None, "invoke on a container that did not start"
+        ctx = events.Context(
+            invocation_id=invocation_id,
+            function_name=bundle.name,
+            attempt=attempt,
+            cold_start=cold_start,
+            deadline=deadline,
+            memory_mb=bundle.memory_mb,
+            container_id=self._container_id,
+        )
+        try:
+            if self._loop is not None:
+                meta, payload = asyncio.run_coroutine_threadsafe(run_call_async(bundle, ctx, args_blob), self._loop).result()
+            else:
+                meta, payload = run_call(bundle, ctx, args_blob, None)
+        finally:
+            _flush_user_output()
+        kind = meta[0]
+        if kind == "result":
+            return ("result", payload)
+        return (kind, *meta[2:])
+
+
+class RayContainer:
+    """The platform's handle on one container actor (``nodes.Container``)."""
+
+    def __init__(self, container_id: str, node_id: str, actor: Any, task_group: anyio.abc.TaskGroup, *, local: bool) -> None:
+        self.id = container_id
+        self.node_id = node_id
+        self.actor = actor
+        self.pid: int | None = None
+        self.start_s = 0.0
+        self.load_s = 0.0
+        self.init_s = 0.0
+        self.returncode: int | None = None
+        self.exited = anyio.Event()
+        self.kill_reason: str | None = None
+        self.memory_at_kill_mb: float | None = None
+        self.on_exit: Any = None
+        self.on_reply: Any = None
+        # Why Ray says the actor died (its error's first line), when it died of itself.
+        self.death_detail: str | None = None
+        self._tg = task_group
+        self._local = local
+        self._baseline_mb = 0.0
+        self._pending: dict[str, _Pending] = {}
+        self._lost = anyio.Event()  # the actor is dead, or was killed
+        self._watch_ref: Any = None
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def handshake(self) -> None:
+        """Wait until the actor has loaded the function and run its init.
+
+        :raises StartFailed: the actor died first, or loading or init raised.
+        """
+        try:
+            reply = await self.actor.ready.remote()
+        except Exception as exc:  # noqa: BLE001 - any Ray error: the actor did not come up
+            raise StartFailed(f"the container actor died before it was ready: {_first_line(exc)}", stage="process") from None
+        if reply[0] == "start_failed":
+            _, stage, remote_type, remote_message, remote_traceback = reply
+            raise StartFailed(
+                f"{stage} raised {remote_type}: {remote_message}",
+                stage=str(stage),
+                remote_type=str(remote_type),
+                remote_message=str(remote_message),
+                remote_traceback=str(remote_traceback),
+            )
+        _, pid, self.load_s, self.init_s, self._baseline_mb = reply
+        self.pid = int(pid)
+        if self._local and not _is_ray_worker(self.pid):
+            self._local = False  # the pid is not a Ray worker of this machine: memory is not measured
+        self._watch_ref = self.actor.watch.remote()
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def call(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> Outcome:
+        """Run one invocation; cancel the caller to abandon it (the actor keeps running it)."""
+        pending = _Pending()
+        if self._lost.is_set():
+            return self._death()
+        self._pending[invocation_id] = pending
+        try:
+            ref = self.actor.invoke.remote(invocation_id, attempt, deadline, cold_start, args_blob)
+        except Exception as exc:  # noqa: BLE001 - a Ray error is a lost container, never the user's problem
+            self._actor_lost(exc)
+        else:
+            self._tg.start_soon(self._await_reply, invocation_id, ref, pending)
+        await pending.event.wait()
+        assert pending.outcome is not None
+        return pending.outcome
+
+    async def _await_reply(self, invocation_id: str, ref: Any, pending: _Pending) -> None:
+        try:
+            reply = await ref
+        except Exception as exc:  # noqa: BLE001 - ActorDiedError and friends: the container is gone
+            self._actor_lost(exc)
+            return
+        if self._pending.get(invocation_id) is not pending:
+            return  # resolved as a death meanwhile
+        del self._pending[invocation_id]
+        kind = reply[0]
+        if kind == "result":
+            pending.resolve(Returned(reply[1]))
+        elif kind == "error":
+            pending.resolve(Raised(str(reply[1]), str(reply[2]), str(reply[3])))
+        else:
+            pending.resolve(BadPayload(str(reply[1])))
+        if self.on_reply is not None:
+            self.on_reply(self)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    # -- control ----------------------------------------------------------------------------
+
+    def kill(self, reason: str) -> None:
+        """Kill the actor now; pending calls end as ``Died(kill_reason=reason)``."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        self._kill_actor()
+
+    def terminate(self) -> None:
+        """Stop the container: an actor has no graceful stop worth waiting for, so it is killed."""
+        self.kill("stopped")
+
+    def memory_used_mb(self) -> float | None:
+        """Private memory grown since the actor started (the Ray worker's own is not counted).
+
+        Measured from /proc when the actor runs on this machine; None otherwise.
+        """
+        if not self._local or self.pid is None or self.exited.is_set():
+            return None
+        used = _private_mb(self.pid)
+        return None if used is None else max(0.0, used - self._baseline_mb)
+
+    def set_exit(self, returncode: int | None) -> None:
+        if not self.exited.is_set():
+            self.returncode = returncode
+            self.exited.set()
+
+    def _kill_actor(self) -> None:
+        if not self._lost.is_set():
+            self._lost.set()
+            try:
+                ray.kill(self.actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone, or the cluster is: either way it is dead to us
+                pass
+
+    def _actor_lost(self, exc: BaseException) -> None:
+        if self.death_detail is None and self.kill_reason is None:
+            self.death_detail = _first_line(exc)
+        self._kill_actor()
+
+    async def serve_replies(self) -> None:
+        """Run until the actor is gone; then fail what is pending and report the exit."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch, tg.cancel_scope)
+                tg.start_soon(self._wait_lost, tg.cancel_scope)
+        finally:
+            if not self._lost.is_set():
+                self.kill("stopped")
+            self.set_exit(None)
+            death = self._death()
+            for pending in self._pending.values():
+                pending.resolve(death)
+            self._pending.clear()
+            if self.on_exit is not None:
+                self.on_exit(self)
+
+    async def _watch(self, scope: anyio.CancelScope) -> None:
+        try:
+            if self._watch_ref is not None:
+                await self._watch_ref
+        except Exception as exc:  # noqa: BLE001 - the actor died: that is what we wait for
+            self._actor_lost(exc)
+        scope.cancel()
+
+    async def _wait_lost(self, scope: anyio.CancelScope) -> None:
+        # Killed by us: Ray confirms the death through the watch call; don't wait for it forever.
+        await self._lost.wait()
+        await anyio.sleep(EXIT_STATUS_WAIT)
+        scope.cancel()
+
+    def _death(self) -> Died:
+        return Died(self.returncode, self.kill_reason)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _is_ray_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"ray::")
+    except OSError:
+        return False
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+class RayNode:
+    """One microfaas node: one Ray node, and the container actors on it (``nodes.Node``)."""
+
+    def __init__(
+        self, node_id: str, ray_node: dict[str, Any], provider: RayNodes, setup: NodeSetup, task_group: anyio.abc.TaskGroup
+    ) -> None:
+        self.id = node_id
+        self.ray_node_id: str = ray_node["NodeID"]
+        self.address: str = ray_node.get("NodeManagerAddress", "")
+        self.resources: dict[str, float] = dict(ray_node.get("Resources", {}))
+        self.preload_failures: dict[str, str] = {}
+        self.setup = setup
+        self._provider = provider
+        self._tg = task_group
+        self._containers: dict[str, RayContainer] = {}
+        self._local = self.address == ray.util.get_node_ip_address()
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"<RayNode {self.id} on Ray node {self.ray_node_id[:12]} ({self.address})>"
+
+    @property
+    def containers(self) -> dict[str, RayContainer]:
+        return self._containers
+
+    async def start_container(self, container_id: str, bundle_blob: bytes) -> RayContainer:
+        """Create the container's actor on this node and wait until its init has run.
+
+        :raises StartFailed: Ray could not create the actor, it died, or loading or init raised.
+        """
+        if self._stopped:
+            raise StartFailed(f"node {self.id} was released", stage="node")
+        options: dict[str, Any] = {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.ray_node_id, soft=False),
+            "max_concurrency": self._provider._concurrency(bundle_blob),
+            "num_cpus": 0,
+            "max_restarts": 0,
+            "max_task_retries": 0,
+        }
+        if self._provider.runtime_env is not None:
+            options["runtime_env"] = self._provider.runtime_env
+        try:
+            actor = _actor_class().options(**options).remote(container_id, bundle_blob, list(self.setup.sys_path), self.setup.cwd)
+        except Exception as exc:  # noqa: BLE001 - no Ray error reaches the user
+            raise StartFailed(f"node {self.id}: Ray could not create the container actor: {_first_line(exc)}", stage="process") from None
+        container = RayContainer(container_id, self.id, actor, self._tg, local=self._local)
+        self._containers[container_id] = container
+        try:
+            await container.handshake()
+        except BaseException:
+            container.kill("start_failed")
+            container.set_exit(None)
+            self._containers.pop(container_id, None)
+            raise
+        return container
+
+    def container_gone(self, container: RayContainer) -> None:
+        self._containers.pop(container.id, None)
+
+    async def stop(self) -> None:
+        """Kill every container actor, wait (briefly) until each is seen gone, and free the Ray node."""
+        with anyio.CancelScope(shield=True):
+            self._stopped = True
+            containers = list(self._containers.values())
+            for container in containers:
+                container.kill("stopped")
+            with anyio.move_on_after(EXIT_STATUS_WAIT + 1.0):
+                for container in containers:
+                    await container.exited.wait()
+            self._provider._release(self.ray_node_id)
+
+
+_ACTOR_CLASS: list[Any] = []
+
+
+def _actor_class() -> Any:
+    """The actor class; its concurrency group is declared once, here."""
+    if not _ACTOR_CLASS:
+        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 2})(_ContainerActor)
+        _ACTOR_CLASS.append(cls)
+    return _ACTOR_CLASS[0]
+
+
+def _positive_or_none(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"RayNodes: {attribute.name} must be a positive int or None, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"RayNodes: {attribute.name} must be a number >= 0, got {value!r}")
+
+
+def _min_nodes(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"RayNodes: min_nodes must be an int >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RayNodes:
+    """Nodes that are Ray nodes; containers that are Ray actors.
+
+    :param address: the cluster to use when Ray is not initialised yet: None (``RAY_ADDRESS``,
+        else a new local cluster), ``"auto"`` (the cluster running on this machine) or
+        ``"ray://host:10001"`` (Ray Client). When ``ray.init`` was already called, it is used as is.
+    :param max_nodes: how many Ray nodes microfaas may hold at once (None: as many as are alive).
+    :param node_memory_mb: each node's capacity for containers (None: the smallest alive Ray
+        node's ``memory`` resource).
+    :param min_nodes: nodes held from the start and never released for emptiness.
+    :param release_after: seconds an empty node is kept before it is released.
+    :param runtime_env: a Ray runtime environment for the container actors (and for ``ray.init``).
+    :param namespace: the Ray namespace for ``ray.init``.
+    :param autoscale: when no alive Ray node is free, ask the Ray autoscaler for one.
+    :param acquire_timeout: seconds an autoscaling acquire waits for the new node.
+    """
+
+    address: str | None = None
+    max_nodes: int | None = attrs.field(default=None, validator=_positive_or_none)
+    node_memory_mb: int | None = attrs.field(default=None, validator=_positive_or_none)
+    min_nodes: int = attrs.field(default=1, validator=_min_nodes)
+    release_after: float = attrs.field(default=30.0, validator=_non_negative)
+    runtime_env: dict[str, Any] | None = None
+    namespace: str | None = None
+    autoscale: bool = False
+    acquire_timeout: float = attrs.field(default=300.0, validator=_non_negative)
+    # Ray node id -> the microfaas node holding it.
+    _in_use: dict[str, str] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    _concurrencies: dict[bytes, int] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_nodes is not None and self.min_nodes > self.max_nodes:
+            raise ValueError(f"RayNodes: min_nodes must be between 0 and max_nodes={self.max_nodes}, got {self.min_nodes!r}")
+
+    # -- the provider surface --------------------------------------------------------------
+
+    def resource_manager(self) -> ResourceManager:
+        """Connect to Ray if needed, and size nodes from the cluster's alive nodes."""
+        self.connect()
+        alive = alive_nodes()
+        if not alive:
+            raise RuntimeError("RayNodes: the Ray cluster has no alive node")
+        memory_mb = self.node_memory_mb or max(1, min(int(n["Resources"].get("memory", 0) // 2**20) for n in alive))
+        max_nodes = self.max_nodes or len(alive)
+        if self.min_nodes > max_nodes:
+            raise ValueError(f"RayNodes: min_nodes={self.min_nodes} is more than the {max_nodes} node(s) available (max_nodes)")
+        return ResourceManager(node_memory_mb=memory_mb, max_nodes=max_nodes, min_nodes=self.min_nodes, release_after=self.release_after)
+
+    async def acquire(self, node_id: str, setup: NodeSetup, task_group: anyio.abc.TaskGroup) -> RayNode:
+        """Map node ``node_id`` to a free alive Ray node (asking the autoscaler for one if allowed).
+
+        :raises StartFailed: no Ray node is free.
+        """
+        ray_node = self._claim(await anyio.to_thread.run_sync(alive_nodes), node_id)
+        if ray_node is None and self.autoscale:
+            ray_node = await self._autoscale(node_id)
+        if ray_node is None:
+            raise StartFailed(
+                f"no free Ray node: {len(self._in_use)} of the cluster's alive nodes are held by microfaas and none is left",
+                stage="node",
+            )
+        return RayNode(node_id, ray_node, self, setup, task_group)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """``ray.init`` with this configuration, unless Ray is initialised already."""
+        if not ray.is_initialized():
+            ray.init(address=self.address, runtime_env=self.runtime_env, namespace=self.namespace, log_to_driver=True)
+
+    def _claim(self, alive: list[dict[str, Any]], node_id: str) -> dict[str, Any] | None:
+        for node in alive:
+            if node["NodeID"] not in self._in_use:
+                self._in_use[node["NodeID"]] = node_id
+                return node
+        return None
+
+    def _release(self, ray_node_id: str) -> None:
+        self._in_use.pop(ray_node_id, None)
+        if self.autoscale:
+            self._request(len(self._in_use))
+
+    async def _autoscale(self, node_id: str) -> dict[str, Any] | None:
+        self._request(len(self._in_use) + 1)
+        with anyio.move_on_after(self.acquire_timeout):
+            while True:
+                ray_node = self._claim(await anyio.to_thread.run_sync(alive_nodes), node_id)
+                if ray_node is not None:
+                    return ray_node
+                await anyio.sleep(_AUTOSCALE_POLL)
+        return None
+
+    def _request(self, nodes: int) -> None:
+        from ray.autoscaler.sdk import request_resources
+
+        memory = self.node_memory_mb * 2**20 if self.node_memory_mb else None
+        bundle: dict[str, float] = {"memory": memory} if memory else {"CPU": 1}
+        try:
+            request_resources(bundles=[bundle] * nodes)
+        except Exception:  # noqa: BLE001 - no autoscaler: the acquire then times out
+            pass
+
+    def _concurrency(self, bundle_blob: bytes) -> int:
+        concurrency = self._concurrencies.get(bundle_blob)
+        if concurrency is None:
+            if len(self._concurrencies) > 256:
+                self._concurrencies.clear()
+            concurrency = self._concurrencies[bundle_blob] = int(cloudpickle.loads(bundle_blob).concurrency)
+        return concurrency
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """The cluster's alive nodes (``ray.nodes()`` entries), in Ray's order."""
+    return [n for n in ray.nodes() if n.get("Alive")]
