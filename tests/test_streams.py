@@ -17,6 +17,7 @@ pytestmark = pytest.mark.anyio
 
 # Handlers run in other processes: they report what they did in this log.
 LOG = HandlerLog("streams")
+GATE = HandlerLog("streams-gate")
 FAST = mf.Retries(0, initial_delay=0.01, jitter=False)
 POISON = 13
 KEYS = ["alice", "bob", "carol", "dave", "erin"]
@@ -180,28 +181,36 @@ async def test_a_container_dying_on_the_first_attempt_loses_no_record():
 async def test_lag_counts_what_a_slow_consumer_has_not_checkpointed():
     slow = mf.App("slow-streams")
     events = slow.stream("events", shards=2)
+    gate = GATE.path  # the handler holds its first record until the test opens the gate
 
     @slow.function(triggers=[events.consume(batch_size=1)])
     def sluggish(batch: mf.RecordBatch) -> None:
         import time
 
         _log_batch("sluggish", batch)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
-    async with slow.run() as faas:
-        stream = faas.stream("events")
-        for i in range(6):
-            await stream.put(i, key=KEYS[i % 2])
-        assert sum(stream.lag().values()) == 6  # nothing can be checkpointed before an invocation returns
-        with anyio.fail_after(30):
-            while not LOG.lines():
-                await anyio.sleep(0.01)
-        assert sum(stream.lag().values()) > 0  # the consumer is behind: records are still in flight
-        assert any("record(s) of stream 'events'" in item for item in stream.pending())
-        await faas.drain(timeout=60)
-        assert stream.lag() == {0: 0, 1: 0}
-        assert stream.pending() == []
-        assert sorted(value for *_, value in handled("sluggish")) == list(range(6))
+    GATE.clear()
+    try:
+        async with slow.run() as faas:
+            stream = faas.stream("events")
+            for i in range(6):
+                await stream.put(i, key=KEYS[i % 2])
+            assert sum(stream.lag().values()) == 6  # nothing can be checkpointed before an invocation returns
+            with anyio.fail_after(30):
+                while not LOG.lines():
+                    await anyio.sleep(0.01)
+            assert sum(stream.lag().values()) > 0  # the consumer is behind: records are still in flight
+            assert any("record(s) of stream 'events'" in item for item in stream.pending())
+            GATE.write("open")
+            await faas.drain(timeout=60)
+            assert stream.lag() == {0: 0, 1: 0}
+            assert stream.pending() == []
+            assert sorted(value for *_, value in handled("sluggish")) == list(range(6))
+    finally:
+        GATE.clear()
 
 
 async def test_latest_consumers_skip_records_put_before_they_started():

@@ -18,7 +18,6 @@ says so, even when the caller gave up.
 from __future__ import annotations
 
 import collections
-import importlib.machinery
 import itertools
 import math
 import os
@@ -54,8 +53,8 @@ from .lifecycle import LifecycleEvent, LifecycleLog
 from .pool import BadPayload, Died, LocalContainer, LocalNode, LocalNodes, NodeSetup, Raised, Returned, StartFailed, describe_exit
 from .resources import AcquireNode, ReleaseNode
 from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
+from .shipping import Shipper, dump_args, loads_or_blob
 from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
-from .worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -116,8 +115,6 @@ class Platform:
         self._id_prefix = secrets.token_hex(3)
         self._specs: dict[str, FunctionSpec] = {}
         self._stats: dict[str, StatsRecorder] = {}
-        self._bundles: dict[str, bytes] = {}
-        self._by_value: set[str] = set()
         self._nodes: dict[str, LocalNode] = {}
         self._containers: dict[str, LocalContainer] = {}
         self._waiters: dict[str, _Waiter] = {}
@@ -169,10 +166,11 @@ class Platform:
     async def _start(self) -> None:
         self._sched = Scheduler(self.nodes_config.resource_manager(), keep_alive=self._keep_alive, queue_limit=self._queue_limit)
         self._specs = dict(self.app.functions)
+        self._shipper = Shipper(self._specs)
         for name, spec in self._specs.items():
             self._sched.add_function(spec.profile())
             self._stats[name] = StatsRecorder(name)
-        self._setup = NodeSetup(sys_path=tuple(sys.path), cwd=os.getcwd(), preload=self._modules_to_preload())
+        self._setup = NodeSetup(sys_path=tuple(sys.path), cwd=os.getcwd(), preload=self._shipper.modules_to_preload())
         self.app._platform = self
         self._tg.start_soon(self._run_timer)
         self._tg.start_soon(self._watch_memory)
@@ -210,15 +208,15 @@ class Platform:
     async def invoke(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Invoke function ``name`` and return its result (see ``FunctionHandle.invoke``)."""
         self._lookup(name)
-        blob = self._dump_args(name, args, kwargs)
+        blob = dump_args(name, args, kwargs)
         return await self._invoke(name, blob, self._new_id(), attempt=1)
 
     async def spawn(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
         """Start an invocation in the background, retried per the function's ``retries``."""
         spec = self._lookup(name)
-        blob = self._dump_args(name, args, kwargs)
+        blob = dump_args(name, args, kwargs)
         call: Call[Any] = Call(self._new_id(), name)
-        self._tg.start_soon(self._run_call, call, blob, spec.retries)
+        self._tg.start_soon(self.run_call, call, blob, spec.retries)
         return call
 
     async def map(
@@ -239,7 +237,7 @@ class Platform:
         try:
             for args in zip(*iterables, strict=False):
                 call: Call[Any] = Call(self._new_id(), name)
-                self._tg.start_soon(self._run_call, call, self._dump_args(name, args, {}), None)
+                self._tg.start_soon(self.run_call, call, dump_args(name, args, {}), None)
                 window.append(call)
                 if len(window) >= max_in_flight:
                     yield await self._map_result(window.popleft(), return_exceptions)
@@ -576,7 +574,7 @@ class Platform:
         elif isinstance(exc, Throttled):
             stats.throttles += 1
 
-    async def _run_call(self, call: Call[Any], blob: bytes, retries: Retries | None, *, source: str = "spawn", event: Any = None) -> None:
+    async def run_call(self, call: Call[Any], blob: bytes, retries: Retries | None, *, source: str = "spawn", event: Any = None) -> None:
         """Run a spawned call: retried and dead-lettered per ``retries`` (None: one attempt, no dead letter).
 
         ``source`` and ``event`` (None: the call's ``(args, kwargs)``) are what its dead letter records;
@@ -614,7 +612,7 @@ class Platform:
                     self.add_dead_letter(
                         function=call.function_name,
                         source=source,
-                        event=_loads_or_blob(blob) if event is None else event,
+                        event=loads_or_blob(blob) if event is None else event,
                         error=call._error,
                         attempts=call.attempts,
                         invocation_id=call.id,
@@ -669,7 +667,7 @@ class Platform:
     async def invoke_with_id(self, name: str, invocation_id: str, attempt: int, /, *args: Any, **kwargs: Any) -> Any:
         """One attempt of an event's invocation (sources keep the id across retries)."""
         self._lookup(name)
-        return await self._invoke(name, self._dump_args(name, args, kwargs), invocation_id, attempt=attempt)
+        return await self._invoke(name, dump_args(name, args, kwargs), invocation_id, attempt=attempt)
 
     async def _map_result(self, call: Call[Any], return_exceptions: bool) -> Any:
         try:
@@ -734,7 +732,7 @@ class Platform:
                 start_timeout = max(MIN_START_TIMEOUT, self._specs[action.function].timeout or 0.0)
                 try:
                     with anyio.fail_after(start_timeout):
-                        container = await node.start_container(container_id, self._bundle(action.function))
+                        container = await node.start_container(container_id, self._shipper.bundle(action.function))
                 except TimeoutError:
                     raise StartFailed(
                         f"the container was not ready within {start_timeout}s (max(10s, timeout)); it was killed", stage="init"
@@ -805,8 +803,7 @@ class Platform:
                 return
             self._nodes[node_id] = node
             if node.preload_failures:
-                self._by_value.update(node.preload_failures)
-                self._bundles.clear()
+                self._shipper.ship_by_value(node.preload_failures)
             self._lifecycle.emit(ev.NODE_ACQUIRED, node=node_id)
             self._apply(self._sched.node_acquired(node_id, now=self._clock()))
         finally:
@@ -856,82 +853,3 @@ class Platform:
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
-
-    def _dump_args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        try:
-            return cloudpickle.dumps((args, kwargs))
-        except Exception as exc:
-            raise SerializationError(f"{name}: the arguments could not be pickled: {exc!r}") from exc
-
-    def _bundle(self, name: str) -> bytes:
-        blob = self._bundles.get(name)
-        if blob is None:
-            spec = self._specs[name]
-            modules = {getattr(f, "__module__", None) for f in (spec.fn, spec.init) if f is not None}
-            by_value = [sys.modules[m] for m in modules if m and m in sys.modules and (m in self._by_value or not _importable(m))]
-            fn = spec.fn if getattr(spec.fn, "__module__", None) in {m.__name__ for m in by_value} else _reference(spec.fn)
-            bundle = Bundle(name=name, fn=fn, init=spec.init, memory_mb=spec.memory_mb, concurrency=spec.concurrency)
-            blob = self._bundles[name] = _dumps_by_value(bundle, by_value, name)
-        return blob
-
-    def _modules_to_preload(self) -> tuple[str, ...]:
-        modules: set[str] = set()
-        for spec in self._specs.values():
-            for f in (spec.fn, spec.init):
-                module = getattr(f, "__module__", None) if f is not None else None
-                if module and _importable(module):
-                    modules.add(module)
-        return tuple(sorted(modules))
-
-
-def _loads_or_blob(blob: bytes) -> Any:
-    try:
-        return cloudpickle.loads(blob)
-    except Exception:  # noqa: BLE001 - keep the raw payload rather than lose the event
-        return blob
-
-
-def _importable(module_name: str) -> bool:
-    """Whether a worker can import ``module_name`` by name (else its functions ship by value)."""
-    module = sys.modules.get(module_name)
-    if module_name == "__main__" or module is None:
-        return False
-    top = module_name.partition(".")[0]
-    if top in sys.builtin_module_names:
-        return True
-    spec = importlib.machinery.PathFinder.find_spec(top, sys.path)
-    if spec is None:
-        return False
-    if top == module_name and spec.origin and getattr(module, "__file__", None):
-        return os.path.realpath(spec.origin) == os.path.realpath(module.__file__)  # type: ignore[arg-type]
-    return True
-
-
-def _reference(fn: Callable[..., Any]) -> Callable[..., Any] | FunctionRef:
-    """Ship ``fn`` by name when its module attribute is the handle that wraps it."""
-    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
-    if not module or "<" in qualname or module not in sys.modules:
-        return fn
-    obj: Any = sys.modules[module]
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-    if obj is not None and obj is not fn and getattr(obj, "__wrapped__", None) is fn:
-        return FunctionRef(module, qualname)
-    return fn
-
-
-def _dumps_by_value(obj: object, modules: list[Any], name: str) -> bytes:
-    registered = []
-    try:
-        for module in modules:
-            try:
-                cloudpickle.register_pickle_by_value(module)
-                registered.append(module)
-            except ValueError:
-                pass  # already registered by the user
-        return cloudpickle.dumps(obj)
-    except Exception as exc:
-        raise SerializationError(f"{name}: the function or its init could not be pickled: {exc!r}") from exc
-    finally:
-        for module in registered:
-            cloudpickle.unregister_pickle_by_value(module)

@@ -4,7 +4,7 @@ How this works. ``batch`` pickles every item first (a ``SerializationError`` nam
 item and costs no container), then starts one runner in the platform's task group
 and returns the ``BatchJob`` at once. The runner starts the tasks in input order, at
 most ``max_parallel`` at a time. Each task is a spawned call run by the platform's
-own ``_run_call``: the function's ``retries`` apply (backoff, ``max_event_age``, only
+own ``Platform.run_call``: the function's ``retries`` apply (backoff, ``max_event_age``, only
 retryable errors), and a task that fails every attempt goes to the dead letters with
 ``source="batch:<job id>"`` and a ``BatchTask(job_id, index, item)`` event.
 
@@ -33,6 +33,7 @@ import anyio.abc
 from ..call import Call, CallStatus
 from ..errors import CallCancelled, FaaSError, PlatformClosed, SerializationError
 from ..events import BatchTask
+from ..shipping import dump_args
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -204,12 +205,12 @@ class BatchJob(Generic[R]):
         self._blobs[index] = None
         assert blob is not None
         event = BatchTask(job_id=self.id, index=index, item=self._items[index])
-        # Hand the task's in-flight count over to _run_call, which counts the call itself
+        # Hand the task's in-flight count over to Platform.run_call, which counts the call itself
         # (nothing awaits in between; drain re-checks the count after a checkpoint).
         self._unstarted -= 1
         platform.in_flight.finished()
         try:
-            await platform._run_call(call, blob, retries, source=f"batch:{self.id}", event=event)
+            await platform.run_call(call, blob, retries, source=f"batch:{self.id}", event=event)
         finally:
             limiter.release()
             if call.done():
@@ -217,7 +218,7 @@ class BatchJob(Generic[R]):
                     self._record(index, call._value, None)
                 else:
                     error = call._error
-                    if not isinstance(error, FaaSError):  # pragma: no cover - _run_call only fails with FaaSErrors
+                    if not isinstance(error, FaaSError):  # pragma: no cover - run_call only fails with FaaSErrors
                         error = CallCancelled(f"task {index} of batch job {self.id} failed: {error!r}")
                     self._record(index, None, error)
 
@@ -278,7 +279,7 @@ async def start_batch(
     blobs: list[bytes | None] = []
     for index, item in enumerate(materialised):
         try:
-            blobs.append(platform._dump_args(name, (item,), {}))
+            blobs.append(dump_args(name, (item,), {}))
         except SerializationError as exc:
             raise SerializationError(f"{name}: item {index} of the batch could not be pickled: {exc.__cause__!r}") from exc
     job: BatchJob[Any] = BatchJob(

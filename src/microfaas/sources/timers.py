@@ -31,6 +31,7 @@ import anyio.abc
 
 from ..call import Call
 from ..events import Tick
+from ..shipping import dump_args
 from .triggers import Cron, Every
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class TimerSource:
             call: Call[None] = Call(platform.new_invocation_id(), self.function)
             self._running = True
             try:
-                await platform._run_call(call, platform._dump_args(self.function, (tick,), {}), spec.retries, source=self.key, event=tick)
+                await platform.run_call(call, dump_args(self.function, (tick,), {}), spec.retries, source=self.key, event=tick)
             finally:
                 self._running = False
             due = next_fire(self.trigger, scheduled, first)
