@@ -66,7 +66,6 @@ class Shipper:
         return blob
 
 
-
 def dump_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The pickled arguments of a call of ``name``.
 
