@@ -33,6 +33,7 @@ import cloudpickle
 
 from . import lifecycle as ev
 from .call import Call, CallStatus
+from .container import BadPayload, Died, LocalContainer, Raised, Returned, StartFailed, describe_exit
 from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
     CallCancelled,
@@ -50,7 +51,7 @@ from .errors import (
 from .faults import INJECTED, FaultPlan
 from .keepalive import KeepAlivePolicy
 from .lifecycle import LifecycleEvent, LifecycleLog
-from .pool import BadPayload, Died, LocalContainer, LocalNode, LocalNodes, NodeSetup, Raised, Returned, StartFailed, describe_exit
+from .pool import LocalNode, LocalNodes, NodeSetup
 from .resources import AcquireNode, ReleaseNode
 from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
 from .shipping import Shipper, dump_args, loads_or_blob

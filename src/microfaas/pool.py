@@ -21,36 +21,10 @@ import anyio.abc
 import attrs
 
 from . import protocol
-from .container import (
-    EXIT_STATUS_WAIT,
-    BadPayload,
-    Died,
-    LocalContainer,
-    Outcome,
-    Raised,
-    Returned,
-    StartFailed,
-    close_socket,
-    describe_exit,
-    readable_or_closed,
-    send_all,
-)
+from .container import EXIT_STATUS_WAIT, LocalContainer, StartFailed, close_socket, readable_or_closed, send_all
 from .resources import ResourceManager
 
-__all__ = [
-    # re-exported from container.py, where they live
-    "BadPayload",
-    "Died",
-    "LocalContainer",
-    "LocalNode",
-    "LocalNodes",
-    "NodeSetup",
-    "Outcome",
-    "Raised",
-    "Returned",
-    "StartFailed",
-    "describe_exit",
-]
+__all__ = ["LocalNode", "LocalNodes", "NodeSetup"]
 
 # Seconds a container or zygote gets between SIGTERM and SIGKILL.
 STOP_GRACE: Final = 1.0
