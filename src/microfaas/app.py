@@ -23,8 +23,8 @@ from .sources.triggers import Stream, Topic
 if TYPE_CHECKING:
     from .call import Call
     from .keepalive import KeepAlivePolicy
+    from .nodes import NodeProvider
     from .platform import Platform
-    from .pool import LocalNodes
     from .sources.batch import BatchJob, BatchProgress
 
 __all__ = ["App", "FunctionHandle", "FunctionSpec", "Retries"]
@@ -419,13 +419,13 @@ class App:
     def run(
         self,
         *,
-        nodes: LocalNodes | None = None,
+        nodes: NodeProvider | None = None,
         keep_alive: KeepAlivePolicy | None = None,
         queue_limit: int | None = 100_000,
     ) -> Platform:
         """The platform for this app; start it with ``async with app.run() as faas``.
 
-        :param nodes: where containers run (default ``mf.LocalNodes()``).
+        :param nodes: where containers run: ``mf.LocalNodes()`` (the default) or ``mf.RayNodes()``.
         :param keep_alive: policy for functions whose ``idle_timeout`` is None
             (default ``mf.FixedKeepAlive()``).
         :param queue_limit: requests that may wait for a container at once; past it

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from .app import App, FunctionSpec, Retries
+    from .nodes import NodeProvider
     from .sources.batch import BatchJob, BatchProgress
     from .sources.streams import StreamSource
     from .sources.topics import TopicSource
@@ -99,13 +100,13 @@ class Platform:
         self,
         app: App,
         *,
-        nodes: LocalNodes | None = None,
+        nodes: NodeProvider | None = None,
         keep_alive: KeepAlivePolicy | None = None,
         queue_limit: int | None = 100_000,
         sources: Iterable[Source] = (),
     ) -> None:
         self.app = app
-        self.nodes_config = nodes if nodes is not None else LocalNodes()
+        self.nodes_config: NodeProvider = nodes if nodes is not None else LocalNodes()
         self._keep_alive = keep_alive
         self._queue_limit = queue_limit
         self._state = "new"
