@@ -821,7 +821,8 @@ class Platform:
             with anyio.move_on_after(delay):
                 await self._timer_kick.wait()
             self._timer_kick = anyio.Event()
-            self._timer_target = math.inf
+            # No kicks while carrying out the tick: the loop asks next_wake() right after.
+            self._timer_target = -math.inf
             self._apply(self._sched.tick(now=self._clock()))
 
     async def _watch_memory(self) -> None:
