@@ -114,6 +114,8 @@ class LocalContainer:
         self.exited = anyio.Event()
         self.kill_reason: str | None = None
         self.memory_at_kill_mb: float | None = None
+        self.timed_out: str | None = None  # the invocation whose timeout killed it
+        self.abandoned: set[str] = set()  # invocations whose callers stopped waiting
         self.on_exit: Callable[[LocalContainer], None] | None = None
         self.on_reply: Callable[[LocalContainer], None] | None = None
         self._sock = sock

@@ -50,6 +50,8 @@ class Container(Protocol):
     returncode: int | None
     kill_reason: str | None
     memory_at_kill_mb: float | None
+    timed_out: str | None  # the invocation whose timeout killed it
+    abandoned: set[str]  # invocations whose callers stopped waiting
     exited: anyio.Event
     on_exit: Callable[[Any], None] | None
     on_reply: Callable[[Any], None] | None

@@ -17,6 +17,7 @@ says so, even when the caller gave up.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import math
@@ -487,23 +488,20 @@ class Platform:
             )
         if fault == "crash":  # injected: the call is sent to a container that has just been killed
             container.kill(INJECTED)
-        expires = self._clock() + timeout if timeout is not None else math.inf
-        if timeout is None:
+        # The deadline is a loop timer, not a cancel scope: it holds whether or not the
+        # caller is still waiting, and costs one heap entry per call.
+        expiry = None
+        if timeout is not None:
+            loop = asyncio.get_running_loop()
+            expiry = loop.call_at(loop.time() + timeout, self._deadline_passed, container, invocation_id)
+        try:
             outcome = await container.call(invocation_id, attempt, deadline, run.cold_start, blob)
-        else:
-            try:
-                with anyio.move_on_after(timeout) as scope:
-                    outcome = await container.call(invocation_id, attempt, deadline, run.cold_start, blob)
-            except anyio.get_cancelled_exc_class():
-                # The caller gave up; the container keeps running it, under the same deadline.
-                self._tg.start_soon(self._enforce_deadline, container, invocation_id, expires)
-                raise
-            if scope.cancelled_caught:
-                container.kill("timeout")
-                raise FunctionTimeout(
-                    f"{name}: invocation {invocation_id} ran past timeout={timeout}s in container {container.id}; the container was killed",
-                    **coords,
-                )
+        except BaseException:
+            # The caller gave up; the container keeps running it, under the same deadline.
+            container.abandoned.add(invocation_id)
+            raise
+        if expiry is not None:
+            expiry.cancel()
         if type(outcome) is Returned:
             try:
                 return cloudpickle.loads(outcome.blob)
@@ -533,6 +531,12 @@ class Platform:
             )
         if death.kill_reason == "stopped":
             return PlatformClosed(f"{where} was stopped with the platform while running invocation {invocation_id}")
+        if death.kill_reason == "timeout" and container.timed_out == invocation_id:
+            timeout = self._specs[name].timeout
+            return FunctionTimeout(
+                f"{name}: invocation {invocation_id} ran past timeout={timeout}s in container {container.id}; the container was killed",
+                **coords,
+            )
         if death.kill_reason == "timeout":
             return ContainerCrashed(f"{where} was killed because another invocation in it ran past its timeout", **coords)
         injected = " (a crash injected with faas.inject or faas.kill)" if death.kill_reason == INJECTED else ""
@@ -679,10 +683,13 @@ class Platform:
                 return exc
             raise
 
-    async def _enforce_deadline(self, container: LocalContainer, invocation_id: str, deadline: float) -> None:
-        await anyio.sleep(max(0.0, deadline - self._clock()))
-        if invocation_id in container._pending:
-            container.kill("timeout")
+    def _deadline_passed(self, container: LocalContainer, invocation_id: str) -> None:
+        """An invocation ran past its timeout: kill its container (its caller gets FunctionTimeout)."""
+        if invocation_id not in container._pending:
+            return
+        container.timed_out = invocation_id
+        container.kill("timeout")
+        if invocation_id in container.abandoned:
             self._emit(ev.TIMEOUT, container.id, invocation_id=invocation_id, abandoned=True, injected=False)
 
     # -- carrying out the core's decisions --------------------------------------------------
@@ -718,6 +725,7 @@ class Platform:
                 raise TypeError(f"unknown scheduler action {action!r}")
         wake = self._sched.next_wake()
         if wake is not None and wake < self._timer_target:
+            self._timer_target = wake
             self._timer_kick.set()
         return mine
 
@@ -814,16 +822,19 @@ class Platform:
                 event.set()
 
     async def _run_timer(self) -> None:
+        """Tick the core at its next wake. ``_apply`` lowers ``_timer_target`` (and kicks
+        this loop) when a fact brings a wake forward; a wake that moved later, or went
+        away, costs at most one early tick that finds nothing to do."""
         while True:
-            wake = self._sched.next_wake()
-            self._timer_target = wake if wake is not None else math.inf
-            delay = max(0.0, self._timer_target - self._clock())
-            with anyio.move_on_after(delay):
+            with anyio.move_on_after(max(0.0, self._timer_target - self._clock())) as sleep:
                 await self._timer_kick.wait()
             self._timer_kick = anyio.Event()
-            # No kicks while carrying out the tick: the loop asks next_wake() right after.
-            self._timer_target = -math.inf
+            if not sleep.cancelled_caught:
+                continue  # kicked: an earlier target was set; sleep until it
+            self._timer_target = -math.inf  # no kicks while carrying out the tick
             self._apply(self._sched.tick(now=self._clock()))
+            wake = self._sched.next_wake()
+            self._timer_target = wake if wake is not None else math.inf
 
     async def _watch_memory(self) -> None:
         while True:

@@ -162,6 +162,8 @@ class RayContainer:
         self.exited = anyio.Event()
         self.kill_reason: str | None = None
         self.memory_at_kill_mb: float | None = None
+        self.timed_out: str | None = None
+        self.abandoned: set[str] = set()
         self.on_exit: Any = None
         self.on_reply: Any = None
         # Why Ray says the actor died (its error's first line), when it died of itself.
