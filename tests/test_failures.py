@@ -257,3 +257,29 @@ async def test_throttled_past_the_queue_limit():
         throttled = [r for r in results if isinstance(r, mf.Throttled)]
         assert throttled, results
         assert faas.stats("sleeps").throttles == len(throttled)
+
+
+@app.function(max_containers=1)
+def brief(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+async def test_cancelled_callers_never_keep_a_slot():
+    import random
+
+    rng = random.Random(7)
+    async with app.run() as faas:
+        await brief.invoke(0)
+
+        async def impatient() -> None:
+            with anyio.move_on_after(rng.uniform(0, 0.05)):
+                await brief.invoke(0.01)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(60):
+                tg.start_soon(impatient)
+        with anyio.fail_after(30):  # with one container of one slot, a leaked slot would hang this
+            assert await brief.invoke(0) > 0
+        [container] = faas.containers("brief")
+        assert container.state == mf.ContainerState.IDLE

@@ -145,9 +145,7 @@ class LocalContainer:
                 await self._send(protocol.encode(("call", invocation_id, attempt, deadline, cold_start), args_blob))
             except OSError:
                 pass  # the reader sees the channel close and resolves every pending call
-        await pending.event.wait()
-        assert pending.outcome is not None
-        return pending.outcome
+        return await pending.wait()
 
     @property
     def in_flight(self) -> int:
@@ -329,16 +327,19 @@ class LocalContainer:
 
 
 class _Pending:
-    __slots__ = ("event", "outcome")
+    """One call's outcome, set once by whoever learns it first (reply, death)."""
+
+    __slots__ = ("future",)
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.outcome: Outcome | None = None
+        self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
     def resolve(self, outcome: Outcome) -> None:
-        if self.outcome is None:
-            self.outcome = outcome
-            self.event.set()
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+    async def wait(self) -> Outcome:
+        return await self.future
 
 
 async def readable_or_closed(sock: socket.socket) -> bool:

@@ -80,15 +80,24 @@ RETRYABLE: Final = (FunctionError, FunctionTimeout, OutOfMemory, ContainerCrashe
 
 
 class _Waiter:
-    __slots__ = ("decision", "event")
+    """A request waiting for the core's decision about it (a container, or an error)."""
+
+    __slots__ = ("future",)
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.decision: RunOn | FailRequest | None = None
+        self.future: asyncio.Future[RunOn | FailRequest] = asyncio.get_running_loop().create_future()
 
-    def resolve(self, decision: RunOn | FailRequest) -> None:
-        self.decision = decision
-        self.event.set()
+    def resolve(self, decision: RunOn | FailRequest) -> bool:
+        """Hand over the decision; False when the caller was cancelled first."""
+        if self.future.done():
+            return False
+        self.future.set_result(decision)
+        return True
+
+    @property
+    def decision(self) -> RunOn | FailRequest | None:
+        future = self.future
+        return future.result() if future.done() and not future.cancelled() else None
 
 
 class Platform:
@@ -458,7 +467,7 @@ class Platform:
         if decision is None:
             waiter = self._waiters[invocation_id] = _Waiter()
             try:
-                await waiter.event.wait()
+                await waiter.future
             except BaseException:
                 self._waiters.pop(invocation_id, None)
                 if waiter.decision is None:
@@ -704,9 +713,9 @@ class Platform:
                     mine = action
                 else:
                     waiter = self._waiters.pop(action.request_id, None)
-                    if waiter is not None:
-                        waiter.resolve(action)
-                    elif kind is RunOn:
+                    if waiter is not None and waiter.resolve(action):
+                        pass
+                    elif kind is RunOn:  # its caller is gone: give the slot back
                         self._apply(self._sched.call_finished(action.container_id, now=self._clock()))
             elif kind is StartContainer:
                 self._pending_starts[action.container_id] = anyio.Event()

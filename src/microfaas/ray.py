@@ -215,9 +215,7 @@ class RayContainer:
             self._actor_lost(exc)
         else:
             self._tg.start_soon(self._await_reply, invocation_id, ref, pending)
-        await pending.event.wait()
-        assert pending.outcome is not None
-        return pending.outcome
+        return await pending.wait()
 
     async def _await_reply(self, invocation_id: str, ref: Any, pending: _Pending) -> None:
         try:
