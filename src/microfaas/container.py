@@ -88,6 +88,18 @@ class StartFailed(Exception):
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
 
+    @classmethod
+    def from_reply(cls, reply: tuple[object, ...]) -> StartFailed:
+        """From a container's ``("start_failed", stage, type, message, traceback)`` reply."""
+        _, stage, remote_type, remote_message, remote_traceback = reply
+        return cls(
+            f"{stage} raised {remote_type}: {remote_message}",
+            stage=str(stage),
+            remote_type=str(remote_type),
+            remote_message=str(remote_message),
+            remote_traceback=str(remote_traceback),
+        )
+
 
 def describe_exit(returncode: int | None) -> str:
     if returncode is None:
@@ -267,14 +279,7 @@ class LocalContainer:
             _, self.pid, self.load_s, self.init_s = meta  # type: ignore[assignment]
             return
         if meta[0] == "start_failed":
-            _, stage, remote_type, remote_message, remote_traceback = meta
-            raise StartFailed(
-                f"{stage} raised {remote_type}: {remote_message}",
-                stage=str(stage),
-                remote_type=str(remote_type),
-                remote_message=str(remote_message),
-                remote_traceback=str(remote_traceback),
-            )
+            raise StartFailed.from_reply(meta)
         raise StartFailed(f"the container sent {meta[0]!r} before it was ready", stage="process")
 
     async def serve_replies(self) -> None:

@@ -187,14 +187,7 @@ class RayContainer:
         except Exception as exc:  # noqa: BLE001 - any Ray error: the actor did not come up
             raise StartFailed(f"the container actor died before it was ready: {_first_line(exc)}", stage="process") from None
         if reply[0] == "start_failed":
-            _, stage, remote_type, remote_message, remote_traceback = reply
-            raise StartFailed(
-                f"{stage} raised {remote_type}: {remote_message}",
-                stage=str(stage),
-                remote_type=str(remote_type),
-                remote_message=str(remote_message),
-                remote_traceback=str(remote_traceback),
-            )
+            raise StartFailed.from_reply(reply)
         _, pid, self.load_s, self.init_s, self._baseline_mb = reply
         self.pid = int(pid)
         if self._local and not _is_ray_worker(self.pid):
