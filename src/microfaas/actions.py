@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import Any
 
 import attrs
 
@@ -46,6 +47,11 @@ class FunctionProfile:
     min_containers: int = 0
     max_containers: int | None = None
     idle_timeout: float | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> FunctionProfile:
+        """The profile of anything with these fields (``FunctionSpec``, ``sim.SimFunction``)."""
+        return cls(**{field.name: getattr(settings, field.name) for field in attrs.fields(cls)})
 
 
 @attrs.frozen(kw_only=True, slots=True)

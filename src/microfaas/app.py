@@ -171,14 +171,7 @@ class FunctionSpec:
         return inspect.iscoroutinefunction(self.fn)
 
     def profile(self) -> FunctionProfile:
-        return FunctionProfile(
-            name=self.name,
-            memory_mb=self.memory_mb,
-            concurrency=self.concurrency,
-            min_containers=self.min_containers,
-            max_containers=self.max_containers,
-            idle_timeout=self.idle_timeout,
-        )
+        return FunctionProfile.of(self)
 
 
 class FunctionHandle(Generic[P, R]):

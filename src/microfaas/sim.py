@@ -106,14 +106,7 @@ class SimFunction:
     cold_start_s: float = attrs.field(default=0.5, kw_only=True, converter=float, validator=_at_least(0))
 
     def profile(self) -> FunctionProfile:
-        return FunctionProfile(
-            name=self.name,
-            memory_mb=self.memory_mb,
-            concurrency=self.concurrency,
-            min_containers=self.min_containers,
-            max_containers=self.max_containers,
-            idle_timeout=self.idle_timeout,
-        )
+        return FunctionProfile.of(self)
 
 
 @attrs.frozen
