@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import attrs
@@ -25,6 +25,7 @@ from . import protocol
 
 __all__ = [
     "BadPayload",
+    "ContainerHandle",
     "Died",
     "LocalContainer",
     "Outcome",
@@ -112,10 +113,10 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-class LocalContainer:
-    """The platform's handle on one container process."""
+class ContainerHandle:
+    """What the platform reads and sets on every container handle, whatever runs it."""
 
-    def __init__(self, container_id: str, node_id: str, sock: socket.socket, pid: int | None) -> None:
+    def __init__(self, container_id: str, node_id: str, pid: int | None) -> None:
         self.id = container_id
         self.node_id = node_id
         self.pid = pid
@@ -128,8 +129,15 @@ class LocalContainer:
         self.memory_at_kill_mb: float | None = None
         self.timed_out: str | None = None  # the invocation whose timeout killed it
         self.abandoned: set[str] = set()  # invocations whose callers stopped waiting
-        self.on_exit: Callable[[LocalContainer], None] | None = None
-        self.on_reply: Callable[[LocalContainer], None] | None = None
+        self.on_exit: Callable[[Any], None] | None = None
+        self.on_reply: Callable[[Any], None] | None = None
+
+
+class LocalContainer(ContainerHandle):
+    """The platform's handle on one container process."""
+
+    def __init__(self, container_id: str, node_id: str, sock: socket.socket, pid: int | None) -> None:
+        super().__init__(container_id, node_id, pid)
         self._sock = sock
         self._fd = sock.fileno()
         self._decoder = protocol.FrameDecoder()

@@ -44,7 +44,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import events
-from .container import EXIT_STATUS_WAIT, BadPayload, Died, Outcome, Raised, Returned, StartFailed, _Pending
+from .container import EXIT_STATUS_WAIT, BadPayload, ContainerHandle, Died, Outcome, Raised, Returned, StartFailed, _Pending
 from .pool import NodeSetup
 from .resources import ResourceManager
 from .worker import Bundle, _describe, _flush_user_output, load_bundle, run_call, run_call_async, run_init
@@ -147,25 +147,12 @@ class _ContainerActor:
         return (kind, *meta[2:])
 
 
-class RayContainer:
+class RayContainer(ContainerHandle):
     """The platform's handle on one container actor (``nodes.Container``)."""
 
     def __init__(self, container_id: str, node_id: str, actor: Any, task_group: anyio.abc.TaskGroup, *, local: bool) -> None:
-        self.id = container_id
-        self.node_id = node_id
+        super().__init__(container_id, node_id, None)
         self.actor = actor
-        self.pid: int | None = None
-        self.start_s = 0.0
-        self.load_s = 0.0
-        self.init_s = 0.0
-        self.returncode: int | None = None
-        self.exited = anyio.Event()
-        self.kill_reason: str | None = None
-        self.memory_at_kill_mb: float | None = None
-        self.timed_out: str | None = None
-        self.abandoned: set[str] = set()
-        self.on_exit: Any = None
-        self.on_reply: Any = None
         # Why Ray says the actor died (its error's first line), when it died of itself.
         self.death_detail: str | None = None
         self._tg = task_group

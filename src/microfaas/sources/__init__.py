@@ -7,13 +7,16 @@ source per declared topic and stream, and one per timer trigger.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 from .triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 
 if TYPE_CHECKING:
     from ..app import App
     from ..delivery import Source
+
+T = TypeVar("T", TopicSubscription, StreamConsumer)
 
 __all__ = ["Cron", "Every", "Stream", "StreamConsumer", "Topic", "TopicSubscription", "build_sources"]
 
@@ -23,32 +26,27 @@ def build_sources(app: App) -> list[Source]:
 
     :raises ValueError: a trigger names a topic or stream the app did not declare.
     """
-    from .topics import TopicSource  # the running sources import app.py, which imports this package
-
-    subscriptions: dict[str, list[tuple[str, TopicSubscription]]] = {name: [] for name in app.topics}
-    for name, spec in app.functions.items():
-        for trigger in spec.triggers:
-            if isinstance(trigger, TopicSubscription):
-                if trigger.topic not in subscriptions:
-                    raise ValueError(
-                        f"{name}: subscribes to topic {trigger.topic!r}, which app {app.name!r} did not declare with app.topic()"
-                    )
-                subscriptions[trigger.topic].append((name, trigger))
-    sources: list[Source] = [TopicSource(app.topics[topic], subs) for topic, subs in subscriptions.items()]
-    from .timers import build_timer_sources  # timers: one source per Every / Cron trigger
-
-    sources += build_timer_sources(app)
-    # Streams: one StreamSource per declared stream, with the functions consuming it.
+    # The running sources import app.py, which imports this package: import them here.
     from .streams import StreamSource
+    from .timers import build_timer_sources
+    from .topics import TopicSource
 
-    consumers: dict[str, list[tuple[str, StreamConsumer]]] = {name: [] for name in app.streams}
-    for name, spec in app.functions.items():
-        for trigger in spec.triggers:
-            if isinstance(trigger, StreamConsumer):
-                if trigger.stream not in consumers:
-                    raise ValueError(
-                        f"{name}: consumes stream {trigger.stream!r}, which app {app.name!r} did not declare with app.stream()"
-                    )
-                consumers[trigger.stream].append((name, trigger))
+    subscriptions = _triggers_by_name(app, TopicSubscription, "topic", app.topics, verb="subscribes to")
+    consumers = _triggers_by_name(app, StreamConsumer, "stream", app.streams, verb="consumes")
+    sources: list[Source] = [TopicSource(app.topics[topic], subs) for topic, subs in subscriptions.items()]
+    sources += build_timer_sources(app)
     sources += [StreamSource(app.streams[stream], cons) for stream, cons in consumers.items()]
     return sources
+
+
+def _triggers_by_name(app: App, kind: type[T], field: str, declared: Mapping[str, object], *, verb: str) -> dict[str, list[tuple[str, T]]]:
+    """For each declared topic (``field="topic"``) or stream, the (function, trigger) pairs that read it."""
+    found: dict[str, list[tuple[str, T]]] = {name: [] for name in declared}
+    for function, spec in app.functions.items():
+        for trigger in spec.triggers:
+            if isinstance(trigger, kind):
+                target = getattr(trigger, field)
+                if target not in found:
+                    raise ValueError(f"{function}: {verb} {field} {target!r}, which app {app.name!r} did not declare with app.{field}()")
+                found[target].append((function, trigger))
+    return found
