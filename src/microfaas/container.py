@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
+import itertools
 import os
 import signal
 import socket
@@ -41,6 +43,8 @@ __all__ = [
 # How long to wait for a process's exit status once its channel closed.
 EXIT_STATUS_WAIT: Final = 2.0
 _READ_SIZE: Final = 1 << 18
+# sendmsg takes at most this many buffers at once (IOV_MAX on Linux).
+_MAX_IOV: Final = 1024
 
 
 @attrs.frozen(slots=True)
@@ -132,6 +136,25 @@ class ContainerHandle:
         self.on_exit: Callable[[Any], None] | None = None
         self.on_reply: Callable[[Any], None] | None = None
 
+    def start_call(
+        self, outcome: asyncio.Future[Any], invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes
+    ) -> None:
+        """Send one invocation; ``outcome`` gets its ``Outcome``. Awaiting it is optional:
+        the container runs the call whether or not anyone waits.
+
+        This default runs ``call`` as a task, for containers whose calls are coroutines.
+        """
+
+        def copy(task: asyncio.Task[Outcome]) -> None:
+            if not outcome.done() and not task.cancelled():
+                outcome.set_result(task.result())
+
+        asyncio.ensure_future(self.call(invocation_id, attempt, deadline, cold_start, args_blob)).add_done_callback(copy)
+
+    async def call(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> Outcome:
+        """Run one invocation and return its outcome (for containers that do not override ``start_call``)."""
+        raise NotImplementedError
+
 
 class LocalContainer(ContainerHandle):
     """The platform's handle on one container process."""
@@ -141,9 +164,8 @@ class LocalContainer(ContainerHandle):
         self._sock = sock
         self._fd = sock.fileno()
         self._decoder = protocol.FrameDecoder()
-        self._pending: dict[str, _Pending] = {}
-        self._writing = False
-        self._write_done: anyio.Event | None = None
+        self._pending: dict[str, asyncio.Future[Outcome]] = {}
+        self._unsent: collections.deque[memoryview] = collections.deque()  # what the socket did not take yet
         self._closed = False
         self._first_frame: tuple[tuple[object, ...], bytes | bytearray] | None = None
         self._first_event = anyio.Event()
@@ -154,18 +176,15 @@ class LocalContainer(ContainerHandle):
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def call(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> Outcome:
-        """Run one invocation; cancel the caller to abandon it (the container keeps running)."""
-        pending = _Pending()
-        self._pending[invocation_id] = pending
+    def start_call(
+        self, outcome: asyncio.Future[Any], invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes
+    ) -> None:
+        """Send one invocation now; ``outcome`` gets its ``Outcome`` when the container answers or dies."""
+        self._pending[invocation_id] = outcome
         if self._closed:
-            pending.resolve(self._death())
+            outcome.set_result(self._death())
         else:
-            try:
-                await self._send(protocol.encode(("call", invocation_id, attempt, deadline, cold_start), args_blob))
-            except OSError:
-                pass  # the reader sees the channel close and resolves every pending call
-        return await pending.wait()
+            self.send(protocol.encode(("call", invocation_id, attempt, deadline, cold_start), args_blob))
 
     @property
     def in_flight(self) -> int:
@@ -253,17 +272,19 @@ class LocalContainer(ContainerHandle):
             self._first_event.set()
             return
         kind = meta[0]
-        pending = self._pending.pop(str(meta[1]), None)
-        if pending is None:
+        outcome = self._pending.pop(meta[1], None)  # type: ignore[arg-type]
+        if outcome is None:
             return
         if kind == "result":
-            pending.resolve(Returned(blob))
+            result: Outcome = Returned(blob)
         elif kind == "error":
-            pending.resolve(Raised(str(meta[2]), str(meta[3]), str(meta[4])))
+            result = Raised(str(meta[2]), str(meta[3]), str(meta[4]))
         elif kind == "bad_payload":
-            pending.resolve(BadPayload(str(meta[2])))
+            result = BadPayload(str(meta[2]))
         else:
             raise protocol.ProtocolError(f"container {self.id} sent unexpected {kind!r}")
+        if not outcome.done():  # done: the caller gave up waiting
+            outcome.set_result(result)
         if self.on_reply is not None:
             self.on_reply(self)
 
@@ -299,8 +320,9 @@ class LocalContainer(ContainerHandle):
                 self._close_channel()
                 await self._await_exit()
                 death = self._death()
-                for pending in self._pending.values():
-                    pending.resolve(death)
+                for outcome in self._pending.values():
+                    if not outcome.done():
+                        outcome.set_result(death)
                 self._pending.clear()
                 if self.on_exit is not None:
                     self.on_exit(self)
@@ -322,21 +344,53 @@ class LocalContainer(ContainerHandle):
         if not self._closed:
             self._closed = True
             self._channel_lost()
+            self._stop_writing()
             close_socket(self._sock)
 
-    async def _send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
-        while self._writing:
-            if self._write_done is None:
-                self._write_done = anyio.Event()
-            await self._write_done.wait()
-        self._writing = True
+    def send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
+        """Write a frame without waiting: what the socket does not take now is sent when it drains.
+
+        A channel that fails is left to the reader, which sees it close and fails the pending calls.
+        """
+        unsent = self._unsent
+        if unsent:
+            unsent.extend(memoryview(b).cast("B") for b in buffers)
+            return
         try:
-            await send_all(self._sock, buffers)
-        finally:
-            self._writing = False
-            if self._write_done is not None:
-                self._write_done.set()
-                self._write_done = None
+            sent = self._sock.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return
+        for buffer in buffers:
+            if sent >= len(buffer):
+                sent -= len(buffer)
+            else:
+                unsent.append(memoryview(buffer).cast("B")[sent:])
+                sent = 0
+        if unsent:
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        unsent = self._unsent
+        try:
+            sent = self._sock.sendmsg(list(itertools.islice(unsent, _MAX_IOV)))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._stop_writing()
+            return
+        while unsent and sent >= len(unsent[0]):
+            sent -= len(unsent.popleft())
+        if sent:
+            unsent[0] = unsent[0][sent:]
+        if not unsent:
+            self._loop.remove_writer(self._fd)
+
+    def _stop_writing(self) -> None:
+        if self._unsent:
+            self._unsent.clear()
+            self._loop.remove_writer(self._fd)
 
 
 class _Pending:

@@ -8,11 +8,13 @@ grace, SIGKILL) inside a shielded scope.
 
 How a call flows (DESIGN.md): arguments are pickled first (a ``SerializationError``
 costs no container), then the scheduler core is asked for a container. Its
-actions are carried out by ``_apply``; a request served at once goes straight to
-its container, one that waits parks on a ``_Waiter`` until a later fact (a start,
-a finished call) produces its ``RunOn``. The container's reply reader reports
+actions are carried out by ``_apply``; a request waits as an ``_Attempt`` until
+a fact (at once, or later: a start, a finished call) produces its ``RunOn``, and
+is sent to its container right there, in the callback that learned the fact.
+The caller wakes once, for the outcome. The container's reply reader reports
 the finished call back to the core, so a slot frees exactly when the container
-says so, even when the caller gave up.
+says so, even when the caller gave up, and the next waiting call goes out from
+the same callback.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import cloudpickle
 
 from . import lifecycle as ev
 from .call import Call, CallStatus
-from .container import BadPayload, Died, LocalContainer, Raised, Returned, StartFailed, describe_exit
+from .container import BadPayload, ContainerHandle, Died, LocalContainer, Outcome, Raised, Returned, StartFailed, describe_exit
 from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
     CallCancelled,
@@ -79,25 +81,30 @@ MIN_START_TIMEOUT: Final = 10.0
 RETRYABLE: Final = (FunctionError, FunctionTimeout, OutOfMemory, ContainerCrashed, ColdStartFailed, Throttled)
 
 
-class _Waiter:
-    """A request waiting for the core's decision about it (a container, or an error)."""
+class _Attempt:
+    """One attempt of an invocation, from its request to its outcome.
 
-    __slots__ = ("future",)
+    The core's decision about it is carried out where it is made: a ``RunOn`` sends the
+    call to its container at once, from whichever callback produced it, and the caller's
+    one ``future`` then gets the container's ``Outcome``; a ``FailRequest`` goes to the
+    future as it is.
+    """
 
-    def __init__(self) -> None:
-        self.future: asyncio.Future[RunOn | FailRequest] = asyncio.get_running_loop().create_future()
+    __slots__ = ("attempt", "blob", "container", "expiry", "function", "future", "invocation_id", "run")
 
-    def resolve(self, decision: RunOn | FailRequest) -> bool:
-        """Hand over the decision; False when the caller was cancelled first."""
-        if self.future.done():
-            return False
-        self.future.set_result(decision)
-        return True
+    def __init__(self, function: str, invocation_id: str, attempt: int, blob: bytes) -> None:
+        self.function = function
+        self.invocation_id = invocation_id
+        self.attempt = attempt
+        self.blob = blob
+        self.future: asyncio.Future[Outcome | FailRequest | _InjectedTimeout] = asyncio.get_running_loop().create_future()
+        self.run: RunOn | None = None
+        self.container: ContainerHandle | None = None
+        self.expiry: asyncio.TimerHandle | None = None
 
-    @property
-    def decision(self) -> RunOn | FailRequest | None:
-        future = self.future
-        return future.result() if future.done() and not future.cancelled() else None
+
+class _InjectedTimeout:
+    """The outcome of a call whose timeout was injected with ``faas.inject``: it was never sent."""
 
 
 class Platform:
@@ -129,7 +136,7 @@ class Platform:
         self._stats: dict[str, StatsRecorder] = {}
         self._nodes: dict[str, LocalNode] = {}
         self._containers: dict[str, LocalContainer] = {}
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, _Attempt] = {}  # requests waiting for the core's decision
         self._start_errors: dict[str, BaseException] = {}
         self._pending_starts: dict[str, anyio.Event] = {}
         self._pending_nodes: dict[str, anyio.Event] = {}
@@ -446,12 +453,16 @@ class Platform:
         stats.invocations += 1
         started = self._clock()
         try:
-            run = await self._acquire(name, invocation_id, started)
-            if run.cold_start:
-                stats.cold_starts += 1
-            else:
-                stats.warm_starts += 1
-            value = await self._run(name, run, invocation_id, attempt, blob)
+            if self._state != "running":
+                raise PlatformClosed(f"app {self.app.name!r} was stopped; open a new platform with `async with app.run()`")
+            call = _Attempt(name, invocation_id, attempt, blob)
+            self._apply(self._sched.request(invocation_id, name, now=started), own=call)
+            try:
+                outcome = await call.future
+            except BaseException:
+                self._abandon(call)
+                raise
+            value = self._result(call, outcome)
         except FaaSError as exc:
             self._count_failure(stats, exc)
             self._lifecycle.call_failed(exc, attempt=attempt, injected=self._faults.was_injected(invocation_id, exc))
@@ -460,63 +471,67 @@ class Platform:
         stats.latencies.append(self._clock() - started)
         return value
 
-    async def _acquire(self, name: str, invocation_id: str, now: float) -> RunOn:
-        if self._state != "running":
-            raise PlatformClosed(f"app {self.app.name!r} was stopped; open a new platform with `async with app.run()`")
-        decision = self._apply(self._sched.request(invocation_id, name, now=now), own=invocation_id)
-        if decision is None:
-            waiter = self._waiters[invocation_id] = _Waiter()
-            try:
-                await waiter.future
-            except BaseException:
-                self._waiters.pop(invocation_id, None)
-                if waiter.decision is None:
-                    self._apply(self._sched.cancel(invocation_id, now=self._clock()))
-                elif isinstance(waiter.decision, RunOn):
-                    self._apply(self._sched.call_finished(waiter.decision.container_id, now=self._clock()))
-                raise
-            decision = waiter.decision
-        assert decision is not None
-        if isinstance(decision, FailRequest):
-            raise self._request_failed(name, invocation_id, decision)
-        return decision
-
-    async def _run(self, name: str, run: RunOn, invocation_id: str, attempt: int, blob: bytes) -> Any:
-        container = self._containers[run.container_id]
-        timeout = self._specs[name].timeout
-        deadline = time.time() + timeout if timeout is not None else None
-        coords = {"function_name": name, "invocation_id": invocation_id, "container_id": container.id, "node_id": container.node_id}
-        self._lifecycle.call_started(name, container, cold=run.cold_start, invocation_id=invocation_id, attempt=attempt)
+    def _decided(self, call: _Attempt, decision: RunOn | FailRequest) -> None:
+        """The core decided about ``call``: send it to its container, or fail it."""
+        if call.future.done():  # its caller is gone
+            if type(decision) is RunOn:
+                self._apply(self._sched.call_finished(decision.container_id, now=self._clock()))
+            return
+        if type(decision) is FailRequest:
+            call.future.set_result(decision)
+            return
+        assert type(decision) is RunOn
+        name, invocation_id = call.function, call.invocation_id
+        container = call.container = self._containers[decision.container_id]
+        call.run = decision
+        stats = self._stats[name]
+        if decision.cold_start:
+            stats.cold_starts += 1
+        else:
+            stats.warm_starts += 1
+        self._lifecycle.call_started(name, container, cold=decision.cold_start, invocation_id=invocation_id, attempt=call.attempt)
         fault = self._faults.take_call_fault(name, invocation_id) if self._faults else None
         if fault == "timeout":  # injected: as if the call had run past its timeout
             container.kill("timeout")
-            raise FunctionTimeout(
-                f"{name}: invocation {invocation_id} ran past timeout={timeout}s in container {container.id}; "
-                "the container was killed (a timeout injected with faas.inject)",
-                **coords,
-            )
+            call.future.set_result(_InjectedTimeout())
+            return
         if fault == "crash":  # injected: the call is sent to a container that has just been killed
             container.kill(INJECTED)
-        # The deadline is a loop timer, not a cancel scope: it holds whether or not the
-        # caller is still waiting, and costs one heap entry per call.
-        expiry = None
+        timeout = self._specs[name].timeout
+        deadline = None
         if timeout is not None:
-            loop = asyncio.get_running_loop()
-            expiry = loop.call_at(loop.time() + timeout, self._deadline_passed, container, invocation_id)
-        try:
-            outcome = await container.call(invocation_id, attempt, deadline, run.cold_start, blob)
-        except BaseException:
-            # The caller gave up; the container keeps running it, under the same deadline.
-            container.abandoned.add(invocation_id)
-            raise
-        if expiry is not None:
-            expiry.cancel()
-        if type(outcome) is Returned:
+            # The deadline is a loop timer, not a cancel scope: it holds whether or not the
+            # caller is still waiting, and costs one heap entry per call.
+            deadline = time.time() + timeout
+            loop = call.future.get_loop()
+            call.expiry = loop.call_at(loop.time() + timeout, self._deadline_passed, container, invocation_id)
+        container.start_call(call.future, invocation_id, call.attempt, deadline, decision.cold_start, call.blob)
+
+    def _abandon(self, call: _Attempt) -> None:
+        """The caller of ``call`` stopped waiting: withdraw its request, or leave the call running."""
+        if call.container is not None:
+            # The container keeps running it, under the same deadline.
+            call.container.abandoned.add(call.invocation_id)
+        elif self._waiters.pop(call.invocation_id, None) is not None:
+            self._apply(self._sched.cancel(call.invocation_id, now=self._clock()))
+
+    def _result(self, call: _Attempt, outcome: Outcome | FailRequest | _InjectedTimeout) -> Any:
+        """The call's value, or the microfaas error its outcome means."""
+        if call.expiry is not None:
+            call.expiry.cancel()
+        name, invocation_id, container = call.function, call.invocation_id, call.container
+        kind = type(outcome)
+        if kind is Returned:
             try:
-                return cloudpickle.loads(outcome.blob)
+                return cloudpickle.loads(outcome.blob)  # type: ignore[union-attr]
             except Exception as exc:
                 raise SerializationError(f"{name}: the result of invocation {invocation_id} could not be unpickled: {exc!r}") from exc
-        if type(outcome) is Raised:
+        if kind is FailRequest:
+            raise self._request_failed(name, invocation_id, outcome)  # type: ignore[arg-type]
+        assert container is not None
+        coords = {"function_name": name, "invocation_id": invocation_id, "container_id": container.id, "node_id": container.node_id}
+        if kind is Raised:
+            assert isinstance(outcome, Raised)
             raise FunctionError(
                 f"{name}: invocation {invocation_id} raised {outcome.remote_type}: {outcome.remote_message}",
                 remote_type=outcome.remote_type,
@@ -524,9 +539,15 @@ class Platform:
                 remote_traceback=outcome.remote_traceback,
                 **coords,
             )
-        if type(outcome) is BadPayload:
-            raise SerializationError(f"{name}: invocation {invocation_id}: {outcome.message}")
-        assert type(outcome) is Died
+        if kind is BadPayload:
+            raise SerializationError(f"{name}: invocation {invocation_id}: {outcome.message}")  # type: ignore[union-attr]
+        if kind is _InjectedTimeout:
+            raise FunctionTimeout(
+                f"{name}: invocation {invocation_id} ran past timeout={self._specs[name].timeout}s in container {container.id}; "
+                "the container was killed (a timeout injected with faas.inject)",
+                **coords,
+            )
+        assert isinstance(outcome, Died)
         raise self._death_error(name, invocation_id, container, outcome, coords)
 
     def _death_error(self, name: str, invocation_id: str, container: LocalContainer, death: Died, coords: dict[str, Any]) -> FaaSError:
@@ -703,20 +724,19 @@ class Platform:
 
     # -- carrying out the core's decisions --------------------------------------------------
 
-    def _apply(self, actions: list[Any], own: str | None = None) -> RunOn | FailRequest | None:
-        """Carry out the core's actions; return the decision about request ``own``, if any."""
-        mine: RunOn | FailRequest | None = None
+    def _apply(self, actions: list[Any], own: _Attempt | None = None) -> None:
+        """Carry out the core's actions. ``own`` is the request that produced them: it waits
+        for a later decision unless one is among them."""
+        if own is not None:
+            self._waiters[own.invocation_id] = own
         for action in actions:
             kind = type(action)
             if kind is RunOn or kind is FailRequest:
-                if action.request_id == own:
-                    mine = action
-                else:
-                    waiter = self._waiters.pop(action.request_id, None)
-                    if waiter is not None and waiter.resolve(action):
-                        pass
-                    elif kind is RunOn:  # its caller is gone: give the slot back
-                        self._apply(self._sched.call_finished(action.container_id, now=self._clock()))
+                call = self._waiters.pop(action.request_id, None)
+                if call is not None:
+                    self._decided(call, action)
+                elif kind is RunOn:  # its caller is gone: give the slot back
+                    self._apply(self._sched.call_finished(action.container_id, now=self._clock()))
             elif kind is StartContainer:
                 self._pending_starts[action.container_id] = anyio.Event()
                 self._tg.start_soon(self._start_container, action)
@@ -736,7 +756,6 @@ class Platform:
         if wake is not None and wake < self._timer_target:
             self._timer_target = wake
             self._timer_kick.set()
-        return mine
 
     async def _start_container(self, action: StartContainer) -> None:
         container_id = action.container_id

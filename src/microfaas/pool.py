@@ -181,7 +181,7 @@ class LocalNode:
             self._tg.start_soon(self._wait_process, container, process)
         try:
             if process is not None:
-                await container._send(protocol.encode(("load", list(self.setup.sys_path), self.setup.cwd), bundle_blob))
+                container.send(protocol.encode(("load", list(self.setup.sys_path), self.setup.cwd), bundle_blob))
             await container.handshake()
         except BaseException:
             with anyio.CancelScope(shield=True):
