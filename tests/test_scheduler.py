@@ -778,3 +778,85 @@ def test_no_prewarm_when_a_container_is_already_up() -> None:
     sched.container_exited("c-1", now=1.0)
     sched.request("r2", "f", now=3.0)  # arrives before the pre-warm: a cold start of its own
     assert sched.tick(now=6.0) == []
+
+
+# -- pipelining -------------------------------------------------------------------------------
+
+P = FunctionProfile(name="p", memory_mb=100, max_containers=1)
+
+
+def piped(request_id: str, container_id: str) -> RunOn:
+    return RunOn(request_id=request_id, container_id=container_id, cold_start=False, queued=True)
+
+
+def one_warm_container(*profiles: FunctionProfile, depth: int = 2, duration_s: float = 0.0002) -> Scheduler:
+    """A pipelining scheduler with ``c-1`` up and idle, after one call of ``duration_s``."""
+    resources = ResourceManager(node_memory_mb=1024, max_nodes=1, min_nodes=1)
+    sched = Scheduler(resources, pipeline_depth=depth)
+    for profile in profiles:
+        sched.add_function(profile)
+    sched.start(now=0.0)
+    sched.node_acquired("n-1", now=0.0)
+    name = profiles[0].name
+    assert sched.request("r0", name, now=0.0) == [start("c-1", name)]
+    assert sched.container_started("c-1", now=0.0) == [run("r0", "c-1", cold=True)]
+    assert sched.call_finished("c-1", now=0.0, duration_s=duration_s) == []
+    return sched
+
+
+def test_short_calls_are_queued_in_a_full_container_up_to_the_pipeline_depth() -> None:
+    sched = one_warm_container(P, depth=2)
+    assert sched.request("r1", "p", now=1.0) == [run("r1", "c-1", cold=False)]
+    assert sched.request("r2", "p", now=1.0) == [piped("r2", "c-1")]
+    assert sched.request("r3", "p", now=1.0) == [piped("r3", "c-1")]
+    assert sched.request("r4", "p", now=1.0) == []  # depth reached: r4 waits
+    assert sched.waiting("p") == 1
+    rec = sched.container("c-1")
+    assert (rec.busy, rec.queued) == (1, 2)
+    # r1 finishes: r2 takes the slot, and r4 is queued behind r3.
+    assert sched.call_finished("c-1", now=1.1, duration_s=0.0002) == [piped("r4", "c-1")]
+    assert (rec.busy, rec.queued, sched.waiting("p")) == (1, 2, 0)
+    for _ in range(3):
+        assert sched.call_finished("c-1", now=1.2, duration_s=0.0002) == []
+    assert (rec.busy, rec.state) == (0, ContainerState.IDLE)
+
+
+def test_calls_are_not_pipelined_when_they_are_long_or_the_function_can_grow_or_runs_concurrently() -> None:
+    # Long calls: a queued call would wait behind one.
+    sched = one_warm_container(P, duration_s=0.5)
+    assert sched.request("r1", "p", now=1.0) == [run("r1", "c-1", cold=False)]
+    assert sched.request("r2", "p", now=1.0) == []
+    # Room to grow: a second container is better than a queue.
+    sched = one_warm_container(FunctionProfile(name="g", memory_mb=100, max_containers=2))
+    assert sched.request("r1", "g", now=1.0) == [run("r1", "c-1", cold=False)]
+    assert sched.request("r2", "g", now=1.0) == [start("c-2", "g")]
+    # Concurrency above 1: the container takes more calls through its own slots.
+    sched = one_warm_container(FunctionProfile(name="k", memory_mb=100, max_containers=1, concurrency=2))
+    assert sched.request("r1", "k", now=1.0) == [run("r1", "c-1", cold=False)]
+    assert sched.request("r2", "k", now=1.0) == [run("r2", "c-1", cold=False)]
+    assert sched.request("r3", "k", now=1.0) == []
+    # Pipelining off (the default).
+    sched = one_warm_container(P, depth=0)
+    assert sched.request("r1", "p", now=1.0) == [run("r1", "c-1", cold=False)]
+    assert sched.request("r2", "p", now=1.0) == []
+
+
+def test_the_running_average_of_call_durations_turns_pipelining_off_and_on() -> None:
+    sched = one_warm_container(P, depth=1)
+    assert sched.request("r1", "p", now=1.0) == [run("r1", "c-1", cold=False)]
+    # r1 ran long: the average rises past the limit, so r2 waits instead of queueing.
+    assert sched.call_finished("c-1", now=2.0, duration_s=1.0) == []
+    assert sched.request("r2", "p", now=2.0) == [run("r2", "c-1", cold=False)]
+    assert sched.request("r3", "p", now=2.0) == []
+    # Short calls bring the average back down (weight 1/8 each): after ~37 of them,
+    # a request that finds the container busy is queued in it again.
+    for i in range(1, 100):
+        assert sched.call_finished("c-1", now=3.0, duration_s=0.0001) == [run(f"r{i + 2}", "c-1", cold=False)]
+        if sched.request(f"r{i + 3}", "p", now=3.0) == [piped(f"r{i + 3}", "c-1")]:
+            break
+    assert 30 < i < 45
+
+
+def test_pipeline_depth_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="pipeline_depth must be >= 0"):
+        Scheduler(ResourceManager(node_memory_mb=1024), pipeline_depth=-1)

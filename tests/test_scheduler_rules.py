@@ -34,6 +34,8 @@ PROFILES = {
         FunctionProfile(name="d", memory_mb=100, concurrency=2, min_containers=2, idle_timeout=0.0),
         # Pins take at most 400 MB, so "e" always fits on a node once the rest is evicted.
         FunctionProfile(name="e", memory_mb=600, idle_timeout=30.0),
+        # One container: its short calls are pipelined when the scheduler may.
+        FunctionProfile(name="p", memory_mb=100, max_containers=1),
     )
 }
 FUNCS = sorted(PROFILES)
@@ -55,12 +57,13 @@ class SchedulerRules(RuleBasedStateMachine):
         release_after=st.sampled_from([0.0, 5.0, 10.0]),
         queue_limit=st.sampled_from([None, None, 0, 3]),
         keep_alive=st.sampled_from([FixedKeepAlive(0), FixedKeepAlive(5), FixedKeepAlive(20), NeverUnload()]),
+        pipeline_depth=st.sampled_from([0, 1, 3]),
     )
-    def setup(self, max_nodes, want_min_nodes, release_after, queue_limit, keep_alive) -> None:
+    def setup(self, max_nodes, want_min_nodes, release_after, queue_limit, keep_alive, pipeline_depth) -> None:
         self.resources = ResourceManager(
             node_memory_mb=NODE_MB, max_nodes=max_nodes, min_nodes=min(want_min_nodes, max_nodes), release_after=release_after
         )
-        self.sched = Scheduler(self.resources, keep_alive=keep_alive, queue_limit=queue_limit)
+        self.sched = Scheduler(self.resources, keep_alive=keep_alive, queue_limit=queue_limit, pipeline_depth=pipeline_depth)
         for profile in PROFILES.values():
             self.sched.add_function(profile)
         self.now = 0.0
@@ -73,7 +76,8 @@ class SchedulerRules(RuleBasedStateMachine):
         self.pending_starts: set[str] = set()  # StartContainer carried out, not yet reported
         self.started: set[str] = set()  # reported started, not exited or stopped
         self.stopping: set[str] = set()  # StopContainer carried out, exit not yet reported
-        self.running: dict[str, str] = {}  # request id -> container id
+        self.running: dict[str, str] = {}  # request id -> container id, in the order sent
+        self.last_run: dict[str, int] = {}  # function -> number of its last request that got a container
         self.pending_nodes: set[str] = set()
         self.ready_nodes: set[str] = set()
         self.node_of: dict[str, str] = {}  # container id -> node id, from StartContainer
@@ -95,12 +99,19 @@ class SchedulerRules(RuleBasedStateMachine):
                     self.pending_starts.add(cid)
                     self.node_of[cid] = node_id
                     self.pinned[cid] = pinned
-                case RunOn(request_id=rid, container_id=cid):
+                case RunOn(request_id=rid, container_id=cid, queued=queued):
                     self._answer(rid)
+                    self._check_first_come_first_served(rid)
                     assert cid in self.started, f"{rid} sent to {cid}, which is not up"
                     self.running[rid] = cid
                     rec = self.sched.container(cid)
                     assert rec is not None and rec.function == self.requests[rid]
+                    if queued:
+                        # Pipelined only onto a full container of a concurrency-1 function that cannot grow.
+                        profile = PROFILES[rec.function]
+                        assert self.sched.pipeline_depth > 0 and profile.concurrency == 1
+                        assert rec.busy == rec.concurrency
+                        assert profile.max_containers is not None and len(self.sched.containers(rec.function)) >= 1
                 case FailRequest(request_id=rid, reason=reason):
                     self._answer(rid)
                     if reason == "closed":
@@ -139,6 +150,12 @@ class SchedulerRules(RuleBasedStateMachine):
         assert rid not in self.cancelled, f"{rid} answered after it was cancelled"
         self.answers[rid] += 1
         assert self.answers[rid] == 1, f"{rid} answered twice"
+
+    def _check_first_come_first_served(self, rid: str) -> None:
+        """A function's requests get their containers in the order they arrived."""
+        fn, number = self.requests[rid], int(rid[1:])
+        assert number > self.last_run.get(fn, 0), f"{rid} got a container after a later request of {fn}"
+        self.last_run[fn] = number
 
     def _lose_container(self, cid: str) -> None:
         self.pending_starts.discard(cid)
@@ -197,11 +214,16 @@ class SchedulerRules(RuleBasedStateMachine):
         self.apply(self.sched.container_exited(cid, now=self.now))
 
     @precondition(lambda self: self.running)
-    @rule(i=pick)
-    def call_finished(self, i: int) -> None:
+    @rule(i=pick, duration_s=st.sampled_from([None, 0.0002, 0.01]))
+    def call_finished(self, i: int, duration_s: float | None) -> None:
         rid = _nth(self.running, i)
-        cid = self.running.pop(rid)
-        self.apply(self.sched.call_finished(cid, now=self.now))
+        cid = self.running[rid]
+        rec = self.sched.container(cid)
+        if rec is not None and rec.queued:
+            # Calls queued in a container start in the order they were sent: the oldest finishes.
+            rid = next(r for r, c in self.running.items() if c == cid)
+        del self.running[rid]
+        self.apply(self.sched.call_finished(cid, now=self.now, duration_s=duration_s))
 
     @precondition(lambda self: self.pending_nodes)
     @rule(i=pick)
@@ -284,8 +306,11 @@ class SchedulerRules(RuleBasedStateMachine):
         running_on = collections.Counter(self.running.values())
         for rec in self.sched.containers():
             assert 0 <= rec.busy <= rec.concurrency
+            assert 0 <= rec.queued <= self.sched.pipeline_depth
+            assert rec.queued == 0 or rec.busy == rec.concurrency == 1, f"{rec.id}: {rec.queued} queued, busy={rec.busy}"
             if rec.state is not ContainerState.STOPPING:
-                assert rec.busy == running_on[rec.id], f"{rec.id}: busy={rec.busy}, running={running_on[rec.id]}"
+                on = running_on[rec.id]
+                assert rec.busy + rec.queued == on, f"{rec.id}: busy={rec.busy} queued={rec.queued}, running={on}"
                 assert (rec.state is ContainerState.BUSY) == (rec.busy > 0)
 
     @invariant()
@@ -355,7 +380,7 @@ class SchedulerRules(RuleBasedStateMachine):
             elif self.pending_starts:
                 self.container_started(0)
             elif self.running:
-                self.call_finished(0)
+                self.call_finished(0, None)
             elif self.stopping:
                 self.stopped_container_exited(0)
             elif (self.sched.waiting() or self._pins_missing()) and self.sched.next_wake() is not None:

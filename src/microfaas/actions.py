@@ -73,6 +73,7 @@ class RunOn:
     request_id: str
     container_id: str
     cold_start: bool
+    queued: bool = False  # sent to a full container, to wait in it for a slot (pipelining)
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -97,6 +98,7 @@ class ContainerRecord:
     pinned: bool
     state: ContainerState = ContainerState.STARTING
     busy: int = 0  # slots in use; invariant: 0 <= busy <= concurrency
+    queued: int = 0  # calls sent on top of a full container, waiting in it for a slot (pipelining)
     calls: int = 0
     last_used: float = 0.0
     expires_at: float = math.inf  # meaningful only while IDLE and unpinned

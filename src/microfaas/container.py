@@ -17,6 +17,7 @@ import itertools
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -30,6 +31,7 @@ __all__ = [
     "ContainerHandle",
     "Died",
     "LocalContainer",
+    "NotStarted",
     "Outcome",
     "Raised",
     "Returned",
@@ -72,7 +74,12 @@ class Died:
     kill_reason: str | None
 
 
-Outcome = Returned | Raised | BadPayload | Died
+@attrs.frozen(slots=True)
+class NotStarted:
+    """The container died with the call still queued in it: the call never ran (pipelining)."""
+
+
+Outcome = Returned | Raised | BadPayload | Died | NotStarted
 
 
 class StartFailed(Exception):
@@ -134,22 +141,39 @@ class ContainerHandle:
         self.timed_out: str | None = None  # the invocation whose timeout killed it
         self.abandoned: set[str] = set()  # invocations whose callers stopped waiting
         self.on_exit: Callable[[Any], None] | None = None
-        self.on_reply: Callable[[Any], None] | None = None
+        self.on_reply: Callable[[Any], None] | None = None  # a call was answered
+        self.on_call_started: Callable[[str], None] | None = None  # a queued call got its slot
+        self.last_call_s: float | None = None  # how long the call just answered ran, when known
 
     def start_call(
-        self, outcome: asyncio.Future[Any], invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes
-    ) -> None:
+        self,
+        outcome: asyncio.Future[Any],
+        invocation_id: str,
+        attempt: int,
+        timeout: float | None,
+        cold_start: bool,
+        args_blob: bytes,
+        *,
+        queued: bool = False,
+    ) -> bool:
         """Send one invocation; ``outcome`` gets its ``Outcome``. Awaiting it is optional:
-        the container runs the call whether or not anyone waits.
+        the container runs the call whether or not anyone waits. ``timeout`` counts from
+        when the call starts; the handler's ``mf.context().deadline`` is set from it.
 
-        This default runs ``call`` as a task, for containers whose calls are coroutines.
+        ``queued``: the container is full, and the call waits in it for a slot. Returns
+        whether the call started now; if not, ``on_call_started`` says when it does.
+
+        This default runs ``call`` as a task, for containers whose calls are coroutines
+        (they queue calls themselves, so a call counts as started when sent).
         """
 
         def copy(task: asyncio.Task[Outcome]) -> None:
             if not outcome.done() and not task.cancelled():
                 outcome.set_result(task.result())
 
+        deadline = time.time() + timeout if timeout is not None else None
         asyncio.ensure_future(self.call(invocation_id, attempt, deadline, cold_start, args_blob)).add_done_callback(copy)
+        return True
 
     async def call(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> Outcome:
         """Run one invocation and return its outcome (for containers that do not override ``start_call``)."""
@@ -165,7 +189,11 @@ class LocalContainer(ContainerHandle):
         self._fd = sock.fileno()
         self._decoder = protocol.FrameDecoder()
         self._pending: dict[str, asyncio.Future[Outcome]] = {}
+        self._started_at: dict[str, float] = {}  # calls running, by when they started
+        self._queued: collections.deque[str] = collections.deque()  # calls waiting in the container, in order
         self._unsent: collections.deque[memoryview] = collections.deque()  # what the socket did not take yet
+        self._draining = False  # the loop sends ``_unsent`` when the socket is writable
+        self._in_cork = False  # in ``_corked``: ``_unsent`` goes out when replies are handled
         self._closed = False
         self._first_frame: tuple[tuple[object, ...], bytes | bytearray] | None = None
         self._first_event = anyio.Event()
@@ -177,14 +205,31 @@ class LocalContainer(ContainerHandle):
     # -- calls ----------------------------------------------------------------------------
 
     def start_call(
-        self, outcome: asyncio.Future[Any], invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes
-    ) -> None:
-        """Send one invocation now; ``outcome`` gets its ``Outcome`` when the container answers or dies."""
+        self,
+        outcome: asyncio.Future[Any],
+        invocation_id: str,
+        attempt: int,
+        timeout: float | None,
+        cold_start: bool,
+        args_blob: bytes,
+        *,
+        queued: bool = False,
+    ) -> bool:
+        """Send one invocation now; ``outcome`` gets its ``Outcome`` when the container answers or dies.
+
+        A queued call waits in the container's socket: the container reads its next call
+        only when it has finished the last one (pipelining is for concurrency 1).
+        """
         self._pending[invocation_id] = outcome
         if self._closed:
-            outcome.set_result(self._death())
-        else:
-            self.send(protocol.encode(("call", invocation_id, attempt, deadline, cold_start), args_blob))
+            outcome.set_result(NotStarted() if queued else self._death())
+            return not queued
+        self.send(protocol.encode(("call", invocation_id, attempt, timeout, cold_start), args_blob))
+        if queued:
+            self._queued.append(invocation_id)
+            return False
+        self._started_at[invocation_id] = time.perf_counter()
+        return True
 
     @property
     def in_flight(self) -> int:
@@ -255,6 +300,8 @@ class LocalContainer(ContainerHandle):
         if not received:
             self._channel_lost()
             return
+        global _corked
+        corked = _corked = []
         try:
             while (frame := decoder.next_frame()) is not None:
                 self._on_frame(*frame)
@@ -265,6 +312,9 @@ class LocalContainer(ContainerHandle):
             self._callback_error = exc
             self.kill("internal_error")
             self._channel_lost()
+        finally:
+            _corked = None
+            _uncork(corked)
 
     def _on_frame(self, meta: tuple[object, ...], blob: bytes | bytearray) -> None:
         if self._first_frame is None:
@@ -272,9 +322,13 @@ class LocalContainer(ContainerHandle):
             self._first_event.set()
             return
         kind = meta[0]
-        outcome = self._pending.pop(meta[1], None)  # type: ignore[arg-type]
+        invocation_id: str = meta[1]  # type: ignore[assignment]
+        outcome = self._pending.pop(invocation_id, None)
         if outcome is None:
             return
+        now = time.perf_counter()
+        started = self._started_at.pop(invocation_id, None)
+        self.last_call_s = None if started is None else now - started
         if kind == "result":
             result: Outcome = Returned(blob)
         elif kind == "error":
@@ -285,6 +339,11 @@ class LocalContainer(ContainerHandle):
             raise protocol.ProtocolError(f"container {self.id} sent unexpected {kind!r}")
         if not outcome.done():  # done: the caller gave up waiting
             outcome.set_result(result)
+        if self._queued:
+            following = self._queued.popleft()
+            self._started_at[following] = now
+            if self.on_call_started is not None:
+                self.on_call_started(following)
         if self.on_reply is not None:
             self.on_reply(self)
 
@@ -320,10 +379,12 @@ class LocalContainer(ContainerHandle):
                 self._close_channel()
                 await self._await_exit()
                 death = self._death()
-                for outcome in self._pending.values():
+                queued = set(self._queued)
+                for invocation_id, outcome in self._pending.items():
                     if not outcome.done():
-                        outcome.set_result(death)
+                        outcome.set_result(NotStarted() if invocation_id in queued else death)
                 self._pending.clear()
+                self._queued.clear()
                 if self.on_exit is not None:
                     self.on_exit(self)
         if self._callback_error is not None:
@@ -350,47 +411,62 @@ class LocalContainer(ContainerHandle):
     def send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
         """Write a frame without waiting: what the socket does not take now is sent when it drains.
 
-        A channel that fails is left to the reader, which sees it close and fails the pending calls.
+        Frames sent while replies are being handled (``_corked``) go out together, one
+        ``sendmsg`` per container, when that is done. A channel that fails is left to the
+        reader, which sees it close and fails the pending calls.
         """
-        unsent = self._unsent
-        if unsent:
-            unsent.extend(memoryview(b).cast("B") for b in buffers)
+        self._unsent.extend(memoryview(b).cast("B") for b in buffers)
+        if self._draining or self._in_cork:
             return
-        try:
-            sent = self._sock.sendmsg(buffers)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            return
-        for buffer in buffers:
-            if sent >= len(buffer):
-                sent -= len(buffer)
-            else:
-                unsent.append(memoryview(buffer).cast("B")[sent:])
-                sent = 0
-        if unsent:
+        if _corked is not None:
+            self._in_cork = True
+            _corked.append(self)
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send what the socket takes now; have the loop send the rest when it drains."""
+        if self._write_some() and self._unsent:
+            self._draining = True
             self._loop.add_writer(self._fd, self._on_writable)
 
     def _on_writable(self) -> None:
+        if self._write_some() and not self._unsent:
+            self._draining = False
+            self._loop.remove_writer(self._fd)
+
+    def _write_some(self) -> bool:
+        """One ``sendmsg`` of what is unsent; False when the channel failed."""
         unsent = self._unsent
         try:
             sent = self._sock.sendmsg(list(itertools.islice(unsent, _MAX_IOV)))
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:
             self._stop_writing()
-            return
+            return False
         while unsent and sent >= len(unsent[0]):
             sent -= len(unsent.popleft())
         if sent:
             unsent[0] = unsent[0][sent:]
-        if not unsent:
-            self._loop.remove_writer(self._fd)
+        return True
 
     def _stop_writing(self) -> None:
-        if self._unsent:
-            self._unsent.clear()
+        self._unsent.clear()
+        if self._draining:
+            self._draining = False
             self._loop.remove_writer(self._fd)
+
+
+# The containers with frames held back while replies are handled (None: frames go out at once).
+_corked: list[LocalContainer] | None = None
+
+
+def _uncork(containers: list[LocalContainer]) -> None:
+    for container in containers:
+        container._in_cork = False
+        if not container._draining and container._unsent:
+            container._flush()
 
 
 class _Pending:

@@ -36,7 +36,7 @@ import cloudpickle
 
 from . import lifecycle as ev
 from .call import Call, CallStatus
-from .container import BadPayload, ContainerHandle, Died, LocalContainer, Outcome, Raised, Returned, StartFailed, describe_exit
+from .container import BadPayload, ContainerHandle, Died, LocalContainer, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
 from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
     CallCancelled,
@@ -90,7 +90,7 @@ class _Attempt:
     future as it is.
     """
 
-    __slots__ = ("attempt", "blob", "container", "expiry", "function", "future", "invocation_id", "run")
+    __slots__ = ("attempt", "blob", "cold_start", "container", "expiry", "function", "future", "invocation_id")
 
     def __init__(self, function: str, invocation_id: str, attempt: int, blob: bytes) -> None:
         self.function = function
@@ -98,7 +98,7 @@ class _Attempt:
         self.attempt = attempt
         self.blob = blob
         self.future: asyncio.Future[Outcome | FailRequest | _InjectedTimeout] = asyncio.get_running_loop().create_future()
-        self.run: RunOn | None = None
+        self.cold_start = False
         self.container: ContainerHandle | None = None
         self.expiry: asyncio.TimerHandle | None = None
 
@@ -137,6 +137,7 @@ class Platform:
         self._nodes: dict[str, LocalNode] = {}
         self._containers: dict[str, LocalContainer] = {}
         self._waiters: dict[str, _Attempt] = {}  # requests waiting for the core's decision
+        self._queued_calls: dict[str, _Attempt] = {}  # sent to a full container, waiting in it for a slot
         self._start_errors: dict[str, BaseException] = {}
         self._pending_starts: dict[str, anyio.Event] = {}
         self._pending_nodes: dict[str, anyio.Event] = {}
@@ -183,7 +184,12 @@ class Platform:
         await self._tg.__aexit__(None, None, None)
 
     async def _start(self) -> None:
-        self._sched = Scheduler(self.nodes_config.resource_manager(), keep_alive=self._keep_alive, queue_limit=self._queue_limit)
+        self._sched = Scheduler(
+            self.nodes_config.resource_manager(),
+            keep_alive=self._keep_alive,
+            queue_limit=self._queue_limit,
+            pipeline_depth=getattr(self.nodes_config, "pipeline_depth", 0),
+        )
         self._specs = dict(self.app.functions)
         self._shipper = Shipper(self._specs)
         for name, spec in self._specs.items():
@@ -453,15 +459,22 @@ class Platform:
         stats.invocations += 1
         started = self._clock()
         try:
-            if self._state != "running":
-                raise PlatformClosed(f"app {self.app.name!r} was stopped; open a new platform with `async with app.run()`")
             call = _Attempt(name, invocation_id, attempt, blob)
-            self._apply(self._sched.request(invocation_id, name, now=started), own=call)
-            try:
-                outcome = await call.future
-            except BaseException:
-                self._abandon(call)
-                raise
+            while True:
+                if self._state != "running":
+                    raise PlatformClosed(f"app {self.app.name!r} was stopped; open a new platform with `async with app.run()`")
+                self._apply(self._sched.request(invocation_id, name, now=self._clock()), own=call)
+                try:
+                    outcome = await call.future
+                except BaseException:
+                    self._abandon(call)
+                    raise
+                if type(outcome) is not NotStarted:
+                    break
+                # Its container died with the call still queued in it: ask again.
+                self._queued_calls.pop(invocation_id, None)
+                call.future = call.future.get_loop().create_future()
+                call.container = None
             value = self._result(call, outcome)
         except FaaSError as exc:
             self._count_failure(stats, exc)
@@ -481,31 +494,46 @@ class Platform:
             call.future.set_result(decision)
             return
         assert type(decision) is RunOn
-        name, invocation_id = call.function, call.invocation_id
         container = call.container = self._containers[decision.container_id]
-        call.run = decision
+        call.cold_start = decision.cold_start
+        timeout = self._specs[call.function].timeout
+        started = container.start_call(
+            call.future, call.invocation_id, call.attempt, timeout, decision.cold_start, call.blob, queued=decision.queued
+        )
+        if started:
+            self._started(call)
+        else:
+            self._queued_calls[call.invocation_id] = call
+
+    def _queued_call_started(self, invocation_id: str) -> None:
+        call = self._queued_calls.pop(invocation_id, None)
+        if call is not None:
+            self._started(call)
+
+    def _started(self, call: _Attempt) -> None:
+        """``call`` got its slot in its container: count it, and start the clock on its timeout."""
+        name, invocation_id, container = call.function, call.invocation_id, call.container
+        assert container is not None
         stats = self._stats[name]
-        if decision.cold_start:
+        if call.cold_start:
             stats.cold_starts += 1
         else:
             stats.warm_starts += 1
-        self._lifecycle.call_started(name, container, cold=decision.cold_start, invocation_id=invocation_id, attempt=call.attempt)
+        self._lifecycle.call_started(name, container, cold=call.cold_start, invocation_id=invocation_id, attempt=call.attempt)
         fault = self._faults.take_call_fault(name, invocation_id) if self._faults else None
         if fault == "timeout":  # injected: as if the call had run past its timeout
             container.kill("timeout")
-            call.future.set_result(_InjectedTimeout())
+            if not call.future.done():
+                call.future.set_result(_InjectedTimeout())
             return
-        if fault == "crash":  # injected: the call is sent to a container that has just been killed
+        if fault == "crash":  # injected: the container dies under the call
             container.kill(INJECTED)
         timeout = self._specs[name].timeout
-        deadline = None
         if timeout is not None:
             # The deadline is a loop timer, not a cancel scope: it holds whether or not the
             # caller is still waiting, and costs one heap entry per call.
-            deadline = time.time() + timeout
             loop = call.future.get_loop()
             call.expiry = loop.call_at(loop.time() + timeout, self._deadline_passed, container, invocation_id)
-        container.start_call(call.future, invocation_id, call.attempt, deadline, decision.cold_start, call.blob)
 
     def _abandon(self, call: _Attempt) -> None:
         """The caller of ``call`` stopped waiting: withdraw its request, or leave the call running."""
@@ -783,6 +811,7 @@ class Platform:
                 return
             container.on_exit = self._container_exited
             container.on_reply = self._call_done
+            container.on_call_started = self._queued_call_started
             self._containers[container_id] = container
             stats = self._stats[action.function]
             stats.containers_started += 1
@@ -817,13 +846,15 @@ class Platform:
     def _container_exited(self, container: LocalContainer) -> None:
         self._emit(ev.CONTAINER_EXITED, container.id, returncode=container.returncode, reason=container.kill_reason)
         self._containers.pop(container.id, None)
+        for invocation_id in [i for i, call in self._queued_calls.items() if call.container is container]:
+            del self._queued_calls[invocation_id]  # abandoned: nobody asks again
         node = self._nodes.get(container.node_id)
         if node is not None:
             node.container_gone(container)
         self._apply(self._sched.container_exited(container.id, now=self._clock()))
 
-    def _call_done(self, container: LocalContainer) -> None:
-        self._apply(self._sched.call_finished(container.id, now=self._clock()))
+    def _call_done(self, container: ContainerHandle) -> None:
+        self._apply(self._sched.call_finished(container.id, now=self._clock(), duration_s=container.last_call_s))
 
     async def _acquire_node(self, node_id: str) -> None:
         try:

@@ -59,6 +59,11 @@ def _non_negative(instance: object, attribute: attrs.Attribute[float], value: fl
         raise ValueError(f"LocalNodes: {attribute.name} must be a number >= 0, got {value!r}")
 
 
+def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"LocalNodes: {attribute.name} must be an int >= 0, got {value!r}")
+
+
 def _start_method(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in ("fork", "spawn"):
         raise ValueError(f"LocalNodes: start_method must be 'fork' or 'spawn', got {value!r}")
@@ -75,6 +80,8 @@ class LocalNodes:
     :param release_after: seconds an empty node is kept before it is released.
     :param start_method: ``"fork"`` from a per-node zygote, or ``"spawn"`` a fresh interpreter.
     :param min_nodes: nodes held from the start and never released for emptiness.
+    :param pipeline_depth: how many calls of a function with short calls may wait
+        inside a busy container (0: none; see "Pipelining" in docs/scheduling.md).
     """
 
     max_nodes: int = attrs.field(default=1, validator=_positive)
@@ -84,6 +91,7 @@ class LocalNodes:
     release_after: float = attrs.field(default=30.0, validator=_non_negative)
     start_method: str = attrs.field(default="fork", validator=_start_method)
     min_nodes: int = attrs.field(default=1)
+    pipeline_depth: int = attrs.field(default=4, validator=_non_negative_int)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.min_nodes, bool) or not isinstance(self.min_nodes, int) or not 0 <= self.min_nodes <= self.max_nodes:

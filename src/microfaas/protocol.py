@@ -13,7 +13,8 @@ large payload is never pickled twice. Senders pass the pieces to
 
 Messages, platform -> container:
     ("load",) + blob                     the function bundle (spawned containers only)
-    ("call", invocation_id, attempt, deadline_epoch, cold_start) + blob (args, kwargs)
+    ("call", invocation_id, attempt, timeout_s, cold_start) + blob (args, kwargs)
+                                         timeout_s counts from when the container reads the call
 container -> platform:
     ("ready", pid, load_s, init_s)
     ("start_failed", stage, type, message, traceback)
@@ -39,7 +40,7 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 HEADER: Final = struct.Struct(">IBI")
 # A frame larger than this is a bug or a corrupt stream, not a payload.
 MAX_FRAME: Final = 2**32 - 1

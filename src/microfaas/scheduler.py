@@ -32,6 +32,13 @@ Rules, as in AWS Lambda and OpenWhisk:
   that is not enough the start waits in one FIFO shared by all functions, so a
   large function is not starved by small ones.
 * At most ``queue_limit`` requests wait at once; past it a request is throttled.
+* Pipelining (``pipeline_depth`` > 0, off by default): when a function's calls are
+  short (the recent average under ``PIPELINE_MAX_CALL_S``), its concurrency is 1
+  and it cannot grow, a request that would wait is sent at once to the busy
+  container with the fewest calls queued, up to ``pipeline_depth`` calls on top
+  of the running one, where it waits for that container's slot. The container
+  is never idle between calls, and the shell can batch its writes. A call queued
+  behind one that runs long waits for it, so long calls are never pipelined.
 * An idle container is stopped after its keep-alive (the function's
   ``idle_timeout``, else the policy's). ``min_containers`` containers are pinned:
   started with the platform, never stopped for idleness, replaced when they die.
@@ -71,6 +78,11 @@ __all__ = [
 # doubling per consecutive failure up to the maximum.
 PINNED_RETRY_INITIAL: Final = 0.5
 PINNED_RETRY_MAX: Final = 30.0
+# Calls are pipelined only while a function's recent average call is shorter than this:
+# there a round trip to the platform between calls is a large part of the work.
+PIPELINE_MAX_CALL_S: Final = 0.001
+# Weight of the newest call in the running average of call durations.
+_RECENT_WEIGHT: Final = 0.125
 
 
 @attrs.define(eq=False)
@@ -85,6 +97,7 @@ class _Function:
     start_failures: int = 0
     pinned_retry_at: float | None = None
     prewarm_at: float | None = None
+    recent_call_s: float = math.inf  # running average of call durations (inf: none reported yet)
 
     def can_grow(self) -> bool:
         cap = self.profile.max_containers
@@ -105,6 +118,9 @@ class Scheduler:
     :param resources: the node bookkeeping.
     :param keep_alive: the policy for functions whose ``idle_timeout`` is None.
     :param queue_limit: how many requests may wait at once (None: no limit).
+    :param pipeline_depth: how many calls a busy container may hold queued behind its
+        running one (0: no pipelining). The shell must then tell which calls really
+        started, and report call durations to ``call_finished``.
     """
 
     def __init__(
@@ -113,9 +129,13 @@ class Scheduler:
         *,
         keep_alive: KeepAlivePolicy | None = None,
         queue_limit: int | None = None,
+        pipeline_depth: int = 0,
     ) -> None:
         if queue_limit is not None and queue_limit < 0:
             raise ValueError(f"queue_limit must be >= 0 or None, got {queue_limit}")
+        if pipeline_depth < 0:
+            raise ValueError(f"pipeline_depth must be >= 0, got {pipeline_depth}")
+        self.pipeline_depth = pipeline_depth
         self.resources = resources
         self.keep_alive: KeepAlivePolicy = keep_alive if keep_alive is not None else FixedKeepAlive()
         self.queue_limit = queue_limit
@@ -187,6 +207,8 @@ class Scheduler:
         if fn.available:
             container_id = next(reversed(fn.available))
             return [self._dispatch(fn, fn.containers[container_id], request_id, cold=False, now=now)]
+        if self.pipeline_depth and not fn.waiting and (rec := self._pipeline_to(fn)) is not None:
+            return [self._queue_on(rec, request_id, now)]
         if self.queue_limit is not None and len(self._waiting_function) >= self.queue_limit:
             return [FailRequest(request_id=request_id, reason="throttled")]
         fn.waiting.append(request_id)
@@ -230,27 +252,43 @@ class Scheduler:
         self._forget(rec, now)
         return self._after_start_failed(rec, now) + self._drain_capacity_queue(now)
 
-    def call_finished(self, container_id: str, *, now: float) -> list[Action]:
-        """A call in ``container_id`` finished (with a result or a handler error)."""
+    def call_finished(self, container_id: str, *, now: float, duration_s: float | None = None) -> list[Action]:
+        """A call in ``container_id`` finished (with a result or a handler error).
+
+        :param duration_s: how long it ran, if known; it decides whether calls are pipelined.
+        """
         rec = self._containers.get(container_id)
         if rec is None or rec.busy == 0:
             return []
         fn = self._functions[rec.function]
-        rec.busy -= 1
+        if duration_s is not None:
+            recent = fn.recent_call_s
+            fn.recent_call_s = duration_s if recent == math.inf else recent + _RECENT_WEIGHT * (duration_s - recent)
         rec.last_used = now
-        if fn.waiting:
-            actions: list[Action] = [self._dispatch(fn, rec, self._pop_waiting(fn), cold=False, now=now)]
+        actions: list[Action] = []
+        if rec.queued:
+            rec.queued -= 1  # the next queued call takes the freed slot
+        else:
+            rec.busy -= 1
+            if not fn.waiting:
+                fn.available.pop(rec.id, None)
+                fn.available[rec.id] = None  # most recently used goes last
+                if rec.busy == 0:
+                    self._went_idle(rec, now)
+                    if self._capacity_queue:
+                        return self._drain_capacity_queue(now)
+                return []
+            actions.append(self._dispatch(fn, rec, self._pop_waiting(fn), cold=False, now=now))
             # One fewer request waits: a start queued for room may no longer be needed.
             if self._capacity_queue:
                 actions += self._drain_capacity_queue(now)
-            return actions
-        fn.available.pop(rec.id, None)
-        fn.available[rec.id] = None  # most recently used goes last
-        if rec.busy == 0:
-            self._went_idle(rec, now)
-            if self._capacity_queue:
-                return self._drain_capacity_queue(now)
-        return []
+        piped = False
+        while fn.waiting and rec.queued < self.pipeline_depth and rec.busy == rec.concurrency and self._may_pipeline(fn):
+            actions.append(self._queue_on(rec, self._pop_waiting(fn), now))
+            piped = True
+        if piped and self._capacity_queue:
+            actions += self._drain_capacity_queue(now)
+        return actions
 
     def container_exited(self, container_id: str, *, now: float) -> list[Action]:
         """The container's process is gone: stopped by us, crashed, or killed."""
@@ -392,6 +430,25 @@ class Scheduler:
         if rec.busy >= rec.concurrency:
             fn.available.pop(rec.id, None)
         return RunOn(request_id=request_id, container_id=rec.id, cold_start=cold)
+
+    def _may_pipeline(self, fn: _Function) -> bool:
+        return fn.profile.concurrency == 1 and fn.recent_call_s < PIPELINE_MAX_CALL_S and not fn.can_grow()
+
+    def _pipeline_to(self, fn: _Function) -> ContainerRecord | None:
+        """The busy container to queue a call on: the one with the fewest queued (None: do not pipeline)."""
+        if not self._may_pipeline(fn):
+            return None
+        best = None
+        for rec in fn.containers.values():
+            if rec.state is ContainerState.BUSY and rec.queued < self.pipeline_depth and (best is None or rec.queued < best.queued):
+                best = rec
+        return best
+
+    def _queue_on(self, rec: ContainerRecord, request_id: str, now: float) -> RunOn:
+        rec.queued += 1
+        rec.calls += 1
+        rec.last_used = now
+        return RunOn(request_id=request_id, container_id=rec.id, cold_start=False, queued=True)
 
     def _pop_waiting(self, fn: _Function) -> str:
         request_id = fn.waiting.popleft()

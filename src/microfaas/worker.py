@@ -179,13 +179,13 @@ class Container:
             meta, blob = frame
             if meta[0] != "call":
                 raise protocol.ProtocolError(f"container {self.container_id} got unexpected message {meta[0]!r}")
-            _, invocation_id, attempt, deadline, cold = meta
+            _, invocation_id, attempt, timeout, cold = meta
             ctx = events.Context(
                 invocation_id=str(invocation_id),
                 function_name=self.bundle.name,
                 attempt=int(attempt),  # type: ignore[call-overload]
                 cold_start=bool(cold),
-                deadline=deadline,  # type: ignore[arg-type]
+                deadline=None if timeout is None else time.time() + timeout,  # type: ignore[operator]
                 memory_mb=self.bundle.memory_mb,
                 container_id=self.container_id,
             )
