@@ -183,15 +183,26 @@ class Scheduler:
         if self.closed:
             return [FailRequest(request_id=request_id, reason="closed")]
         fn = self._functions[function]
-        self.keep_alive.observe_arrival(function, now=now)
+        policy = self.keep_alive
+        policy.observe_arrival(function, now=now)
+        actions: list[Action]
         if fn.available:
             container_id = next(reversed(fn.available))
-            return [self._dispatch(fn, fn.containers[container_id], request_id, cold=False, now=now)]
-        if self.queue_limit is not None and len(self._waiting_function) >= self.queue_limit:
-            return [FailRequest(request_id=request_id, reason="throttled")]
-        fn.waiting.append(request_id)
-        self._waiting_function[request_id] = function
-        return self._provision(fn, now)
+            actions = [self._dispatch(fn, fn.containers[container_id], request_id, cold=False, now=now)]
+            cold = False
+        else:
+            if self.queue_limit is not None and len(self._waiting_function) >= self.queue_limit:
+                return [FailRequest(request_id=request_id, reason="throttled")]
+            fn.waiting.append(request_id)
+            self._waiting_function[request_id] = function
+            actions = self._provision(fn, now)
+            cold = True
+        if not fn.available and fn.profile.idle_timeout is None:
+            # The pool ran dry: the policy may want containers standing by for the calls that follow.
+            spares = policy.spares(function, cold=cold, now=now)
+            if spares > 0:
+                actions += self._start_spares(fn, spares, now)
+        return actions
 
     def cancel(self, request_id: str, *, now: float) -> list[Action]:
         """The caller gave up on a request that may still be waiting."""
@@ -409,6 +420,8 @@ class Scheduler:
         fn = self._functions[rec.function]
         if fn.profile.idle_timeout is not None:
             ttl = fn.profile.idle_timeout
+        elif rec.spare and rec.calls == 0:
+            ttl = self.keep_alive.spare_ttl(rec.function, now=now)  # a spare came up: no call ended
         else:
             ttl = self.keep_alive.ttl_for(rec.function, now=now)
             delay = self.keep_alive.prewarm_delay(rec.function, now=now)
@@ -418,6 +431,25 @@ class Scheduler:
         rec.expires_at = now + ttl
         if rec.expires_at < math.inf:
             heapq.heappush(self._expiry, (rec.expires_at, rec.id))
+
+    def _start_spares(self, fn: _Function, spares: int, now: float) -> list[Action]:
+        """Start containers until ``spares`` are starting beyond the waiting requests (called when
+        no container has a free slot).
+
+        Spares never evict and never queue for room: they are a bet on demand, not demand."""
+        concurrency = fn.profile.concurrency
+        free = fn.starting_slots - len(fn.waiting)  # slots starting that no waiting request claims
+        actions: list[Action] = []
+        memory_mb = fn.profile.memory_mb
+        while free < spares * concurrency and fn.can_grow() and not self._capacity_queue:
+            if self.resources.place(memory_mb) is None and not self.resources.can_acquire():
+                break
+            started = self._try_start(fn, pinned=False, now=now, spare=True)
+            if started is None:  # pragma: no cover - place/can_acquire said there was room
+                break
+            actions += started
+            free += concurrency
+        return actions
 
     def _provision(self, fn: _Function, now: float) -> list[Action]:
         """Start (or queue) containers for the waiting requests not yet covered."""
@@ -462,7 +494,7 @@ class Scheduler:
             actions += started
         return actions
 
-    def _try_start(self, fn: _Function, *, pinned: bool, now: float) -> list[Action] | None:
+    def _try_start(self, fn: _Function, *, pinned: bool, now: float, spare: bool = False) -> list[Action] | None:
         """Reserve room for a new container of ``fn`` and start it; None when nothing fits."""
         memory_mb = fn.profile.memory_mb
         actions: list[Action] = []
@@ -491,6 +523,7 @@ class Scheduler:
             last_used=now,
             state_since=now,
             awaiting_node=not self.resources.is_ready(node_id),
+            spare=spare,
         )
         fn.containers[container_id] = rec
         self._containers[container_id] = rec
