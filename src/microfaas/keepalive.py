@@ -12,6 +12,10 @@ that learning policies can adapt. They do no I/O and read no clock: time is the
   roughly 5-15 minutes).
 * ``NeverUnload()``: idle containers are kept forever (until evicted under memory
   pressure).
+* ``HistogramKeepAlive()``: the hybrid policy of "Serverless in the Wild", as published.
+* ``GreedyDualKeepAlive()``: FaaSCache's eviction priority.
+* ``AdaptiveKeepAlive()``: ours -- keep-alive and pre-warm from observed reuse
+  times, priced per call and per app, and spares during bursts.
 """
 
 from __future__ import annotations

@@ -33,7 +33,10 @@ Rules, as in AWS Lambda and OpenWhisk:
   large function is not starved by small ones.
 * At most ``queue_limit`` requests wait at once; past it a request is throttled.
 * An idle container is stopped after its keep-alive (the function's
-  ``idle_timeout``, else the policy's). ``min_containers`` containers are pinned:
+  ``idle_timeout``, else the policy's). A policy may ask for containers ahead
+  of calls: one pre-warmed after an idle period (``prewarm_delay``), or spares
+  when a call leaves no free container (``spares``; started only where there is
+  room without evicting, kept ``spare_ttl`` until first used). ``min_containers`` containers are pinned:
   started with the platform, never stopped for idleness, replaced when they die.
 
 Invariants (checked by tests/test_scheduler_rules.py): no node over capacity; a
