@@ -139,3 +139,25 @@ def test_the_50_function_day_replays() -> None:
     assert 0 <= report.cold_start_ratio <= 1 and 0 <= report.p75_app_cold_start_ratio <= 1
     assert all(0 <= r <= 1 for r in report.app_cold_start_ratio.values())
     assert report.failed == {}
+
+
+def test_adaptive_spares_turn_a_burst_s_cold_starts_warm(tmp_path: Path) -> None:
+    # 15 overlapping 6-second calls, one every 4 s: each finds the others busy.
+    rows = "".join(f"{4 * k},burst,6,1024\n" for k in range(15))
+    trace = sim.load_csv(write(tmp_path / "c.csv", "time_s,function,duration_s,memory_mb\n" + rows))
+    without = sim.replay(trace, keep_alive=mf.AdaptiveKeepAlive(spares=False))
+    spares = sim.replay(trace, keep_alive=mf.AdaptiveKeepAlive())
+    assert without.cold_starts >= 2
+    assert spares.cold_starts == 1  # only the first call: each later one finds a spare up
+    assert spares.invocations == spares.cold_starts + spares.warm_starts and spares.failed == {}
+    assert spares.containers_started >= without.containers_started  # spares cost starts ...
+    assert spares.idle_memory_mb_s > 0  # ... and the memory they idle in is counted
+
+
+def test_spares_wait_for_room_under_memory_pressure_without_evicting(tmp_path: Path) -> None:
+    rows = "".join(f"{0.5 * k},f,30,400\n" for k in range(6)) + "0,g,1,400\n"
+    trace = sim.load_csv(write(tmp_path / "c.csv", "time_s,function,duration_s,memory_mb\n" + rows))
+    nodes = sim.SimulatedNodes(max_nodes=1, node_memory_mb=1200)
+    report = sim.replay(trace, keep_alive=mf.AdaptiveKeepAlive(), nodes=nodes)
+    assert report.failed == {} and report.invocations == report.cold_starts + report.warm_starts
+    assert report.peak_nodes == 1

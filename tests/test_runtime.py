@@ -360,3 +360,32 @@ async def test_an_idle_platform_does_not_spin():
         await add.invoke(2, 2)
         await anyio.sleep(0.3)
         assert ticks <= 2, f"the keep-alive timer ran {ticks} times with nothing due"
+
+
+policy_app = mf.App("policies")
+
+
+@policy_app.function(idle_timeout=None)
+def square(x: int) -> int:
+    return x * x
+
+
+async def test_a_learned_policy_runs_live_and_its_spares_start():
+    async with policy_app.run(keep_alive=mf.AdaptiveKeepAlive()) as faas:
+        async with anyio.create_task_group() as tg:
+            results: dict[int, int] = {}
+
+            async def call(x: int) -> None:
+                results[x] = await square.invoke(x)
+
+            for x in range(3):
+                tg.start_soon(call, x)
+        assert results == {0: 0, 1: 1, 2: 4}
+        # The last call left no free container: a spare was started beside the ones calls used.
+        with anyio.fail_after(30):
+            while any(c.state is mf.ContainerState.STARTING for c in faas.containers("square")):
+                await anyio.sleep(0.05)
+        stats = faas.stats("square")
+        assert stats.containers_started >= stats.cold_starts + 1
+        assert any(c.state is mf.ContainerState.IDLE and c.calls == 0 for c in faas.containers("square"))
+        assert await square.invoke(5) == 25

@@ -104,3 +104,4 @@ class ContainerRecord:
     expires_at: float = math.inf  # meaningful only while IDLE and unpinned
     state_since: float = 0.0  # when it entered its current state (for usage accounting)
     awaiting_node: bool = False  # reserved on a node that is still being acquired
+    spare: bool = False  # started ahead of demand (``KeepAlivePolicy.spares``), not for a waiting request

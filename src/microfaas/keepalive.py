@@ -12,6 +12,10 @@ that learning policies can adapt. They do no I/O and read no clock: time is the
   roughly 5-15 minutes).
 * ``NeverUnload()``: idle containers are kept forever (until evicted under memory
   pressure).
+* ``HistogramKeepAlive()``: the hybrid policy of "Serverless in the Wild", as published.
+* ``GreedyDualKeepAlive()``: FaaSCache's eviction priority.
+* ``AdaptiveKeepAlive()``: ours -- keep-alive and pre-warm from observed reuse
+  times, priced per call and per app, and spares during bursts.
 """
 
 from __future__ import annotations
@@ -68,6 +72,20 @@ class KeepAlivePolicy:
     def function_added(self, function: str, *, memory_mb: int) -> None:
         """The scheduler registered ``function``, whose containers take ``memory_mb``."""
         return None
+
+    def spares(self, function: str, *, cold: bool, now: float) -> int:
+        """A request of ``function`` arrived and left no free container: it took the last one,
+        or (``cold``) found none and waits for a start. Return how many containers should
+        stand ready beyond the waiting requests -- idle or starting -- for the calls that may
+        follow; the scheduler starts them if there is room without evicting (0: none, the
+        default).
+        Azure Functions' Premium plan keeps one such pre-warmed instance as a buffer."""
+        return 0
+
+    def spare_ttl(self, function: str, *, now: float) -> float:
+        """Seconds to keep a spare that came up and was not used yet (asked instead of
+        ``ttl_for``, which is about a container whose call ended)."""
+        return 60.0
 
     def eviction_priority(self, container: ContainerRecord, *, now: float) -> float:
         """Under memory pressure idle containers are evicted lowest priority first.
@@ -294,19 +312,21 @@ class GreedyDualKeepAlive(KeepAlivePolicy):
 
 
 class _Shadow:
-    __slots__ = ("fresh", "idle", "prewarm", "prewarm_at", "samples", "ttl")
+    __slots__ = ("fresh", "idle", "last_cold", "prewarm", "prewarm_at", "recent", "samples", "ttl")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, burst: int) -> None:
         self.idle: list[float] = []  # went-idle times of the shadow's idle containers, oldest first
         self.samples: collections.deque[float] = collections.deque(maxlen=window)
         self.fresh = 0  # samples since the last decision
         self.prewarm: float = 0.0
         self.ttl: float | None = None
         self.prewarm_at: float | None = None
+        self.recent: collections.deque[float] = collections.deque(maxlen=burst)  # last arrival times
+        self.last_cold = -math.inf  # when a call last found no free container
 
 
 class AdaptiveKeepAlive(KeepAlivePolicy):
-    """Per-function keep-alive and pre-warm chosen by cost and benefit on observed reuse times.
+    """Per-function keep-alive, pre-warm and burst spares chosen by cost and benefit.
 
     microfaas's own policy. For each function it runs a *shadow* of the pool as
     if idle containers were never stopped -- the same most-recently-used reuse
@@ -317,48 +337,81 @@ class AdaptiveKeepAlive(KeepAlivePolicy):
     infinite reuse times, so they are let go quickly, while the container that
     the next call will reuse is kept.
 
+    What a warm start is worth, in seconds of the function's container::
+
+        value = (value_s + app_value_s / calls of its app in the last day) x reference_mb / memory_mb
+
+    ``value_s`` prices every call alike (total cold starts); ``app_value_s`` is
+    what turning a whole app from all-cold to all-warm is worth, so a call of a
+    rare app is worth more (the per-app cold-start ratio, the paper's metric).
+
     From the last ``window`` reuse times ``d`` it picks the pre-warm delay ``p``
     (0: none) and keep-alive ``t`` that maximise, summed over the samples::
 
-        value x [call would be warm]  -  memory_mb x seconds kept idle
+        value x [call would be warm]  -  seconds kept idle
 
     where a call is warm if ``p + cold_start <= d <= t`` and the container is
-    idle from ``p + cold_start`` (0 without pre-warm) until ``min(d, t)``.
-    ``value`` is what one warm start is worth, in MB·s: ``value_s`` seconds of
-    an idle container of ``reference_mb``. A function with fewer than
-    ``min_samples`` samples gets ``default_ttl``.
+    idle from ``p + cold_start`` (0 without pre-warm) until ``min(d, t)``. With
+    fewer than ``min_samples`` samples it keeps a container for ``value``
+    seconds (at most ``horizon_s``): the break-even rule of ski rental, which
+    never pays more than twice the best choice in hindsight.
+
+    Bursts (``spares=True``): when a call finds no free container, or follows
+    another within ``burst_window_s``, the policy asks the scheduler for spare
+    containers -- as many as calls are expected during one cold start at the
+    recent arrival rate (``m``), ``max(1, ceil(m + sqrt(m)))`` -- so that the next
+    calls of a burst find one warm; an unused spare is kept ``burst_window_s``.
     """
 
     def __init__(
         self,
         *,
         value_s: float = 5000.0,
+        app_value_s: float = 400_000.0,
         reference_mb: float = 1024.0,
         window: int = 128,
         horizon_s: float = 4 * 3600.0,
-        default_ttl: float = 600.0,
-        min_samples: int = 2,
+        default_ttl: float | None = None,
+        min_samples: int = 4,
         margin: float = 0.05,
+        min_prewarm_s: float = 60.0,
+        spares: bool = True,
+        burst_window_s: float = 60.0,
         cold_start: Mapping[str, float] | None = None,
+        app_of: Mapping[str, str] | None = None,
     ) -> None:
-        if not value_s >= 0:
-            raise ValueError(f"AdaptiveKeepAlive: value_s must be >= 0, got {value_s!r}")
-        self.value_s, self.reference_mb, self.window, self.horizon_s = value_s, reference_mb, window, horizon_s
-        self.default_ttl, self.min_samples, self.margin = default_ttl, min_samples, margin
-        self.cold_start = cold_start
+        for name, value in (("value_s", value_s), ("app_value_s", app_value_s), ("burst_window_s", burst_window_s)):
+            if not value >= 0:
+                raise ValueError(f"AdaptiveKeepAlive: {name} must be >= 0, got {value!r}")
+        if not horizon_s > 0:
+            raise ValueError(f"AdaptiveKeepAlive: horizon_s must be > 0 seconds, got {horizon_s!r}")
+        self.value_s, self.app_value_s, self.reference_mb = value_s, app_value_s, reference_mb
+        self.window, self.horizon_s, self.default_ttl = window, horizon_s, default_ttl
+        self.min_samples, self.margin, self.min_prewarm_s = min_samples, margin, min_prewarm_s
+        self.use_spares, self.burst_window_s = spares, burst_window_s
+        self.cold_start, self.app_of = cold_start, app_of
         self.memory_mb: dict[str, float] = {}
         self._fns: dict[str, _Shadow] = {}
+        self._app_calls: dict[str, collections.deque[float]] = {}  # app -> arrival times in the last day
         self._decision: tuple[str, float, float] = ("", 0.0, 0.0)
 
     def _shadow(self, function: str) -> _Shadow:
         shadow = self._fns.get(function)
         if shadow is None:
-            shadow = self._fns[function] = _Shadow(self.window)
+            shadow = self._fns[function] = _Shadow(self.window, 8)
         return shadow
 
     def observe_arrival(self, function: str, *, now: float) -> None:
         shadow = self._shadow(function)
         shadow.prewarm_at = None
+        shadow.recent.append(now)
+        app = _app_of(self.app_of, function)
+        calls = self._app_calls.get(app)
+        if calls is None:
+            calls = self._app_calls[app] = collections.deque()
+        calls.append(now)
+        while calls[0] < now - 86_400.0:
+            calls.popleft()
         idle = shadow.idle
         cutoff = now - self.horizon_s
         dropped = 0
@@ -372,17 +425,25 @@ class AdaptiveKeepAlive(KeepAlivePolicy):
             shadow.samples.append(now - idle.pop())
             shadow.fresh += 1
 
+    def value(self, function: str, memory_mb: float) -> float:
+        """What one warm start of ``function`` is worth now, in seconds of its container."""
+        calls = self._app_calls.get(_app_of(self.app_of, function))
+        per_call = self.value_s + self.app_value_s / max(1, len(calls) if calls else 0)
+        return per_call * self.reference_mb / memory_mb
+
     def decide(self, function: str, memory_mb: float) -> tuple[float, float]:
         """(pre-warm delay, keep-alive) for ``function`` from its samples."""
         shadow = self._shadow(function)
         n = len(shadow.samples)
+        if n >= self.min_samples and shadow.ttl is not None and shadow.fresh * 8 < n:
+            return shadow.prewarm, shadow.ttl  # decided lately: re-decide after n/8 new samples
+        value = self.value(function, memory_mb)
         if n < self.min_samples:
-            return 0.0, self.default_ttl
-        if shadow.ttl is not None and shadow.fresh * 8 < n:
-            return shadow.prewarm, shadow.ttl
+            if self.default_ttl is not None:
+                return 0.0, self.default_ttl
+            return 0.0, min(value, self.horizon_s)
         shadow.fresh = 0
         d = sorted(shadow.samples)
-        value = self.value_s * self.reference_mb / memory_mb  # seconds of this container a warm start is worth
         cold = self._cold(function, memory_mb)
         best = (0.0, 0.0, 0.0)  # score, prewarm, ttl
         finite = [x for x in d if x < math.inf]
@@ -392,16 +453,19 @@ class AdaptiveKeepAlive(KeepAlivePolicy):
             for q in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
                 x = finite[int(q * (len(finite) - 1))]
                 p = x * (1 - self.margin) - cold
-                if p > 0:
+                if p >= self.min_prewarm_s:
                     starts.append(p)
         prefix = [0.0]
         for x in finite:
             prefix.append(prefix[-1] + x)
+        stretch, horizon = 1 + self.margin, self.horizon_s
         for p in starts:
             up = p + cold if p > 0 else 0.0
             i = bisect.bisect_left(finite, up)
             for j in range(i, len(finite)):
-                t = min(finite[j] * (1 + self.margin), self.horizon_s)
+                t = finite[j] * stretch
+                if t > horizon:
+                    t = horizon
                 k = bisect.bisect_right(finite, t)  # samples i..k-1 are warm
                 hits = k - i
                 kept = prefix[k] - prefix[i] - up * hits
@@ -437,3 +501,25 @@ class AdaptiveKeepAlive(KeepAlivePolicy):
             return None
         self._shadow(function).prewarm_at = now + prewarm
         return prewarm
+
+    def spares(self, function: str, *, cold: bool, now: float) -> int:
+        if not self.use_spares:
+            return 0
+        shadow = self._shadow(function)
+        recent, window = shadow.recent, self.burst_window_s
+        if cold:
+            shadow.last_cold = now
+        elif now - shadow.last_cold > window:
+            return 0  # the pool ran dry, but no call waited for a start lately: no burst
+        first, count = now, 0
+        for t in recent:  # oldest first
+            if now - t <= window:
+                if count == 0:
+                    first = t
+                count += 1
+        rate = (count - 1) / (now - first) if count >= 2 and now > first else 0.0
+        m = rate * self._cold(function, self.memory_mb.get(function, self.reference_mb))
+        return max(1, math.ceil(m + math.sqrt(m)))
+
+    def spare_ttl(self, function: str, *, now: float) -> float:
+        return self.burst_window_s

@@ -40,7 +40,10 @@ Rules, as in AWS Lambda and OpenWhisk:
   is never idle between calls, and the shell can batch its writes. A call queued
   behind one that runs long waits for it, so long calls are never pipelined.
 * An idle container is stopped after its keep-alive (the function's
-  ``idle_timeout``, else the policy's). ``min_containers`` containers are pinned:
+  ``idle_timeout``, else the policy's). A policy may ask for containers ahead
+  of calls: one pre-warmed after an idle period (``prewarm_delay``), or spares
+  when a call leaves no free container (``spares``; started only where there is
+  room without evicting, kept ``spare_ttl`` until first used). ``min_containers`` containers are pinned:
   started with the platform, never stopped for idleness, replaced when they die.
 
 Invariants (checked by tests/test_scheduler_rules.py): no node over capacity; a
@@ -203,17 +206,28 @@ class Scheduler:
         if self.closed:
             return [FailRequest(request_id=request_id, reason="closed")]
         fn = self._functions[function]
-        self.keep_alive.observe_arrival(function, now=now)
+        policy = self.keep_alive
+        policy.observe_arrival(function, now=now)
+        actions: list[Action]
         if fn.available:
             container_id = next(reversed(fn.available))
-            return [self._dispatch(fn, fn.containers[container_id], request_id, cold=False, now=now)]
-        if self.pipeline_depth and not fn.waiting and (rec := self._pipeline_to(fn)) is not None:
+            actions = [self._dispatch(fn, fn.containers[container_id], request_id, cold=False, now=now)]
+            cold = False
+        elif self.pipeline_depth and not fn.waiting and (rec := self._pipeline_to(fn)) is not None:
             return [self._queue_on(rec, request_id, now)]
-        if self.queue_limit is not None and len(self._waiting_function) >= self.queue_limit:
-            return [FailRequest(request_id=request_id, reason="throttled")]
-        fn.waiting.append(request_id)
-        self._waiting_function[request_id] = function
-        return self._provision(fn, now)
+        else:
+            if self.queue_limit is not None and len(self._waiting_function) >= self.queue_limit:
+                return [FailRequest(request_id=request_id, reason="throttled")]
+            fn.waiting.append(request_id)
+            self._waiting_function[request_id] = function
+            actions = self._provision(fn, now)
+            cold = True
+        if not fn.available and fn.profile.idle_timeout is None:
+            # The pool ran dry: the policy may want containers standing by for the calls that follow.
+            spares = policy.spares(function, cold=cold, now=now)
+            if spares > 0:
+                actions += self._start_spares(fn, spares, now)
+        return actions
 
     def cancel(self, request_id: str, *, now: float) -> list[Action]:
         """The caller gave up on a request that may still be waiting."""
@@ -466,6 +480,8 @@ class Scheduler:
         fn = self._functions[rec.function]
         if fn.profile.idle_timeout is not None:
             ttl = fn.profile.idle_timeout
+        elif rec.spare and rec.calls == 0:
+            ttl = self.keep_alive.spare_ttl(rec.function, now=now)  # a spare came up: no call ended
         else:
             ttl = self.keep_alive.ttl_for(rec.function, now=now)
             delay = self.keep_alive.prewarm_delay(rec.function, now=now)
@@ -475,6 +491,25 @@ class Scheduler:
         rec.expires_at = now + ttl
         if rec.expires_at < math.inf:
             heapq.heappush(self._expiry, (rec.expires_at, rec.id))
+
+    def _start_spares(self, fn: _Function, spares: int, now: float) -> list[Action]:
+        """Start containers until ``spares`` are starting beyond the waiting requests (called when
+        no container has a free slot).
+
+        Spares never evict and never queue for room: they are a bet on demand, not demand."""
+        concurrency = fn.profile.concurrency
+        free = fn.starting_slots - len(fn.waiting)  # slots starting that no waiting request claims
+        actions: list[Action] = []
+        memory_mb = fn.profile.memory_mb
+        while free < spares * concurrency and fn.can_grow() and not self._capacity_queue:
+            if self.resources.place(memory_mb) is None and not self.resources.can_acquire():
+                break
+            started = self._try_start(fn, pinned=False, now=now, spare=True)
+            if started is None:  # pragma: no cover - place/can_acquire said there was room
+                break
+            actions += started
+            free += concurrency
+        return actions
 
     def _provision(self, fn: _Function, now: float) -> list[Action]:
         """Start (or queue) containers for the waiting requests not yet covered."""
@@ -519,7 +554,7 @@ class Scheduler:
             actions += started
         return actions
 
-    def _try_start(self, fn: _Function, *, pinned: bool, now: float) -> list[Action] | None:
+    def _try_start(self, fn: _Function, *, pinned: bool, now: float, spare: bool = False) -> list[Action] | None:
         """Reserve room for a new container of ``fn`` and start it; None when nothing fits."""
         memory_mb = fn.profile.memory_mb
         actions: list[Action] = []
@@ -548,6 +583,7 @@ class Scheduler:
             last_used=now,
             state_since=now,
             awaiting_node=not self.resources.is_ready(node_id),
+            spare=spare,
         )
         fn.containers[container_id] = rec
         self._containers[container_id] = rec
