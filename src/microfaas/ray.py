@@ -439,7 +439,8 @@ class RayNodes:
     :param release_after: seconds an empty node is kept before it is released.
     :param runtime_env: a Ray runtime environment for the container actors (and for ``ray.init``).
     :param namespace: the Ray namespace for ``ray.init``.
-    :param autoscale: when no alive Ray node is free, ask the Ray autoscaler for one.
+    :param autoscale: when no alive Ray node is free, ask the Ray autoscaler for one (needs
+        ``max_nodes``: without it microfaas never holds more nodes than are alive).
     :param acquire_timeout: seconds an autoscaling acquire waits for the new node.
     """
 
@@ -455,10 +456,16 @@ class RayNodes:
     # Ray node id -> the microfaas node holding it.
     _in_use: dict[str, str] = attrs.field(factory=dict, init=False, eq=False, repr=False)
     _concurrencies: dict[bytes, int] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    # What one Ray node offers, as asked of the autoscaler per node (set by ``resource_manager``).
+    _node_bundle: dict[str, float] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    # Microfaas nodes waiting for the autoscaler to add a Ray node.
+    _awaiting: set[str] = attrs.field(factory=set, init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.max_nodes is not None and self.min_nodes > self.max_nodes:
             raise ValueError(f"RayNodes: min_nodes must be between 0 and max_nodes={self.max_nodes}, got {self.min_nodes!r}")
+        if self.autoscale and self.max_nodes is None:
+            raise ValueError("RayNodes: autoscale=True needs max_nodes, the most Ray nodes microfaas may ask the autoscaler for")
 
     # -- the provider surface --------------------------------------------------------------
 
@@ -468,7 +475,12 @@ class RayNodes:
         alive = alive_nodes()
         if not alive:
             raise RuntimeError("RayNodes: the Ray cluster has no alive node")
-        memory_mb = self.node_memory_mb or max(1, min(int(n["Resources"].get("memory", 0) // 2**20) for n in alive))
+        ray_node_memory = min(n["Resources"].get("memory", 0) for n in alive)
+        memory_mb = self.node_memory_mb or max(1, int(ray_node_memory // 2**20))
+        # A whole Ray node per request bundle: the autoscaler packs bundles, so a smaller one
+        # (node_memory_mb below the node's memory) could be met by a node microfaas already holds.
+        self._node_bundle.clear()
+        self._node_bundle.update({"memory": ray_node_memory} if ray_node_memory else {"CPU": 1})
         max_nodes = self.max_nodes or len(alive)
         if self.min_nodes > max_nodes:
             raise ValueError(f"RayNodes: min_nodes={self.min_nodes} is more than the {max_nodes} node(s) available (max_nodes)")
@@ -484,6 +496,12 @@ class RayNodes:
         ray_node = self._claim(await anyio.to_thread.run_sync(alive_nodes), node_id)
         if ray_node is None and self.autoscale:
             ray_node = await self._autoscale(node_id)
+        if ray_node is None and self.autoscale:
+            raise StartFailed(
+                f"no free Ray node: microfaas holds {len(self._in_use)}, and the Ray autoscaler did not add one"
+                f" within acquire_timeout={self.acquire_timeout}s",
+                stage="node",
+            )
         if ray_node is None:
             raise StartFailed(
                 f"no free Ray node: {len(self._in_use)} of the cluster's alive nodes are held by microfaas and none is left",
@@ -508,25 +526,33 @@ class RayNodes:
     def _release(self, ray_node_id: str) -> None:
         self._in_use.pop(ray_node_id, None)
         if self.autoscale:
-            self._request(len(self._in_use))
+            self._request()
 
     async def _autoscale(self, node_id: str) -> dict[str, Any] | None:
-        self._request(len(self._in_use) + 1)
-        with anyio.move_on_after(self.acquire_timeout):
-            while True:
-                ray_node = self._claim(await anyio.to_thread.run_sync(alive_nodes), node_id)
-                if ray_node is not None:
-                    return ray_node
-                await anyio.sleep(_AUTOSCALE_POLL)
-        return None
-
-    def _request(self, nodes: int) -> None:
-        from ray.autoscaler.sdk import request_resources
-
-        memory = self.node_memory_mb * 2**20 if self.node_memory_mb else None
-        bundle: dict[str, float] = {"memory": memory} if memory else {"CPU": 1}
+        self._awaiting.add(node_id)
         try:
-            request_resources(bundles=[bundle] * nodes)
+            self._request()
+            with anyio.move_on_after(self.acquire_timeout):
+                while True:
+                    ray_node = self._claim(await anyio.to_thread.run_sync(alive_nodes), node_id)
+                    if ray_node is not None:
+                        return ray_node
+                    await anyio.sleep(_AUTOSCALE_POLL)
+            return None
+        finally:
+            self._awaiting.discard(node_id)
+            self._request()  # no standing request for a node that nobody waits for any more
+
+    def _request(self) -> None:
+        """Ask the autoscaler for room for the Ray nodes held and awaited, one whole node per bundle.
+
+        A request stands until the next one replaces it, so every change restates the total.
+        """
+        from ray.autoscaler import sdk
+
+        nodes = len(self._in_use) + len(self._awaiting)
+        try:
+            sdk.request_resources(bundles=[dict(self._node_bundle or {"CPU": 1}) for _ in range(nodes)])
         except Exception:  # noqa: BLE001 - no autoscaler: the acquire then times out
             pass
 
