@@ -9,15 +9,19 @@ Releasing the node frees the Ray node again.
 
 A container is a ``_ContainerActor`` placed on its node with a hard node-affinity
 scheduling strategy and ``max_concurrency`` equal to the function's concurrency.
-Its constructor loads the cloudpickled ``Bundle`` exactly as ``worker.serve`` does
-(``worker.load_bundle``, ``worker.run_init``); an invocation is one ``invoke``
-actor call (``worker.run_call``), awaited from the platform's event loop. The call
-takes one bytes argument (the invocation's fields and its arguments, pickled
-together) and returns the result's bytes, or a tuple for an error, because Ray
-pays for every argument and every non-bytes value it serialises: five arguments
-and a tuple reply cost about 0.3 ms per call more than this. A second, never-returning
-``watch`` call in its own concurrency group notices the actor's death even when
-it is idle.
+Its ``start`` call loads the cloudpickled ``Bundle`` exactly as ``worker.serve`` does
+(``worker.load_bundle``, ``worker.run_init``). Most of a cold actor's time is Ray
+starting a worker process for it (and that process importing Ray and microfaas), so
+each node keeps one spare actor started ahead, as ``LocalNodes`` keeps a zygote; a
+cold start takes the spare when its ``max_concurrency`` fits.
+
+An invocation is one ``invoke`` actor call (``worker.run_call``), awaited from the
+platform's event loop. The call takes one bytes argument (the invocation's fields
+and its arguments, pickled together) and returns the result's bytes, or a tuple
+for an error, because Ray pays for every argument and every non-bytes value it
+serialises: five arguments and a tuple reply cost about 0.3 ms per call more. A
+second, never-returning ``watch`` call in its own concurrency group notices the
+actor's death even when it is idle.
 
 Every Ray error is turned into a microfaas fact here: an actor that dies, or any
 Ray exception while a call is awaited, is the container's death (``Died``), which
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import os
 import pickle
 import sys
@@ -75,12 +80,14 @@ def _private_mb(pid: int | str) -> float | None:
 
 
 class _ContainerActor:
-    """One container inside a Ray worker process (see the module docstring)."""
+    """One container inside a Ray worker process (see the module docstring).
 
-    def __init__(self, container_id: str, bundle_blob: bytes, sys_path: list[str], cwd: str) -> None:
-        started = time.perf_counter()
-        self._baseline_mb = 0.0
-        self._container_id = container_id
+    It is created empty, its process set up as the platform's is, and becomes a container
+    with one ``start`` call; a spare imports the app's modules while it waits for that call.
+    """
+
+    def __init__(self, sys_path: list[str], cwd: str, preload: tuple[str, ...]) -> None:
+        self._container_id = ""
         self._forever = threading.Event()
         self._bundle: Bundle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,36 +97,39 @@ class _ContainerActor:
             os.chdir(cwd)
         except OSError:
             pass
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except BaseException:  # noqa: BLE001 - the container's own load reports it
+                pass
+
+    def start(self, container_id: str, bundle_blob: bytes) -> tuple[object, ...]:
+        """Load the function and run its init.
+
+        :returns: ``("ready", pid, load_s, init_s, baseline_mb)`` or ``("start_failed", stage, type, message, traceback)``.
+        """
+        started = time.perf_counter()
+        self._container_id = container_id
         try:
             bundle = load_bundle(bundle_blob)
         except BaseException as exc:  # noqa: BLE001 - report, whatever it was
-            self._ready: tuple[object, ...] = ("start_failed", "load", *_describe(exc))
-            return
+            return ("start_failed", "load", *_describe(exc))
         loaded = time.perf_counter()
         # What the Ray worker and the function's code take is not the container's to pay for (a
         # forked local container shares them with its zygote); init's allocations and the calls' are.
-        self._baseline_mb = _private_mb("self") or 0.0
+        baseline_mb = _private_mb("self") or 0.0
         try:
             loop = run_init(bundle)
         except BaseException as exc:  # noqa: BLE001
             _flush_user_output()
-            self._ready = ("start_failed", "init", *_describe(exc))
-            return
+            return ("start_failed", "init", *_describe(exc))
         initialised = time.perf_counter()
         _flush_user_output()
         self._bundle, self._loop = bundle, loop
         if loop is not None:
             # Async handlers (and what their init set up) share one loop, run in a helper thread.
             threading.Thread(target=loop.run_forever, name="microfaas-loop", daemon=True).start()
-        self._ready = ("ready", os.getpid(), loaded - started, initialised - loaded, self._baseline_mb)
-
-    @ray.method(concurrency_group=_CONTROL_GROUP)
-    def ready(self) -> tuple[object, ...]:
-        return self._ready
-
-    @ray.method(concurrency_group=_CONTROL_GROUP)
-    def pid(self) -> int:
-        return os.getpid()
+        return ("ready", os.getpid(), loaded - started, initialised - loaded, baseline_mb)
 
     @ray.method(concurrency_group=_CONTROL_GROUP)
     def watch(self) -> None:
@@ -172,13 +182,13 @@ class RayContainer(ContainerHandle):
 
     # -- start ------------------------------------------------------------------------------
 
-    async def handshake(self) -> None:
-        """Wait until the actor has loaded the function and run its init.
+    async def handshake(self, bundle_blob: bytes) -> None:
+        """Make the actor this container: load the function and run its init.
 
         :raises StartFailed: the actor died first, or loading or init raised.
         """
         try:
-            reply = await self.actor.ready.remote()
+            reply = await self.actor.start.remote(self.id, bundle_blob)
         except Exception as exc:  # noqa: BLE001 - any Ray error: the actor did not come up
             raise StartFailed(f"the container actor died before it was ready: {_first_line(exc)}", stage="process") from None
         if reply[0] == "start_failed":
@@ -198,11 +208,12 @@ class RayContainer(ContainerHandle):
             return self._death()
         self._pending[invocation_id] = pending
         try:
-            reply = self.actor.invoke.remote(_invoke_request(invocation_id, attempt, deadline, cold_start, args_blob)).as_future()
+            ref = self.actor.invoke.remote(_invoke_request(invocation_id, attempt, deadline, cold_start, args_blob))
+            reply = asyncio.wrap_future(ref.future())
         except Exception as exc:  # noqa: BLE001 - a Ray error is a lost container, never the user's problem
             self._actor_lost(exc)
         else:
-            # A callback, not a task per call: Ray completes the future on this loop, and the caller wakes once.
+            # A callback, not a task per call: Ray's future completes on this loop, and the caller wakes once.
             self._replies[invocation_id] = reply
             reply.add_done_callback(functools.partial(self._reply_arrived, invocation_id, pending))
         return await pending.wait()
@@ -262,10 +273,7 @@ class RayContainer(ContainerHandle):
     def _kill_actor(self) -> None:
         if not self._lost.is_set():
             self._lost.set()
-            try:
-                ray.kill(self.actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone, or the cluster is: either way it is dead to us
-                pass
+            _kill(self.actor)
 
     def _actor_lost(self, exc: BaseException) -> None:
         if self.death_detail is None and self.kill_reason is None:
@@ -331,7 +339,12 @@ def _is_ray_worker(pid: int) -> bool:
 
 
 class RayNode:
-    """One microfaas node: one Ray node, and the container actors on it (``nodes.Node``)."""
+    """One microfaas node: one Ray node, and the container actors on it (``nodes.Node``).
+
+    With ``RayNodes(spare_actor=True)`` the node keeps one started, empty actor (the Ray
+    counterpart of ``LocalNodes``' zygote): a cold start takes it when its concurrency fits,
+    and a new spare is started once that container is up.
+    """
 
     def __init__(self, node_id: str, ray_node: dict[str, Any], provider: RayNodes, setup: NodeSetup) -> None:
         self.id = node_id
@@ -344,6 +357,8 @@ class RayNode:
         self._containers: dict[str, RayContainer] = {}
         self._local = self.address == ray.util.get_node_ip_address()
         self._stopped = False
+        self._spare: tuple[Any, int] | None = None  # the spare actor and its max_concurrency
+        self._make_spare(1)
 
     def __repr__(self) -> str:
         return f"<RayNode {self.id} on Ray node {self.ray_node_id[:12]} ({self.address})>"
@@ -353,29 +368,31 @@ class RayNode:
         return self._containers
 
     async def start_container(self, container_id: str, bundle_blob: bytes) -> RayContainer:
-        """Create the container's actor on this node and wait until its init has run.
+        """Start the container on the spare actor (or on a new one) and wait until its init has run.
 
         :raises StartFailed: Ray could not create the actor, it died, or loading or init raised.
         """
         if self._stopped:
             raise StartFailed(f"node {self.id} was released", stage="node")
-        options: dict[str, Any] = {
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.ray_node_id, soft=False),
-            "max_concurrency": self._provider._concurrency(bundle_blob),
-            "num_cpus": 0,
-            "max_restarts": 0,
-            "max_task_retries": 0,
-        }
-        if self._provider.runtime_env is not None:
-            options["runtime_env"] = self._provider.runtime_env
+        concurrency = self._provider._concurrency(bundle_blob)
+        spare = self._take_spare(concurrency)
         try:
-            actor = _actor_class().options(**options).remote(container_id, bundle_blob, list(self.setup.sys_path), self.setup.cwd)
-        except Exception as exc:  # noqa: BLE001 - no Ray error reaches the user
-            raise StartFailed(f"node {self.id}: Ray could not create the container actor: {_first_line(exc)}", stage="process") from None
+            try:
+                return await self._start_on(container_id, spare if spare is not None else self._new_actor(concurrency), bundle_blob)
+            except StartFailed as exc:
+                if spare is None or exc.stage != "process":
+                    raise
+            # The spare died while it waited (its worker was killed): one more try on a new actor.
+            return await self._start_on(container_id, self._new_actor(concurrency), bundle_blob)
+        finally:
+            if self._spare is None:
+                self._make_spare(concurrency)
+
+    async def _start_on(self, container_id: str, actor: Any, bundle_blob: bytes) -> RayContainer:
         container = RayContainer(container_id, self.id, actor, local=self._local)
         self._containers[container_id] = container
         try:
-            await container.handshake()
+            await container.handshake(bundle_blob)
         except BaseException:
             container.kill("start_failed")
             container.set_exit(None)
@@ -383,13 +400,54 @@ class RayNode:
             raise
         return container
 
+    def _new_actor(self, concurrency: int, preload: tuple[str, ...] = ()) -> Any:
+        """A new, empty container actor on this node.
+
+        :raises StartFailed: Ray could not create it.
+        """
+        options: dict[str, Any] = {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.ray_node_id, soft=False),
+            "max_concurrency": concurrency,
+            "num_cpus": 0,
+            "max_restarts": 0,
+            "max_task_retries": 0,
+        }
+        if self._provider.runtime_env is not None:
+            options["runtime_env"] = self._provider.runtime_env
+        try:
+            return _actor_class().options(**options).remote(list(self.setup.sys_path), self.setup.cwd, preload)
+        except Exception as exc:  # noqa: BLE001 - no Ray error reaches the user
+            raise StartFailed(f"node {self.id}: Ray could not create the container actor: {_first_line(exc)}", stage="process") from None
+
+    def _take_spare(self, concurrency: int) -> Any:
+        """The spare actor if its ``max_concurrency`` is ``concurrency`` (else it is replaced by one that has)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        actor, spare_concurrency = spare
+        if spare_concurrency == concurrency:
+            return actor
+        _kill(actor)
+        return None
+
+    def _make_spare(self, concurrency: int) -> None:
+        if self._stopped or not self._provider.spare_actor:
+            return
+        try:
+            self._spare = (self._new_actor(concurrency, self.setup.preload), concurrency)
+        except StartFailed:
+            self._spare = None  # none then: the next start creates its actor
+
     def container_gone(self, container: RayContainer) -> None:
         self._containers.pop(container.id, None)
 
     async def stop(self) -> None:
-        """Kill every container actor, wait (briefly) until each is seen gone, and free the Ray node."""
+        """Kill the spare and every container actor, wait (briefly) until each is seen gone, and free the Ray node."""
         with anyio.CancelScope(shield=True):
             self._stopped = True
+            if self._spare is not None:
+                _kill(self._spare[0])
+                self._spare = None
             containers = list(self._containers.values())
             for container in containers:
                 container.kill("stopped")
@@ -399,13 +457,20 @@ class RayNode:
             self._provider._release(self.ray_node_id)
 
 
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone, or the cluster is: either way it is dead to us
+        pass
+
+
 _ACTOR_CLASS: list[Any] = []
 
 
 def _actor_class() -> Any:
     """The actor class; its concurrency group is declared once, here."""
     if not _ACTOR_CLASS:
-        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 2})(_ContainerActor)
+        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 1})(_ContainerActor)
         _ACTOR_CLASS.append(cls)
     return _ACTOR_CLASS[0]
 
@@ -442,6 +507,9 @@ class RayNodes:
     :param autoscale: when no alive Ray node is free, ask the Ray autoscaler for one (needs
         ``max_nodes``: without it microfaas never holds more nodes than are alive).
     :param acquire_timeout: seconds an autoscaling acquire waits for the new node.
+    :param spare_actor: keep one empty container actor started on each node, with the app's
+        modules imported, for the next cold start to take: it then skips the Ray worker's start.
+        Costs one idle Ray worker process per held node.
     """
 
     address: str | None = None
@@ -453,6 +521,7 @@ class RayNodes:
     namespace: str | None = None
     autoscale: bool = False
     acquire_timeout: float = attrs.field(default=300.0, validator=_non_negative)
+    spare_actor: bool = True
     # Ray node id -> the microfaas node holding it.
     _in_use: dict[str, str] = attrs.field(factory=dict, init=False, eq=False, repr=False)
     _concurrencies: dict[bytes, int] = attrs.field(factory=dict, init=False, eq=False, repr=False)
