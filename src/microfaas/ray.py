@@ -382,7 +382,8 @@ class RayNode:
             except StartFailed as exc:
                 if spare is None or exc.stage != "process":
                     raise
-            # The spare died while it waited (its worker was killed): one more try on a new actor.
+            # The spare died while it waited (its worker was killed): one more try on a new actor. (If
+            # it died of the function's own load or init instead, the new actor dies of it as well.)
             return await self._start_on(container_id, self._new_actor(concurrency), bundle_blob)
         finally:
             if self._spare is None:
