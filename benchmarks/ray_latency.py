@@ -2,13 +2,16 @@
 
     python -m benchmarks.ray_latency [--warm N] [--cold N] [--address ADDRESS]
 
-Four numbers (median and p95, milliseconds):
+Median and p95, milliseconds, of:
 
 * warm, plain Ray: ``await actor.f.remote(x)`` on a live actor;
 * warm, RayNodes: ``await f.invoke(x)`` served by an idle container actor;
 * cold, plain Ray: create an actor on a node (node affinity, as RayNodes does), first call, kill it;
 * cold, RayNodes: ``await f.invoke(x)`` when no container is idle (the previous one was
-  released: ``idle_timeout=0`` and a keep-alive tick between calls).
+  released: ``idle_timeout=0``), three ways: without the node's spare actor
+  (``spare_actor=False``: every cold start waits for Ray to start a worker); with it, the
+  cold starts 0.2 s apart (the spare that the previous cold start set going is still
+  starting); and with it, 2 s apart (the spare is ready).
 
 Without ``--address`` a local cluster of one node (``ray.init(num_cpus=2)``) is started.
 """
@@ -77,38 +80,44 @@ async def _plain_cold(n: int) -> list[float]:
     return out
 
 
-async def _microfaas(warm: int, cold: int) -> tuple[list[float], list[float]]:
-    warm_s, cold_s = [], []
-    async with app.run(nodes=mf.RayNodes()) as faas:
+async def _microfaas_warm(n: int) -> list[float]:
+    out = []
+    async with app.run(nodes=mf.RayNodes()):
         await echo.invoke(0)
-        for i in range(warm):
+        await anyio.sleep(2.0)  # the node's next spare actor starts meanwhile, not during the measurement
+        for i in range(n):
             t = time.perf_counter()
             await echo.invoke(i)
-            warm_s.append(time.perf_counter() - t)
-        for i in range(cold):
+            out.append(time.perf_counter() - t)
+    return out
+
+
+async def _microfaas_cold(n: int, *, spare_actor: bool, gap: float) -> list[float]:
+    out = []
+    async with app.run(nodes=mf.RayNodes(spare_actor=spare_actor)) as faas:
+        for i in range(n):
             while faas.containers("echo_cold"):  # noqa: ASYNC110 - polling the platform's state
                 await anyio.sleep(0.01)
-            await anyio.sleep(0.2)
+            await anyio.sleep(gap)
             t = time.perf_counter()
             await echo_cold.invoke(i)
-            cold_s.append(time.perf_counter() - t)
-        assert faas.stats("echo_cold").cold_starts == cold
-    return warm_s, cold_s
+            out.append(time.perf_counter() - t)
+        assert faas.stats("echo_cold").cold_starts == n
+    return out
 
 
 async def main(warm: int, cold: int) -> None:
-    plain_warm = await _plain_warm(warm)
-    mf_warm, mf_cold = await _microfaas(warm, cold)
-    plain_cold = await _plain_cold(cold)
     rows = [
-        ("warm  plain Ray actor call", plain_warm),
-        ("warm  RayNodes invoke", mf_warm),
-        ("cold  plain Ray actor create + call", plain_cold),
-        ("cold  RayNodes invoke", mf_cold),
+        ("warm  plain Ray actor call", await _plain_warm(warm)),
+        ("warm  RayNodes invoke", await _microfaas_warm(warm)),
+        ("cold  plain Ray actor create + call", await _plain_cold(cold)),
+        ("cold  RayNodes, spare_actor=False", await _microfaas_cold(cold, spare_actor=False, gap=0.2)),
+        ("cold  RayNodes, 0.2 s apart (spare starting)", await _microfaas_cold(cold, spare_actor=True, gap=0.2)),
+        ("cold  RayNodes, 2 s apart (spare ready)", await _microfaas_cold(cold, spare_actor=True, gap=2.0)),
     ]
     print(f"# {platform.platform()}, Python {platform.python_version()}, Ray {ray.__version__}, {os.cpu_count()} CPUs")
     for name, samples in rows:
-        print(f"{name:38s} {_summary(samples)}")
+        print(f"{name:46s} {_summary(samples)}")
 
 
 if __name__ == "__main__":

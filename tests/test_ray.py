@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -28,6 +29,7 @@ ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.anyio]
 
 NODE_MB = 1024
+NODE_ARGS = {"num_cpus": 1, "memory": NODE_MB * 2**20, "object_store_memory": 80 * 2**20}
 
 app = mf.App("ray")
 
@@ -35,38 +37,62 @@ app = mf.App("ray")
 # -- the cluster, and the stray-process check that knows about it ------------------------------
 
 
+class RayCluster:
+    """The module's cluster (``ray.cluster_utils.Cluster``) and the pids of the processes Ray started."""
+
+    def __init__(self, cluster: Any, roots: set[int]) -> None:
+        self.cluster = cluster
+        self.roots = roots
+
+    def add_node(self) -> Any:
+        """One more node like the others; its processes are Ray's, not strays."""
+        before = {p.pid for p in psutil.Process().children()}
+        node = self.cluster.add_node(**NODE_ARGS)
+        self.cluster.wait_for_nodes()
+        self.roots |= {p.pid for p in psutil.Process().children() if p.pid not in before}
+        return node
+
+    def remove_node(self, node: Any) -> None:
+        """Remove a node that ``add_node`` added, and wait until Ray no longer counts it alive."""
+        from microfaas.ray import alive_nodes
+
+        self.cluster.remove_node(node)
+        deadline = time.monotonic() + 30
+        while any(n["NodeID"] == node.node_id for n in alive_nodes()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A head and one more node on this machine, and the pids of the processes Ray started."""
+    """A head and one more node on this machine."""
     from ray.cluster_utils import Cluster
 
     before = {p.pid for p in _children()}
-    node_args = {"num_cpus": 1, "memory": NODE_MB * 2**20, "object_store_memory": 80 * 2**20}
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
-    cluster.add_node(**node_args)
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "include_dashboard": False})
+    cluster.add_node(**NODE_ARGS)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     roots = {p.pid for p in psutil.Process().children() if p.pid not in before}
     try:
-        yield roots
+        yield RayCluster(cluster, roots)
     finally:
         ray.shutdown()
         cluster.shutdown()
 
 
-def _under(process: psutil.Process, roots: set[int]) -> bool:
+def _under(process: psutil.Process, cluster: RayCluster) -> bool:
     try:
-        return any(p.pid in roots for p in [process, *process.parents()])
+        return any(p.pid in cluster.roots for p in [process, *process.parents()])
     except psutil.NoSuchProcess:
         return True
 
 
-def _actors(roots: set[int]) -> list[psutil.Process]:
+def _actors(cluster: RayCluster) -> list[psutil.Process]:
     """Live container actors: Ray workers whose title names the microfaas actor class."""
     found = []
     for p in _children():
         try:
-            if _under(p, roots) and (p.cmdline() or [""])[0].startswith("ray::_ContainerActor"):
+            if _under(p, cluster) and (p.cmdline() or [""])[0].startswith("ray::_ContainerActor"):
                 found.append(p)
         except psutil.NoSuchProcess:
             pass
@@ -456,6 +482,8 @@ async def test_ray_nodes_are_sized_from_the_cluster(ray_cluster):
         mf.RayNodes(max_nodes=1, min_nodes=2)
     with pytest.raises(ValueError, match="max_nodes"):
         mf.RayNodes(max_nodes=0)
+    with pytest.raises(ValueError, match="autoscale=True needs max_nodes"):
+        mf.RayNodes(autoscale=True)
 
 
 async def test_containers_pack_onto_two_ray_nodes(ray_cluster):
@@ -497,6 +525,110 @@ async def test_no_free_ray_node_is_a_cold_start_failure(ray_cluster):
         assert len(failures) == 1
         assert isinstance(failures[0], mf.ColdStartFailed)
         assert "no free Ray node" in str(failures[0])
+
+
+async def test_a_cold_start_takes_the_nodes_spare_actor_and_a_new_spare_follows(ray_cluster):
+    async with app.run(nodes=mf.RayNodes()) as faas:
+        [node] = faas._nodes.values()
+        spare, concurrency = node._spare
+        assert concurrency == 1
+        first = await whoami.invoke()
+        [container] = faas._containers.values()
+        assert container.actor is spare and first["cold_start"] and container.pid == first["pid"]
+        assert node._spare is not None and node._spare[0] is not spare
+        # A function of another concurrency cannot use a max_concurrency=1 actor: it gets a new
+        # one, and the spare is replaced by one of its concurrency for the next such start.
+        spare = node._spare[0]
+        await overlap_threads.invoke(0)
+        threaded = next(c for c in faas._containers.values() if c is not container)
+        assert threaded.actor is not spare and node._spare[1] == 3
+        assert faas.stats("overlap_threads").cold_starts == 1
+
+
+async def test_a_dead_spare_is_not_the_callers_problem(ray_cluster):
+    async with app.run(nodes=mf.RayNodes()) as faas:
+        [node] = faas._nodes.values()
+        ray.kill(node._spare[0], no_restart=True)  # as if its worker died while it waited
+        assert await add.invoke(2, 3) == 5
+        assert faas.stats("add").errors == 0
+
+
+async def test_without_a_spare_actor_each_cold_start_creates_its_actor(ray_cluster):
+    async with app.run(nodes=mf.RayNodes(spare_actor=False)) as faas:
+        [node] = faas._nodes.values()
+        assert node._spare is None
+        assert await add.invoke(2, 3) == 5
+        assert node._spare is None
+
+
+@pytest.fixture
+def autoscaler_requests(monkeypatch):
+    """What RayNodes asks of the Ray autoscaler, one list of bundles per request (a local cluster has none)."""
+    from ray.autoscaler import sdk
+
+    import microfaas.ray as mf_ray
+
+    requests: list[list[dict[str, float]]] = []
+    monkeypatch.setattr(sdk, "request_resources", lambda *, bundles: requests.append(bundles))
+    monkeypatch.setattr(mf_ray, "_AUTOSCALE_POLL", 0.05)
+    return requests
+
+
+WHOLE_NODE = {"memory": NODE_MB * 2**20}
+
+
+async def test_autoscale_asks_for_a_node_and_uses_the_one_that_joins(ray_cluster, autoscaler_requests):
+    """min_nodes=3 on a two-node cluster: the third acquire asks for a node and waits; a node joins meanwhile."""
+    added: list[Any] = []
+
+    async def add_a_node_when_asked() -> None:
+        with anyio.fail_after(30):
+            while not autoscaler_requests:
+                await anyio.sleep(0.02)
+        added.append(ray_cluster.add_node())  # blocks the loop a few seconds: Ray starts a node from the main thread only
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(add_a_node_when_asked)
+            async with app.run(nodes=mf.RayNodes(autoscale=True, max_nodes=3, min_nodes=3, acquire_timeout=60)) as faas:
+                assert autoscaler_requests[0] == [WHOLE_NODE] * 3  # the two held and one more, each a whole node
+                held = {node.id: node.ray_node_id for node in faas._nodes.values()}
+                assert len(set(held.values())) == 3 and added[0].node_id in held.values()
+                # Three 600 MB containers at once: one on each node, the added one included. (Which
+                # call runs where is the scheduler's: a call may wait for a container that frees up.)
+                async with anyio.create_task_group() as calls:
+                    for _ in range(3):
+                        calls.start_soon(big.invoke, 0.3)
+                with anyio.fail_after(20):
+                    while len([i for i in faas.containers("big") if i.state == mf.ContainerState.IDLE]) < 3:
+                        await anyio.sleep(0.02)
+                assert {held[i.node] for i in faas.containers("big")} == set(held.values())
+        assert autoscaler_requests[-1] == []  # every node released: nothing is asked for any more
+    finally:
+        for node in added:
+            ray_cluster.remove_node(node)
+
+
+async def test_autoscale_timeout_is_a_cold_start_failure(ray_cluster, autoscaler_requests):
+    """No node joins: after acquire_timeout the call that needed it fails, and the request is withdrawn."""
+    async with app.run(nodes=mf.RayNodes(autoscale=True, max_nodes=3, acquire_timeout=0.3)) as faas:
+        outcomes: list[object] = []
+
+        async def one() -> None:
+            try:
+                outcomes.append(await big.invoke(1.0))
+            except mf.FaaSError as exc:
+                outcomes.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        failures = [o for o in outcomes if isinstance(o, mf.FaaSError)]
+        assert len(failures) == 1 and isinstance(failures[0], mf.ColdStartFailed)
+        assert "the Ray autoscaler did not add one within acquire_timeout=0.3s" in str(failures[0])
+        assert autoscaler_requests[:2] == [[WHOLE_NODE] * 3, [WHOLE_NODE] * 2]
+        assert [e.kind for e in faas.events("node_failed")] == ["node_failed"]
+    assert autoscaler_requests[-1] == []
 
 
 async def test_a_killed_idle_actor_is_noticed_and_replaced(ray_cluster):

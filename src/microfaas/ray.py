@@ -9,12 +9,19 @@ Releasing the node frees the Ray node again.
 
 A container is a ``_ContainerActor`` placed on its node with a hard node-affinity
 scheduling strategy and ``max_concurrency`` equal to the function's concurrency.
-Its constructor loads the cloudpickled ``Bundle`` exactly as ``worker.serve`` does
-(``worker.load_bundle``, ``worker.run_init``); an invocation is one ``invoke``
-actor call (``worker.run_call``), awaited from the platform's event loop, whose
-reply is the same tuple the subprocess worker sends. A second, never-returning
-``watch`` call in its own concurrency group notices the actor's death even when
-it is idle.
+Its ``start`` call loads the cloudpickled ``Bundle`` exactly as ``worker.serve`` does
+(``worker.load_bundle``, ``worker.run_init``). Most of a cold actor's time is Ray
+starting a worker process for it (and that process importing Ray and microfaas), so
+each node keeps one spare actor started ahead, as ``LocalNodes`` keeps a zygote; a
+cold start takes the spare when its ``max_concurrency`` fits.
+
+An invocation is one ``invoke`` actor call (``worker.run_call``), awaited from the
+platform's event loop. The call takes one bytes argument (the invocation's fields
+and its arguments, pickled together) and returns the result's bytes, or a tuple
+for an error, because Ray pays for every argument and every non-bytes value it
+serialises: five arguments and a tuple reply cost about 0.3 ms per call more. A
+second, never-returning ``watch`` call in its own concurrency group notices the
+actor's death even when it is idle.
 
 Every Ray error is turned into a microfaas fact here: an actor that dies, or any
 Ray exception while a call is awaited, is the container's death (``Died``), which
@@ -29,7 +36,10 @@ Actors ask Ray for no CPUs and no memory: microfaas does the packing itself (the
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 import os
+import pickle
 import sys
 import threading
 import time
@@ -70,12 +80,14 @@ def _private_mb(pid: int | str) -> float | None:
 
 
 class _ContainerActor:
-    """One container inside a Ray worker process (see the module docstring)."""
+    """One container inside a Ray worker process (see the module docstring).
 
-    def __init__(self, container_id: str, bundle_blob: bytes, sys_path: list[str], cwd: str) -> None:
-        started = time.perf_counter()
-        self._baseline_mb = 0.0
-        self._container_id = container_id
+    It is created empty, its process set up as the platform's is, and becomes a container
+    with one ``start`` call; a spare imports the app's modules while it waits for that call.
+    """
+
+    def __init__(self, sys_path: list[str], cwd: str, preload: tuple[str, ...]) -> None:
+        self._container_id = ""
         self._forever = threading.Event()
         self._bundle: Bundle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,44 +97,51 @@ class _ContainerActor:
             os.chdir(cwd)
         except OSError:
             pass
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except BaseException:  # noqa: BLE001 - the container's own load reports it
+                pass
+
+    def start(self, container_id: str, bundle_blob: bytes) -> tuple[object, ...]:
+        """Load the function and run its init.
+
+        :returns: ``("ready", pid, load_s, init_s, baseline_mb)`` or ``("start_failed", stage, type, message, traceback)``.
+        """
+        started = time.perf_counter()
+        self._container_id = container_id
         try:
             bundle = load_bundle(bundle_blob)
         except BaseException as exc:  # noqa: BLE001 - report, whatever it was
-            self._ready: tuple[object, ...] = ("start_failed", "load", *_describe(exc))
-            return
+            return ("start_failed", "load", *_describe(exc))
         loaded = time.perf_counter()
         # What the Ray worker and the function's code take is not the container's to pay for (a
         # forked local container shares them with its zygote); init's allocations and the calls' are.
-        self._baseline_mb = _private_mb("self") or 0.0
+        baseline_mb = _private_mb("self") or 0.0
         try:
             loop = run_init(bundle)
         except BaseException as exc:  # noqa: BLE001
             _flush_user_output()
-            self._ready = ("start_failed", "init", *_describe(exc))
-            return
+            return ("start_failed", "init", *_describe(exc))
         initialised = time.perf_counter()
         _flush_user_output()
         self._bundle, self._loop = bundle, loop
         if loop is not None:
             # Async handlers (and what their init set up) share one loop, run in a helper thread.
             threading.Thread(target=loop.run_forever, name="microfaas-loop", daemon=True).start()
-        self._ready = ("ready", os.getpid(), loaded - started, initialised - loaded, self._baseline_mb)
-
-    @ray.method(concurrency_group=_CONTROL_GROUP)
-    def ready(self) -> tuple[object, ...]:
-        return self._ready
-
-    @ray.method(concurrency_group=_CONTROL_GROUP)
-    def pid(self) -> int:
-        return os.getpid()
+        return ("ready", os.getpid(), loaded - started, initialised - loaded, baseline_mb)
 
     @ray.method(concurrency_group=_CONTROL_GROUP)
     def watch(self) -> None:
         """Never returns: its error is how the platform learns that the actor died."""
         self._forever.wait()
 
-    def invoke(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> tuple[object, ...]:
-        """Run one invocation: ``("result", blob)``, ``("error", type, message, traceback)`` or ``("bad_payload", message)``."""
+    def invoke(self, request: bytes) -> bytes | tuple[object, ...]:
+        """Run one invocation (an ``_invoke_request``).
+
+        :returns: the result's blob, ``("error", type, message, traceback)`` or ``("bad_payload", message)``.
+        """
+        invocation_id, attempt, deadline, cold_start, args_blob = pickle.loads(request)
         bundle = self._bundle
         assert bundle is not None, "invoke on a container that did not start"
         ctx = events.Context(
@@ -141,36 +160,35 @@ class _ContainerActor:
                 meta, payload = run_call(bundle, ctx, args_blob, None)
         finally:
             _flush_user_output()
-        kind = meta[0]
-        if kind == "result":
-            return ("result", payload)
-        return (kind, *meta[2:])
+        if meta[0] == "result":
+            return payload
+        return (meta[0], *meta[2:])
 
 
 class RayContainer(ContainerHandle):
     """The platform's handle on one container actor (``nodes.Container``)."""
 
-    def __init__(self, container_id: str, node_id: str, actor: Any, task_group: anyio.abc.TaskGroup, *, local: bool) -> None:
+    def __init__(self, container_id: str, node_id: str, actor: Any, *, local: bool) -> None:
         super().__init__(container_id, node_id, None)
         self.actor = actor
         # Why Ray says the actor died (its error's first line), when it died of itself.
         self.death_detail: str | None = None
-        self._tg = task_group
         self._local = local
         self._baseline_mb = 0.0
         self._pending: dict[str, _Pending] = {}
+        self._replies: dict[str, asyncio.Future[Any]] = {}  # Ray's futures for the calls in flight
         self._lost = anyio.Event()  # the actor is dead, or was killed
         self._watch_ref: Any = None
 
     # -- start ------------------------------------------------------------------------------
 
-    async def handshake(self) -> None:
-        """Wait until the actor has loaded the function and run its init.
+    async def handshake(self, bundle_blob: bytes) -> None:
+        """Make the actor this container: load the function and run its init.
 
         :raises StartFailed: the actor died first, or loading or init raised.
         """
         try:
-            reply = await self.actor.ready.remote()
+            reply = await self.actor.start.remote(self.id, bundle_blob)
         except Exception as exc:  # noqa: BLE001 - any Ray error: the actor did not come up
             raise StartFailed(f"the container actor died before it was ready: {_first_line(exc)}", stage="process") from None
         if reply[0] == "start_failed":
@@ -190,29 +208,34 @@ class RayContainer(ContainerHandle):
             return self._death()
         self._pending[invocation_id] = pending
         try:
-            ref = self.actor.invoke.remote(invocation_id, attempt, deadline, cold_start, args_blob)
+            ref = self.actor.invoke.remote(_invoke_request(invocation_id, attempt, deadline, cold_start, args_blob))
+            reply = asyncio.wrap_future(ref.future())
         except Exception as exc:  # noqa: BLE001 - a Ray error is a lost container, never the user's problem
             self._actor_lost(exc)
         else:
-            self._tg.start_soon(self._await_reply, invocation_id, ref, pending)
+            # A callback, not a task per call: Ray's future completes on this loop, and the caller wakes once.
+            self._replies[invocation_id] = reply
+            reply.add_done_callback(functools.partial(self._reply_arrived, invocation_id, pending))
         return await pending.wait()
 
-    async def _await_reply(self, invocation_id: str, ref: Any, pending: _Pending) -> None:
-        try:
-            reply = await ref
-        except Exception as exc:  # noqa: BLE001 - ActorDiedError and friends: the container is gone
+    def _reply_arrived(self, invocation_id: str, pending: _Pending, reply: asyncio.Future[Any]) -> None:
+        self._replies.pop(invocation_id, None)
+        if reply.cancelled():
+            return  # the container is gone: its pending calls were resolved as a death
+        exc = reply.exception()
+        if exc is not None:  # ActorDiedError and friends: the container is gone
             self._actor_lost(exc)
             return
         if self._pending.get(invocation_id) is not pending:
             return  # resolved as a death meanwhile
         del self._pending[invocation_id]
-        kind = reply[0]
-        if kind == "result":
-            pending.resolve(Returned(reply[1]))
-        elif kind == "error":
-            pending.resolve(Raised(str(reply[1]), str(reply[2]), str(reply[3])))
+        result = reply.result()
+        if not isinstance(result, tuple):
+            pending.resolve(Returned(result))
+        elif result[0] == "error":
+            pending.resolve(Raised(str(result[1]), str(result[2]), str(result[3])))
         else:
-            pending.resolve(BadPayload(str(reply[1])))
+            pending.resolve(BadPayload(str(result[1])))
         if self.on_reply is not None:
             self.on_reply(self)
 
@@ -250,10 +273,7 @@ class RayContainer(ContainerHandle):
     def _kill_actor(self) -> None:
         if not self._lost.is_set():
             self._lost.set()
-            try:
-                ray.kill(self.actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone, or the cluster is: either way it is dead to us
-                pass
+            _kill(self.actor)
 
     def _actor_lost(self, exc: BaseException) -> None:
         if self.death_detail is None and self.kill_reason is None:
@@ -274,6 +294,8 @@ class RayContainer(ContainerHandle):
             for pending in self._pending.values():
                 pending.resolve(death)
             self._pending.clear()
+            for reply in list(self._replies.values()):
+                reply.cancel()
             if self.on_exit is not None:
                 self.on_exit(self)
 
@@ -295,6 +317,11 @@ class RayContainer(ContainerHandle):
         return Died(self.returncode, self.kill_reason)
 
 
+def _invoke_request(invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> bytes:
+    """An invocation as the one bytes argument of ``_ContainerActor.invoke``."""
+    return pickle.dumps((invocation_id, attempt, deadline, cold_start, args_blob), protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
@@ -312,11 +339,14 @@ def _is_ray_worker(pid: int) -> bool:
 
 
 class RayNode:
-    """One microfaas node: one Ray node, and the container actors on it (``nodes.Node``)."""
+    """One microfaas node: one Ray node, and the container actors on it (``nodes.Node``).
 
-    def __init__(
-        self, node_id: str, ray_node: dict[str, Any], provider: RayNodes, setup: NodeSetup, task_group: anyio.abc.TaskGroup
-    ) -> None:
+    With ``RayNodes(spare_actor=True)`` the node keeps one started, empty actor (the Ray
+    counterpart of ``LocalNodes``' zygote): a cold start takes it when its concurrency fits,
+    and a new spare is started once that container is up.
+    """
+
+    def __init__(self, node_id: str, ray_node: dict[str, Any], provider: RayNodes, setup: NodeSetup) -> None:
         self.id = node_id
         self.ray_node_id: str = ray_node["NodeID"]
         self.address: str = ray_node.get("NodeManagerAddress", "")
@@ -324,10 +354,11 @@ class RayNode:
         self.preload_failures: dict[str, str] = {}
         self.setup = setup
         self._provider = provider
-        self._tg = task_group
         self._containers: dict[str, RayContainer] = {}
         self._local = self.address == ray.util.get_node_ip_address()
         self._stopped = False
+        self._spare: tuple[Any, int] | None = None  # the spare actor and its max_concurrency
+        self._make_spare(1)
 
     def __repr__(self) -> str:
         return f"<RayNode {self.id} on Ray node {self.ray_node_id[:12]} ({self.address})>"
@@ -337,29 +368,32 @@ class RayNode:
         return self._containers
 
     async def start_container(self, container_id: str, bundle_blob: bytes) -> RayContainer:
-        """Create the container's actor on this node and wait until its init has run.
+        """Start the container on the spare actor (or on a new one) and wait until its init has run.
 
         :raises StartFailed: Ray could not create the actor, it died, or loading or init raised.
         """
         if self._stopped:
             raise StartFailed(f"node {self.id} was released", stage="node")
-        options: dict[str, Any] = {
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.ray_node_id, soft=False),
-            "max_concurrency": self._provider._concurrency(bundle_blob),
-            "num_cpus": 0,
-            "max_restarts": 0,
-            "max_task_retries": 0,
-        }
-        if self._provider.runtime_env is not None:
-            options["runtime_env"] = self._provider.runtime_env
+        concurrency = self._provider._concurrency(bundle_blob)
+        spare = self._take_spare(concurrency)
         try:
-            actor = _actor_class().options(**options).remote(container_id, bundle_blob, list(self.setup.sys_path), self.setup.cwd)
-        except Exception as exc:  # noqa: BLE001 - no Ray error reaches the user
-            raise StartFailed(f"node {self.id}: Ray could not create the container actor: {_first_line(exc)}", stage="process") from None
-        container = RayContainer(container_id, self.id, actor, self._tg, local=self._local)
+            try:
+                return await self._start_on(container_id, spare if spare is not None else self._new_actor(concurrency), bundle_blob)
+            except StartFailed as exc:
+                if spare is None or exc.stage != "process":
+                    raise
+            # The spare died while it waited (its worker was killed): one more try on a new actor. (If
+            # it died of the function's own load or init instead, the new actor dies of it as well.)
+            return await self._start_on(container_id, self._new_actor(concurrency), bundle_blob)
+        finally:
+            if self._spare is None:
+                self._make_spare(concurrency)
+
+    async def _start_on(self, container_id: str, actor: Any, bundle_blob: bytes) -> RayContainer:
+        container = RayContainer(container_id, self.id, actor, local=self._local)
         self._containers[container_id] = container
         try:
-            await container.handshake()
+            await container.handshake(bundle_blob)
         except BaseException:
             container.kill("start_failed")
             container.set_exit(None)
@@ -367,13 +401,54 @@ class RayNode:
             raise
         return container
 
+    def _new_actor(self, concurrency: int, preload: tuple[str, ...] = ()) -> Any:
+        """A new, empty container actor on this node.
+
+        :raises StartFailed: Ray could not create it.
+        """
+        options: dict[str, Any] = {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.ray_node_id, soft=False),
+            "max_concurrency": concurrency,
+            "num_cpus": 0,
+            "max_restarts": 0,
+            "max_task_retries": 0,
+        }
+        if self._provider.runtime_env is not None:
+            options["runtime_env"] = self._provider.runtime_env
+        try:
+            return _actor_class().options(**options).remote(list(self.setup.sys_path), self.setup.cwd, preload)
+        except Exception as exc:  # noqa: BLE001 - no Ray error reaches the user
+            raise StartFailed(f"node {self.id}: Ray could not create the container actor: {_first_line(exc)}", stage="process") from None
+
+    def _take_spare(self, concurrency: int) -> Any:
+        """The spare actor if its ``max_concurrency`` is ``concurrency`` (else it is replaced by one that has)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        actor, spare_concurrency = spare
+        if spare_concurrency == concurrency:
+            return actor
+        _kill(actor)
+        return None
+
+    def _make_spare(self, concurrency: int) -> None:
+        if self._stopped or not self._provider.spare_actor:
+            return
+        try:
+            self._spare = (self._new_actor(concurrency, self.setup.preload), concurrency)
+        except StartFailed:
+            self._spare = None  # none then: the next start creates its actor
+
     def container_gone(self, container: RayContainer) -> None:
         self._containers.pop(container.id, None)
 
     async def stop(self) -> None:
-        """Kill every container actor, wait (briefly) until each is seen gone, and free the Ray node."""
+        """Kill the spare and every container actor, wait (briefly) until each is seen gone, and free the Ray node."""
         with anyio.CancelScope(shield=True):
             self._stopped = True
+            if self._spare is not None:
+                _kill(self._spare[0])
+                self._spare = None
             containers = list(self._containers.values())
             for container in containers:
                 container.kill("stopped")
@@ -383,13 +458,20 @@ class RayNode:
             self._provider._release(self.ray_node_id)
 
 
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone, or the cluster is: either way it is dead to us
+        pass
+
+
 _ACTOR_CLASS: list[Any] = []
 
 
 def _actor_class() -> Any:
     """The actor class; its concurrency group is declared once, here."""
     if not _ACTOR_CLASS:
-        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 2})(_ContainerActor)
+        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 1})(_ContainerActor)
         _ACTOR_CLASS.append(cls)
     return _ACTOR_CLASS[0]
 
@@ -423,8 +505,12 @@ class RayNodes:
     :param release_after: seconds an empty node is kept before it is released.
     :param runtime_env: a Ray runtime environment for the container actors (and for ``ray.init``).
     :param namespace: the Ray namespace for ``ray.init``.
-    :param autoscale: when no alive Ray node is free, ask the Ray autoscaler for one.
+    :param autoscale: when no alive Ray node is free, ask the Ray autoscaler for one (needs
+        ``max_nodes``: without it microfaas never holds more nodes than are alive).
     :param acquire_timeout: seconds an autoscaling acquire waits for the new node.
+    :param spare_actor: keep one empty container actor started on each node, with the app's
+        modules imported, for the next cold start to take: it then skips the Ray worker's start.
+        Costs one idle Ray worker process per held node.
     """
 
     address: str | None = None
@@ -436,13 +522,20 @@ class RayNodes:
     namespace: str | None = None
     autoscale: bool = False
     acquire_timeout: float = attrs.field(default=300.0, validator=_non_negative)
+    spare_actor: bool = True
     # Ray node id -> the microfaas node holding it.
     _in_use: dict[str, str] = attrs.field(factory=dict, init=False, eq=False, repr=False)
     _concurrencies: dict[bytes, int] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    # What one Ray node offers, as asked of the autoscaler per node (set by ``resource_manager``).
+    _node_bundle: dict[str, float] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    # Microfaas nodes waiting for the autoscaler to add a Ray node.
+    _awaiting: set[str] = attrs.field(factory=set, init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.max_nodes is not None and self.min_nodes > self.max_nodes:
             raise ValueError(f"RayNodes: min_nodes must be between 0 and max_nodes={self.max_nodes}, got {self.min_nodes!r}")
+        if self.autoscale and self.max_nodes is None:
+            raise ValueError("RayNodes: autoscale=True needs max_nodes, the most Ray nodes microfaas may ask the autoscaler for")
 
     # -- the provider surface --------------------------------------------------------------
 
@@ -452,7 +545,12 @@ class RayNodes:
         alive = alive_nodes()
         if not alive:
             raise RuntimeError("RayNodes: the Ray cluster has no alive node")
-        memory_mb = self.node_memory_mb or max(1, min(int(n["Resources"].get("memory", 0) // 2**20) for n in alive))
+        ray_node_memory = min(n["Resources"].get("memory", 0) for n in alive)
+        memory_mb = self.node_memory_mb or max(1, int(ray_node_memory // 2**20))
+        # A whole Ray node per request bundle: the autoscaler packs bundles, so a smaller one
+        # (node_memory_mb below the node's memory) could be met by a node microfaas already holds.
+        self._node_bundle.clear()
+        self._node_bundle.update({"memory": ray_node_memory} if ray_node_memory else {"CPU": 1})
         max_nodes = self.max_nodes or len(alive)
         if self.min_nodes > max_nodes:
             raise ValueError(f"RayNodes: min_nodes={self.min_nodes} is more than the {max_nodes} node(s) available (max_nodes)")
@@ -461,17 +559,25 @@ class RayNodes:
     async def acquire(self, node_id: str, setup: NodeSetup, task_group: anyio.abc.TaskGroup) -> RayNode:
         """Map node ``node_id`` to a free alive Ray node (asking the autoscaler for one if allowed).
 
+        ``task_group`` is not used: Ray runs the actors, and their replies arrive as future callbacks.
+
         :raises StartFailed: no Ray node is free.
         """
         ray_node = self._claim(await anyio.to_thread.run_sync(alive_nodes), node_id)
         if ray_node is None and self.autoscale:
             ray_node = await self._autoscale(node_id)
+        if ray_node is None and self.autoscale:
+            raise StartFailed(
+                f"no free Ray node: microfaas holds {len(self._in_use)}, and the Ray autoscaler did not add one"
+                f" within acquire_timeout={self.acquire_timeout}s",
+                stage="node",
+            )
         if ray_node is None:
             raise StartFailed(
                 f"no free Ray node: {len(self._in_use)} of the cluster's alive nodes are held by microfaas and none is left",
                 stage="node",
             )
-        return RayNode(node_id, ray_node, self, setup, task_group)
+        return RayNode(node_id, ray_node, self, setup)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -490,25 +596,33 @@ class RayNodes:
     def _release(self, ray_node_id: str) -> None:
         self._in_use.pop(ray_node_id, None)
         if self.autoscale:
-            self._request(len(self._in_use))
+            self._request()
 
     async def _autoscale(self, node_id: str) -> dict[str, Any] | None:
-        self._request(len(self._in_use) + 1)
-        with anyio.move_on_after(self.acquire_timeout):
-            while True:
-                ray_node = self._claim(await anyio.to_thread.run_sync(alive_nodes), node_id)
-                if ray_node is not None:
-                    return ray_node
-                await anyio.sleep(_AUTOSCALE_POLL)
-        return None
-
-    def _request(self, nodes: int) -> None:
-        from ray.autoscaler.sdk import request_resources
-
-        memory = self.node_memory_mb * 2**20 if self.node_memory_mb else None
-        bundle: dict[str, float] = {"memory": memory} if memory else {"CPU": 1}
+        self._awaiting.add(node_id)
         try:
-            request_resources(bundles=[bundle] * nodes)
+            self._request()
+            with anyio.move_on_after(self.acquire_timeout):
+                while True:
+                    ray_node = self._claim(await anyio.to_thread.run_sync(alive_nodes), node_id)
+                    if ray_node is not None:
+                        return ray_node
+                    await anyio.sleep(_AUTOSCALE_POLL)
+            return None
+        finally:
+            self._awaiting.discard(node_id)
+            self._request()  # no standing request for a node that nobody waits for any more
+
+    def _request(self) -> None:
+        """Ask the autoscaler for room for the Ray nodes held and awaited, one whole node per bundle.
+
+        A request stands until the next one replaces it, so every change restates the total.
+        """
+        from ray.autoscaler import sdk
+
+        nodes = len(self._in_use) + len(self._awaiting)
+        try:
+            sdk.request_resources(bundles=[dict(self._node_bundle or {"CPU": 1}) for _ in range(nodes)])
         except Exception:  # noqa: BLE001 - no autoscaler: the acquire then times out
             pass
 
