@@ -160,23 +160,10 @@ class ContainerHandle:
         the container runs the call whether or not anyone waits. ``timeout`` counts from
         when the call starts; the handler's ``mf.context().deadline`` is set from it.
 
-        ``queued``: the container is full, and the call waits in it for a slot. Returns
-        whether the call started now; if not, ``on_call_started`` says when it does.
-
-        This default runs ``call`` as a task, for containers whose calls are coroutines
-        (they queue calls themselves, so a call counts as started when sent).
+        ``queued``: the container is full, and the call waits in it for a slot (only
+        when the scheduler pipelines). Returns whether the call started now; if not,
+        ``on_call_started`` says when it does.
         """
-
-        def copy(task: asyncio.Task[Outcome]) -> None:
-            if not outcome.done() and not task.cancelled():
-                outcome.set_result(task.result())
-
-        deadline = time.time() + timeout if timeout is not None else None
-        asyncio.ensure_future(self.call(invocation_id, attempt, deadline, cold_start, args_blob)).add_done_callback(copy)
-        return True
-
-    async def call(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> Outcome:
-        """Run one invocation and return its outcome (for containers that do not override ``start_call``)."""
         raise NotImplementedError
 
 
@@ -467,22 +454,6 @@ def _uncork(containers: list[LocalContainer]) -> None:
         container._in_cork = False
         if not container._draining and container._unsent:
             container._flush()
-
-
-class _Pending:
-    """One call's outcome, set once by whoever learns it first (reply, death)."""
-
-    __slots__ = ("future",)
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-
-    def resolve(self, outcome: Outcome) -> None:
-        if not self.future.done():
-            self.future.set_result(outcome)
-
-    async def wait(self) -> Outcome:
-        return await self.future
 
 
 async def readable_or_closed(sock: socket.socket) -> bool:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import asyncio
+
     import anyio
     import anyio.abc
 
@@ -58,8 +60,24 @@ class Container(Protocol):
     # invocation id -> pending call; a call stays here until the container answers or dies
     _pending: dict[str, Any]
 
-    async def call(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> Outcome:
-        """Run one invocation; cancelling the caller abandons the wait, not the call."""
+    on_call_started: Callable[[str], None] | None
+    last_call_s: float | None
+
+    def start_call(
+        self,
+        outcome: asyncio.Future[Outcome],
+        invocation_id: str,
+        attempt: int,
+        timeout: float | None,
+        cold_start: bool,
+        args_blob: bytes,
+        *,
+        queued: bool = False,
+    ) -> bool:
+        """Send one invocation; ``outcome`` gets its ``Outcome`` (not awaiting it abandons the wait, not the call).
+
+        Returns whether it started now; a ``queued`` one starts later (``on_call_started``).
+        """
         ...
 
     @property

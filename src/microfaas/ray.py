@@ -54,7 +54,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import events
-from .container import EXIT_STATUS_WAIT, BadPayload, ContainerHandle, Died, Outcome, Raised, Returned, StartFailed, _Pending
+from .container import EXIT_STATUS_WAIT, BadPayload, ContainerHandle, Died, Outcome, Raised, Returned, StartFailed
 from .pool import NodeSetup
 from .resources import ResourceManager
 from .worker import Bundle, _describe, _flush_user_output, load_bundle, run_call, run_call_async, run_init
@@ -175,7 +175,7 @@ class RayContainer(ContainerHandle):
         self.death_detail: str | None = None
         self._local = local
         self._baseline_mb = 0.0
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, asyncio.Future[Outcome]] = {}
         self._replies: dict[str, asyncio.Future[Any]] = {}  # Ray's futures for the calls in flight
         self._lost = anyio.Event()  # the actor is dead, or was killed
         self._watch_ref: Any = None
@@ -201,12 +201,27 @@ class RayContainer(ContainerHandle):
 
     # -- calls ------------------------------------------------------------------------------
 
-    async def call(self, invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> Outcome:
-        """Run one invocation; cancel the caller to abandon it (the actor keeps running it)."""
-        pending = _Pending()
+    def start_call(
+        self,
+        outcome: asyncio.Future[Any],
+        invocation_id: str,
+        attempt: int,
+        timeout: float | None,
+        cold_start: bool,
+        args_blob: bytes,
+        *,
+        queued: bool = False,
+    ) -> bool:
+        """Send one invocation as an actor call; ``outcome`` gets its ``Outcome`` (see ``ContainerHandle``).
+
+        RayNodes does not pipeline (the actor queues calls beyond its ``max_concurrency`` itself),
+        so a call starts when it is sent.
+        """
         if self._lost.is_set():
-            return self._death()
-        self._pending[invocation_id] = pending
+            outcome.set_result(self._death())
+            return True
+        self._pending[invocation_id] = outcome
+        deadline = time.time() + timeout if timeout is not None else None
         try:
             ref = self.actor.invoke.remote(_invoke_request(invocation_id, attempt, deadline, cold_start, args_blob))
             reply = asyncio.wrap_future(ref.future())
@@ -215,10 +230,10 @@ class RayContainer(ContainerHandle):
         else:
             # A callback, not a task per call: Ray's future completes on this loop, and the caller wakes once.
             self._replies[invocation_id] = reply
-            reply.add_done_callback(functools.partial(self._reply_arrived, invocation_id, pending))
-        return await pending.wait()
+            reply.add_done_callback(functools.partial(self._reply_arrived, invocation_id, outcome))
+        return True
 
-    def _reply_arrived(self, invocation_id: str, pending: _Pending, reply: asyncio.Future[Any]) -> None:
+    def _reply_arrived(self, invocation_id: str, outcome: asyncio.Future[Any], reply: asyncio.Future[Any]) -> None:
         self._replies.pop(invocation_id, None)
         if reply.cancelled():
             return  # the container is gone: its pending calls were resolved as a death
@@ -226,16 +241,18 @@ class RayContainer(ContainerHandle):
         if exc is not None:  # ActorDiedError and friends: the container is gone
             self._actor_lost(exc)
             return
-        if self._pending.get(invocation_id) is not pending:
+        if self._pending.get(invocation_id) is not outcome:
             return  # resolved as a death meanwhile
         del self._pending[invocation_id]
         result = reply.result()
         if not isinstance(result, tuple):
-            pending.resolve(Returned(result))
+            value: Outcome = Returned(result)
         elif result[0] == "error":
-            pending.resolve(Raised(str(result[1]), str(result[2]), str(result[3])))
+            value = Raised(str(result[1]), str(result[2]), str(result[3]))
         else:
-            pending.resolve(BadPayload(str(result[1])))
+            value = BadPayload(str(result[1]))
+        if not outcome.done():  # done: the caller gave up waiting
+            outcome.set_result(value)
         if self.on_reply is not None:
             self.on_reply(self)
 
@@ -291,8 +308,9 @@ class RayContainer(ContainerHandle):
                 self.kill("stopped")
             self.set_exit(None)
             death = self._death()
-            for pending in self._pending.values():
-                pending.resolve(death)
+            for outcome in self._pending.values():
+                if not outcome.done():
+                    outcome.set_result(death)
             self._pending.clear()
             for reply in list(self._replies.values()):
                 reply.cancel()
