@@ -142,6 +142,17 @@ class LifecycleEvent:
     detail: Mapping[str, Any] = attrs.field(factory=dict)
 
 
+# An event as recorded: (kind, function, container, node, time, wall_time, detail).
+_Raw = tuple[str, str | None, str | None, str | None, float, float, dict[str, Any]]
+
+
+def _event(entry: LifecycleEvent | _Raw) -> LifecycleEvent:
+    if type(entry) is LifecycleEvent:
+        return entry
+    kind, function, container, node, at, wall_time, detail = entry  # type: ignore[misc]
+    return LifecycleEvent(kind=kind, function=function, container=container, node=node, time=at, wall_time=wall_time, detail=detail)
+
+
 def _kinds(kind: str | Iterable[str] | None) -> frozenset[str] | None:
     if kind is None:
         return None
@@ -184,7 +195,7 @@ class LifecycleLog:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, limit: int | None = EVENTS_KEPT) -> None:
         self._clock = clock
-        self._events: collections.deque[LifecycleEvent] = collections.deque(maxlen=limit)
+        self._events: collections.deque[LifecycleEvent | _Raw] = collections.deque(maxlen=limit)
         self._subscribers: list[_Subscriber] = []
         self._closed = False
         #: Events dropped from the front of the log because it was full.
@@ -195,14 +206,17 @@ class LifecycleLog:
         self._events = collections.deque(self._events, maxlen=limit)
 
     def emit(self, kind: str, *, function: str | None = None, container: str | None = None, node: str | None = None, **detail: Any) -> None:
-        event = LifecycleEvent(
-            kind=kind, function=function, container=container, node=node, time=self._clock(), wall_time=time.time(), detail=detail
-        )
+        self._record(kind, function, container, node, detail)
+
+    def _record(self, kind: str, function: str | None, container: str | None, node: str | None, detail: dict[str, Any]) -> None:
+        # Kept as a tuple until someone reads the log: a warm start per call must stay cheap.
+        raw = (kind, function, container, node, self._clock(), time.time(), detail)
         events = self._events
         if events.maxlen is not None and len(events) == events.maxlen:
             self.dropped += 1
-        events.append(event)
+        events.append(raw)
         if self._subscribers:
+            event = _event(raw)
             for sub in list(self._subscribers):
                 if _matches(event, sub.kinds, sub.function):
                     try:
@@ -210,16 +224,21 @@ class LifecycleLog:
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         self._subscribers.remove(sub)  # the subscriber closed its end
 
+    def _logged(self) -> collections.deque[LifecycleEvent | _Raw]:
+        """The log, with every entry made a ``LifecycleEvent``."""
+        self._events = collections.deque((_event(e) for e in self._events), maxlen=self._events.maxlen)
+        return self._events
+
     # -- what the platform reports ----------------------------------------------------------------
 
     def call_started(self, function: str, container: _Container, *, cold: bool, invocation_id: str, attempt: int) -> None:
         """A call got ``container``: a cold start (it was started for the call) or a warm one."""
-        where = {"function": function, "container": container.id, "node": container.node_id}
         if cold:
             timings = {"start_s": container.start_s, "load_s": container.load_s, "init_s": container.init_s}
-            self.emit(COLD_START, **where, invocation_id=invocation_id, attempt=attempt, **timings)
+            detail = {"invocation_id": invocation_id, "attempt": attempt, **timings}
+            self._record(COLD_START, function, container.id, container.node_id, detail)
         else:
-            self.emit(WARM_START, **where, invocation_id=invocation_id, attempt=attempt)
+            self._record(WARM_START, function, container.id, container.node_id, {"invocation_id": invocation_id, "attempt": attempt})
 
     def call_failed(self, error: FaaSError, *, attempt: int, injected: bool) -> None:
         """An attempt failed with ``error``: a timeout, out of memory, a crash or the handler's error."""
@@ -261,7 +280,7 @@ class LifecycleLog:
 
     def events(self, kind: str | Iterable[str] | None = None, function: str | None = None) -> list[LifecycleEvent]:
         kinds = _kinds(kind)
-        return [event for event in self._events if _matches(event, kinds, function)]
+        return [event for event in self._logged() if _matches(event, kinds, function)]  # type: ignore[arg-type]
 
     def subscribe(
         self, kind: str | Iterable[str] | None = None, function: str | None = None, *, replay: bool = False
@@ -269,8 +288,8 @@ class LifecycleLog:
         kinds = _kinds(kind)
         send, receive = anyio.create_memory_object_stream[LifecycleEvent](math.inf)
         if replay:
-            for event in self._events:
-                if _matches(event, kinds, function):
+            for event in self._logged():
+                if _matches(event, kinds, function):  # type: ignore[arg-type]
                     send.send_nowait(event)
         if self._closed:
             send.close()

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.lowlevel
-import cloudpickle
 
 from . import lifecycle as ev
+from . import payload
 from .call import Call, CallStatus
 from .container import BadPayload, ContainerHandle, Died, LocalContainer, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
 from .delivery import DeadLetter, InFlight, Source, retry_delay
@@ -551,7 +551,7 @@ class Platform:
         kind = type(outcome)
         if kind is Returned:
             try:
-                return cloudpickle.loads(outcome.blob)  # type: ignore[union-attr]
+                return payload.loads(outcome.blob)  # type: ignore[union-attr]
             except Exception as exc:
                 raise SerializationError(f"{name}: the result of invocation {invocation_id} could not be unpickled: {exc!r}") from exc
         if kind is FailRequest:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from . import payload
 from .errors import SerializationError
 from .worker import Bundle, FunctionRef
 
@@ -72,7 +73,7 @@ def dump_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
     :raises SerializationError: an argument cannot be pickled.
     """
     try:
-        return cloudpickle.dumps((args, kwargs))
+        return payload.dumps((args, kwargs))
     except Exception as exc:
         raise SerializationError(f"{name}: the arguments could not be pickled: {exc!r}") from exc
 

@@ -11,7 +11,7 @@ Handlers run inline when ``concurrency == 1``; with more, sync handlers run on a
 thread pool and async handlers as tasks on an event loop in a helper thread, and
 replies are written under a lock.
 
-This module imports only ``protocol``, ``events`` and ``errors`` from microfaas.
+This module imports only ``protocol``, ``payload``, ``events`` and ``errors`` from microfaas.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 import cloudpickle
 
-from . import events, protocol
+from . import events, payload, protocol
 
 __all__ = ["Bundle", "FunctionRef", "load_bundle", "run_call", "run_call_async", "run_init", "serve"]
 
@@ -238,7 +238,7 @@ def run_init(bundle: Bundle) -> asyncio.AbstractEventLoop | None:
 def _unpack(ctx: events.Context, blob: bytes | bytearray) -> tuple[tuple[Any, ...], dict[str, Any], Reply | None]:
     """The call's arguments, or the bad_payload reply when they cannot be unpickled."""
     try:
-        args, kwargs = cloudpickle.loads(blob)
+        args, kwargs = payload.loads(blob)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the payload's fault
         return (), {}, (("bad_payload", ctx.invocation_id, f"the arguments could not be unpickled in the container: {exc!r}"), b"")
     return args, kwargs, None
@@ -246,10 +246,10 @@ def _unpack(ctx: events.Context, blob: bytes | bytearray) -> tuple[tuple[Any, ..
 
 def _result_reply(ctx: events.Context, result: object) -> Reply:
     try:
-        payload = cloudpickle.dumps(result)
+        blob = payload.dumps(result)
     except Exception as exc:  # noqa: BLE001
         return ("bad_payload", ctx.invocation_id, f"the result of type {type(result).__qualname__} could not be pickled: {exc!r}"), b""
-    return ("result", ctx.invocation_id), payload
+    return ("result", ctx.invocation_id), blob
 
 
 def run_call(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray, loop: asyncio.AbstractEventLoop | None) -> Reply:
@@ -368,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         _flush_user_output()
         sock.close()
+        # Served: the platform is stopping us. A SIGTERM now, while the interpreter waits
+        # for the handler's threads, just ends the process instead of raising in the middle.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""Pickling call arguments and results: plain ``pickle`` when it is safe, cloudpickle otherwise.
+
+cloudpickle can ship what ``pickle`` cannot (lambdas, closures, classes defined in
+``__main__``), but it builds a new pickler for every call, which costs several
+times more than ``pickle.dumps`` for a small payload. A value made only of
+built-in scalars and small built-in containers pickles the same either way, so
+that is the fast path; everything else goes through cloudpickle. Loading needs
+no choice: cloudpickle's output is ordinary pickle data.
+
+This module imports nothing from microfaas: the platform and the containers both use it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Final
+
+import cloudpickle
+
+__all__ = ["dumps", "loads"]
+
+_SCALARS: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
+_CONTAINERS: Final = frozenset({tuple, list, dict})
+# A container larger or deeper than this is not inspected; it goes through cloudpickle.
+_MAX_ITEMS: Final = 64
+_MAX_DEPTH: Final = 3
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is built-in scalars in (at most a few levels of) built-in containers."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind not in _CONTAINERS or depth == _MAX_DEPTH or len(value) > _MAX_ITEMS:
+        return False
+    if kind is dict:
+        return all(type(k) in _SCALARS and _plain(v, depth + 1) for k, v in value.items())
+    return all(_plain(item, depth + 1) for item in value)
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle ``value`` for another process of this program (raises what pickling raises)."""
+    if _plain(value):
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+loads = pickle.loads

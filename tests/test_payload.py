@@ -1,0 +1,42 @@
+"""payload.dumps: plain pickle for plain values, cloudpickle for everything else."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from microfaas import payload
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 3, 2.5, 1j, "text", b"bytes", ((1, "a"), {"k": [None, b"x"]}), [[[1]]], {"a": {"b": {"c": 1}}}],
+)
+def test_plain_values_round_trip_as_plain_pickle(value: object) -> None:
+    blob = payload.dumps(value)
+    assert blob == pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    assert payload.loads(blob) == value
+
+
+def test_what_plain_pickle_cannot_ship_goes_through_cloudpickle() -> None:
+    class Local:
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    def square(x: int) -> int:
+        return x * x
+
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(square)
+    fn, (obj,) = payload.loads(payload.dumps((square, [Local(4)])))
+    assert fn(obj.x) == 16
+
+
+def test_deep_or_large_containers_are_not_inspected_but_still_round_trip() -> None:
+    deep = [[[[[1]]]]]
+    large = list(range(1000))
+    assert payload.loads(payload.dumps(deep)) == deep
+    assert payload.loads(payload.dumps(large)) == large
+    assert not payload._plain(deep) and not payload._plain(large)
+    assert payload._plain([[[1]]]) and payload._plain(list(range(64)))
