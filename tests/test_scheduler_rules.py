@@ -14,6 +14,7 @@ the core's own records and the model's view of what the shell has been told.
 from __future__ import annotations
 
 import collections
+import math
 
 import hypothesis.strategies as st
 from hypothesis import settings
@@ -295,6 +296,17 @@ class SchedulerRules(RuleBasedStateMachine):
             assert node.used_mb == sum(c.memory_mb for c in on_node)
             assert node.containers == len(on_node)
         assert all(c.node_id in self.resources.nodes for c in live)
+
+    @invariant()
+    def the_wake_comes_earlier_only_with_a_new_wake_epoch(self) -> None:
+        # The shell skips next_wake() while wake_epoch stands still; that is safe only if
+        # the wake can then only move later (a tick that finds nothing) or stay.
+        epoch, wake = self.sched.wake_epoch, self.sched.next_wake()
+        wake = math.inf if wake is None else wake
+        seen = getattr(self, "_seen_wake", None)
+        if seen is not None and seen[0] == epoch:
+            assert wake >= seen[1], f"next_wake moved from {seen[1]} to {wake} with wake_epoch unchanged ({epoch})"
+        self._seen_wake = (epoch, wake)
 
     @invariant()
     def node_count_within_max_nodes(self) -> None:

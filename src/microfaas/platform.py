@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import math
 import os
@@ -37,6 +38,7 @@ from . import lifecycle as ev
 from . import payload
 from .call import Call, CallStatus
 from .container import BadPayload, ContainerHandle, Died, LocalContainer, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
+from .deadlines import Deadlines
 from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
     CallCancelled,
@@ -90,7 +92,7 @@ class _Attempt:
     future as it is.
     """
 
-    __slots__ = ("attempt", "blob", "cold_start", "container", "expiry", "function", "future", "invocation_id")
+    __slots__ = ("attempt", "blob", "cold_start", "container", "deadlines", "function", "future", "invocation_id")
 
     def __init__(self, function: str, invocation_id: str, attempt: int, blob: bytes) -> None:
         self.function = function
@@ -100,7 +102,7 @@ class _Attempt:
         self.future: asyncio.Future[Outcome | FailRequest | _InjectedTimeout] = asyncio.get_running_loop().create_future()
         self.cold_start = False
         self.container: ContainerHandle | None = None
-        self.expiry: asyncio.TimerHandle | None = None
+        self.deadlines: Deadlines | None = None  # its container's, once its timeout runs
 
 
 class _InjectedTimeout:
@@ -137,11 +139,13 @@ class Platform:
         self._nodes: dict[str, LocalNode] = {}
         self._containers: dict[str, LocalContainer] = {}
         self._waiters: dict[str, _Attempt] = {}  # requests waiting for the core's decision
+        self._deadlines: dict[str, Deadlines] = {}  # by container id
         self._queued_calls: dict[str, _Attempt] = {}  # sent to a full container, waiting in it for a slot
         self._start_errors: dict[str, BaseException] = {}
         self._pending_starts: dict[str, anyio.Event] = {}
         self._pending_nodes: dict[str, anyio.Event] = {}
         self._timer_target = math.inf
+        self._wake_epoch = -1  # the scheduler's wake_epoch when _timer_target was last lowered
         self._timer_kick = anyio.Event()
         self._sources: dict[str, Source] = {}
         for source in sources:
@@ -530,10 +534,10 @@ class Platform:
             container.kill(INJECTED)
         timeout = self._specs[name].timeout
         if timeout is not None:
-            # The deadline is a loop timer, not a cancel scope: it holds whether or not the
-            # caller is still waiting, and costs one heap entry per call.
-            loop = call.future.get_loop()
-            call.expiry = loop.call_at(loop.time() + timeout, self._deadline_passed, container, invocation_id)
+            # The deadline is on a loop timer, not a cancel scope: it holds whether or not the
+            # caller is still waiting.
+            call.deadlines = self._deadlines[container.id]
+            call.deadlines.add(invocation_id, timeout)
 
     def _abandon(self, call: _Attempt) -> None:
         """The caller of ``call`` stopped waiting: withdraw its request, or leave the call running."""
@@ -545,8 +549,8 @@ class Platform:
 
     def _result(self, call: _Attempt, outcome: Outcome | FailRequest | _InjectedTimeout) -> Any:
         """The call's value, or the microfaas error its outcome means."""
-        if call.expiry is not None:
-            call.expiry.cancel()
+        if call.deadlines is not None:
+            call.deadlines.discard(call.invocation_id)
         name, invocation_id, container = call.function, call.invocation_id, call.container
         kind = type(outcome)
         if kind is Returned:
@@ -741,9 +745,9 @@ class Platform:
                 return exc
             raise
 
-    def _deadline_passed(self, container: LocalContainer, invocation_id: str) -> None:
+    def _deadline_passed(self, container: ContainerHandle, invocation_id: str) -> None:
         """An invocation ran past its timeout: kill its container (its caller gets FunctionTimeout)."""
-        if invocation_id not in container._pending:
+        if invocation_id not in container._pending:  # type: ignore[attr-defined]
             return
         container.timed_out = invocation_id
         container.kill("timeout")
@@ -780,10 +784,13 @@ class Platform:
                     self._tg.start_soon(node.stop)
             else:  # pragma: no cover - a new action type the shell does not know yet
                 raise TypeError(f"unknown scheduler action {action!r}")
-        wake = self._sched.next_wake()
-        if wake is not None and wake < self._timer_target:
-            self._timer_target = wake
-            self._timer_kick.set()
+        epoch = self._sched.wake_epoch
+        if epoch != self._wake_epoch:
+            self._wake_epoch = epoch
+            wake = self._sched.next_wake()
+            if wake is not None and wake < self._timer_target:
+                self._timer_target = wake
+                self._timer_kick.set()
 
     async def _start_container(self, action: StartContainer) -> None:
         container_id = action.container_id
@@ -809,6 +816,7 @@ class Platform:
                 self._emit(ev.START_FAILED, container_id, stage=stage, error=str(exc), injected=stage == "injected")
                 self._apply(self._sched.container_start_failed(container_id, now=self._clock()))
                 return
+            self._deadlines[container_id] = Deadlines(asyncio.get_running_loop(), functools.partial(self._deadline_passed, container))
             container.on_exit = self._container_exited
             container.on_reply = self._call_done
             container.on_call_started = self._queued_call_started
@@ -846,6 +854,9 @@ class Platform:
     def _container_exited(self, container: LocalContainer) -> None:
         self._emit(ev.CONTAINER_EXITED, container.id, returncode=container.returncode, reason=container.kill_reason)
         self._containers.pop(container.id, None)
+        deadlines = self._deadlines.pop(container.id, None)
+        if deadlines is not None:
+            deadlines.close()
         for invocation_id in [i for i, call in self._queued_calls.items() if call.container is container]:
             del self._queued_calls[invocation_id]  # abandoned: nobody asks again
         node = self._nodes.get(container.node_id)

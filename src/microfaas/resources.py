@@ -92,6 +92,8 @@ class ResourceManager:
         self._released_node_seconds = 0.0
         # Ready nodes holding no container: the candidates for release.
         self._empty: dict[str, NodeRecord] = {}
+        #: Counts the changes that can bring ``next_wake`` earlier (a node acquired or emptied).
+        self.wake_epoch = 0
 
     # -- questions -------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class ResourceManager:
             raise RuntimeError(f"cannot acquire a node: already holding max_nodes={self.max_nodes}")
         node_id = f"{_NODE_PREFIX}{self._next_id}"
         self._next_id += 1
+        self.wake_epoch += 1
         self.nodes[node_id] = NodeRecord(
             id=node_id, capacity_mb=self.node_memory_mb, state=NodeState.ACQUIRING, empty_since=now, held_since=now
         )
@@ -131,6 +134,7 @@ class ResourceManager:
         if node.containers == 0:
             node.empty_since = now
             self._empty[node_id] = node
+            self.wake_epoch += 1
 
     def node_lost(self, node_id: str, *, now: float) -> None:
         """The node failed to come up or vanished; forget it (its containers are gone too)."""
@@ -158,6 +162,7 @@ class ResourceManager:
             node.empty_since = now
             if node.state is NodeState.READY:
                 self._empty[node_id] = node
+                self.wake_epoch += 1
 
     def expire(self, *, now: float) -> list[ReleaseNode]:
         """Release nodes that have been empty for ``release_after`` (keeping ``min_nodes``)."""

@@ -152,6 +152,7 @@ class Scheduler:
         # (time, "pin" | "prewarm", function): pinned retries and pre-warms, lazily pruned.
         self._timers: list[tuple[float, str, str]] = []
         self._next_container = 1
+        self._wake_epoch = 0  # see ``wake_epoch``
         self.usage = UsageMeter()
 
     # -- registration and queries -----------------------------------------------------
@@ -371,6 +372,13 @@ class Scheduler:
         actions += self.resources.expire(now=now)
         return actions
 
+    @property
+    def wake_epoch(self) -> int:
+        """Changes whenever ``next_wake`` may have come earlier (a keep-alive, pre-warm or retry
+        was set, a node was acquired or emptied). A shell may ask ``next_wake`` only then:
+        otherwise the wake it holds is at worst early, and ``tick`` finds nothing to do."""
+        return self._wake_epoch + self.resources.wake_epoch
+
     def next_wake(self) -> float | None:
         """When ``tick`` next has something to do (None: only new facts matter)."""
         expiry = self._expiry
@@ -472,6 +480,7 @@ class Scheduler:
     def _retry_pinned(self, fn: _Function, at: float) -> None:
         fn.pinned_retry_at = at
         heapq.heappush(self._timers, (at, "pin", fn.profile.name))
+        self._wake_epoch += 1
 
     def _went_idle(self, rec: ContainerRecord, now: float) -> None:
         self.usage.record(rec, ContainerState.IDLE, now)
@@ -488,9 +497,11 @@ class Scheduler:
             if delay is not None:
                 fn.prewarm_at = now + delay
                 heapq.heappush(self._timers, (fn.prewarm_at, "prewarm", rec.function))
+                self._wake_epoch += 1
         rec.expires_at = now + ttl
         if rec.expires_at < math.inf:
             heapq.heappush(self._expiry, (rec.expires_at, rec.id))
+            self._wake_epoch += 1
 
     def _start_spares(self, fn: _Function, spares: int, now: float) -> list[Action]:
         """Start containers until ``spares`` are starting beyond the waiting requests (called when

@@ -266,8 +266,10 @@ class _Driver:
         heap, times, names, ids, sched = self.heap, self.times, self.names, self.ids, self.sched
         n = len(times)
         progress, every = self.progress, 1 << 14
+        wake, wake_epoch = None, -1
         while True:
-            wake = sched.next_wake()
+            if sched.wake_epoch != wake_epoch:  # else the wake held is right, or at worst early
+                wake, wake_epoch = sched.next_wake(), sched.wake_epoch
             i = self.next_call
             at = times[i] if i < n else math.inf
             top = heap[0][0] if heap else math.inf
@@ -296,6 +298,7 @@ class _Driver:
             self.decisions += 1
             actions = sched.tick(now=time)
             stalled_at = time if not actions else None
+            wake_epoch = -1  # the tick used up the wake: ask again
             self.apply(actions)
 
     def finish(self) -> None:
