@@ -860,3 +860,20 @@ def test_the_running_average_of_call_durations_turns_pipelining_off_and_on() -> 
 def test_pipeline_depth_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="pipeline_depth must be >= 0"):
         Scheduler(ResourceManager(node_memory_mb=1024), pipeline_depth=-1)
+
+
+def test_a_container_used_again_and_again_keeps_one_expiry_entry_and_expires_after_its_last_use() -> None:
+    g = FunctionProfile(name="g", memory_mb=100, idle_timeout=60.0)
+    sched = booted(g)
+    assert sched.request("r0", "g", now=0.0) == [start("c-1", "g")]
+    sched.container_started("c-1", now=0.0)
+    sched.call_finished("c-1", now=0.0)
+    epoch = sched.wake_epoch
+    for i in range(1, 1001):
+        assert sched.request(f"r{i}", "g", now=i * 0.01) == [run(f"r{i}", "c-1", cold=False)]
+        sched.call_finished("c-1", now=i * 0.01)
+    assert len(sched._expiry) == 1  # white-box: no entry per call
+    assert sched.wake_epoch == epoch  # each later expiry moved the wake later, never earlier
+    assert sched.next_wake() == pytest.approx(10.0 + 60.0)
+    assert sched.tick(now=69.9) == []
+    assert sched.tick(now=70.0) == [StopContainer(container_id="c-1", reason="idle")]

@@ -102,6 +102,7 @@ class ContainerRecord:
     calls: int = 0
     last_used: float = 0.0
     expires_at: float = math.inf  # meaningful only while IDLE and unpinned
+    expiry_entry: float | None = None  # the time of its entry in the scheduler's expiry heap
     state_since: float = 0.0  # when it entered its current state (for usage accounting)
     awaiting_node: bool = False  # reserved on a node that is still being acquired
     spare: bool = False  # started ahead of demand (``KeepAlivePolicy.spares``), not for a waiting request

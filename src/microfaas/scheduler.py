@@ -148,7 +148,7 @@ class Scheduler:
         self._stopping: dict[str, ContainerRecord] = {}
         self._waiting_function: dict[str, str] = {}  # request id -> function name
         self._capacity_queue: collections.deque[str] = collections.deque()
-        self._expiry: list[tuple[float, str]] = []  # (expires_at, container id), lazily pruned
+        self._expiry: list[tuple[float, str]] = []  # (time, container id), at most one live entry per container
         # (time, "pin" | "prewarm", function): pinned retries and pre-warms, lazily pruned.
         self._timers: list[tuple[float, str, str]] = []
         self._next_container = 1
@@ -350,12 +350,10 @@ class Scheduler:
     def tick(self, *, now: float) -> list[Action]:
         """Time passed: stop expired idle containers, retry pins, pre-warm, release empty nodes."""
         actions: list[Action] = []
-        expiry = self._expiry
-        while expiry and expiry[0][0] <= now:
-            expires_at, container_id = heapq.heappop(expiry)
-            rec = self._containers.get(container_id)
-            if rec is not None and rec.state is ContainerState.IDLE and rec.expires_at == expires_at:
-                actions.append(self._stop(rec, "idle", now))
+        while (due := self._next_expiry()) is not None and due.expires_at <= now:
+            heapq.heappop(self._expiry)
+            due.expiry_entry = None
+            actions.append(self._stop(due, "idle", now))
         timers = self._timers
         while timers and timers[0][0] <= now:
             at, kind, name = heapq.heappop(timers)
@@ -381,14 +379,8 @@ class Scheduler:
 
     def next_wake(self) -> float | None:
         """When ``tick`` next has something to do (None: only new facts matter)."""
-        expiry = self._expiry
-        while expiry:
-            expires_at, container_id = expiry[0]
-            rec = self._containers.get(container_id)
-            if rec is not None and rec.state is ContainerState.IDLE and rec.expires_at == expires_at:
-                break
-            heapq.heappop(expiry)
-        times = [expiry[0][0]] if expiry else []
+        due = self._next_expiry()
+        times = [due.expires_at] if due is not None else []
         timers = self._timers
         while timers:
             at, kind, name = timers[0]
@@ -499,9 +491,34 @@ class Scheduler:
                 heapq.heappush(self._timers, (fn.prewarm_at, "prewarm", rec.function))
                 self._wake_epoch += 1
         rec.expires_at = now + ttl
-        if rec.expires_at < math.inf:
+        # One heap entry per container: an entry earlier than its new expiry is moved when it
+        # comes up (``_next_expiry``), so a container used again and again pushes nothing.
+        if rec.expires_at < (rec.expiry_entry if rec.expiry_entry is not None else math.inf):
             heapq.heappush(self._expiry, (rec.expires_at, rec.id))
+            rec.expiry_entry = rec.expires_at
             self._wake_epoch += 1
+
+    def _next_expiry(self) -> ContainerRecord | None:
+        """The idle container that expires first, with the heap's top made exact.
+
+        Entries of containers that are gone, busy or re-entered are dropped; an entry
+        earlier than its container's expiry (it was used since) is moved to that time.
+        """
+        expiry = self._expiry
+        while expiry:
+            at, container_id = expiry[0]
+            rec = self._containers.get(container_id)
+            if rec is None or rec.expiry_entry != at:
+                heapq.heappop(expiry)  # gone, or superseded by an earlier entry
+            elif rec.state is not ContainerState.IDLE or rec.expires_at == math.inf:
+                heapq.heappop(expiry)
+                rec.expiry_entry = None
+            elif rec.expires_at > at:
+                heapq.heapreplace(expiry, (rec.expires_at, container_id))
+                rec.expiry_entry = rec.expires_at
+            else:
+                return rec
+        return None
 
     def _start_spares(self, fn: _Function, spares: int, now: float) -> list[Action]:
         """Start containers until ``spares`` are starting beyond the waiting requests (called when
