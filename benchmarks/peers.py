@@ -50,9 +50,7 @@ class Microfaas:
 
     async def many(self, n: int) -> None:
         invoke = self.fn.invoke
-        async with anyio.create_task_group() as tg:
-            for _ in range(n):
-                tg.start_soon(invoke, None)
+        await asyncio.gather(*[invoke(None) for _ in range(n)])
 
     def worker_pids(self) -> list[int]:
         return [c.pid for c in self.faas.containers(self.fn.name) if c.pid is not None]
@@ -75,9 +73,7 @@ class AnyioToProcess:
         return await anyio.to_process.run_sync(noop, x, limiter=self.limiter)
 
     async def many(self, n: int) -> None:
-        async with anyio.create_task_group() as tg:
-            for _ in range(n):
-                tg.start_soon(self.call, None)
+        await asyncio.gather(*[self.call(None) for _ in range(n)])
 
     def worker_pids(self) -> list[int]:
         import psutil

@@ -1,9 +1,12 @@
 """Throughput: N concurrent no-op calls on 2 workers/containers, in calls per second.
 
-Every contender gets the calls at once (a task group of N ``invoke``s for microfaas,
-N ``run_in_executor`` futures for the executors, N ``apply_async`` for
-``multiprocessing.Pool``, N tasks behind a ``CapacityLimiter(2)`` for anyio, N
-actor calls round-robin over 2 Ray actors) and the clock stops when all are back.
+Every contender gets the calls at once, all awaited with one ``asyncio.gather``
+(N ``invoke`` coroutines for microfaas, N ``run_in_executor`` futures for the
+executors, N ``apply_async`` futures for ``multiprocessing.Pool``, N ``run_sync``
+coroutines behind a ``CapacityLimiter(2)`` for anyio, N actor calls round-robin over
+2 Ray actors) and the clock stops when all are back. (An anyio task group costs
+~25 us per task on this machine, more than a whole call, so it is not used for
+anyone.)
 Rounds are interleaved across contenders; the figure is the median round.
 """
 
