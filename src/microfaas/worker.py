@@ -84,7 +84,7 @@ class Channel:
         with self._send_lock:
             _sendmsg_all(self.sock, buffers)
 
-    def recv(self) -> tuple[tuple[object, ...], bytearray] | None:
+    def recv(self) -> tuple[tuple[object, ...], bytes | bytearray | memoryview] | None:
         """The next frame, or None when the platform closed the channel.
 
         A small frame usually arrives whole in one ``recv``; a large one is read
@@ -120,14 +120,18 @@ class Channel:
 
 
 def _sendmsg_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview]) -> None:
+    sent = sock.sendmsg(buffers)
+    if sent == sum(map(len, buffers)):
+        return  # the usual case: a small reply, sent whole
     views = [memoryview(b).cast("B") for b in buffers]
-    while views:
-        sent = sock.sendmsg(views)
+    while True:
         while views and sent >= len(views[0]):
-            sent -= len(views[0])
-            views.pop(0)
-        if views and sent:
+            sent -= len(views.pop(0))
+        if not views:
+            return
+        if sent:
             views[0] = views[0][sent:]
+        sent = sock.sendmsg(views)
 
 
 def _recv_exactly(sock: socket.socket, view: memoryview) -> bool:
@@ -198,13 +202,13 @@ class Container:
                 assert self.pool is not None
                 self.pool.submit(self._run, ctx, blob)
 
-    def _run(self, ctx: events.Context, blob: bytearray) -> None:
+    def _run(self, ctx: events.Context, blob: bytes | bytearray | memoryview) -> None:
         try:
             self.channel.send(*run_call(self.bundle, ctx, blob, self.loop))
         finally:
             _flush_user_output()
 
-    async def _run_async(self, ctx: events.Context, blob: bytearray) -> None:
+    async def _run_async(self, ctx: events.Context, blob: bytes | bytearray | memoryview) -> None:
         try:
             self.channel.send(*await run_call_async(self.bundle, ctx, blob))
         finally:
@@ -216,7 +220,7 @@ class Container:
 Reply = tuple[tuple[object, ...], bytes]
 
 
-def load_bundle(bundle_blob: bytes | bytearray) -> Bundle:
+def load_bundle(bundle_blob: bytes | bytearray | memoryview) -> Bundle:
     """Unpickle a ``Bundle`` and resolve its function reference (raises what loading raised)."""
     bundle: Bundle = cloudpickle.loads(bundle_blob)
     if isinstance(bundle.fn, FunctionRef):
@@ -235,7 +239,7 @@ def run_init(bundle: Bundle) -> asyncio.AbstractEventLoop | None:
     return loop
 
 
-def _unpack(ctx: events.Context, blob: bytes | bytearray) -> tuple[tuple[Any, ...], dict[str, Any], Reply | None]:
+def _unpack(ctx: events.Context, blob: bytes | bytearray | memoryview) -> tuple[tuple[Any, ...], dict[str, Any], Reply | None]:
     """The call's arguments, or the bad_payload reply when they cannot be unpickled."""
     try:
         args, kwargs = payload.loads(blob)
@@ -252,7 +256,7 @@ def _result_reply(ctx: events.Context, result: object) -> Reply:
     return ("result", ctx.invocation_id), blob
 
 
-def run_call(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray, loop: asyncio.AbstractEventLoop | None) -> Reply:
+def run_call(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray | memoryview, loop: asyncio.AbstractEventLoop | None) -> Reply:
     """Run one call in this thread (an async handler via ``loop.run_until_complete``); the reply frame to send.
 
     The reply is ``("result", id), blob``, ``("error", id, type, message, traceback), b""`` or
@@ -263,8 +267,7 @@ def run_call(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray, loop:
         return bad
     token = events.set_context(ctx)
     try:
-        if inspect.iscoroutinefunction(bundle.fn):
-            assert loop is not None
+        if loop is not None and inspect.iscoroutinefunction(bundle.fn):
             result = loop.run_until_complete(bundle.fn(*args, **kwargs))
         else:
             result = bundle.fn(*args, **kwargs)
@@ -275,7 +278,7 @@ def run_call(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray, loop:
     return _result_reply(ctx, result)
 
 
-async def run_call_async(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray) -> Reply:
+async def run_call_async(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray | memoryview) -> Reply:
     """Run one call of an async handler on the running loop; the reply frame to send (as ``run_call``)."""
     args, kwargs, bad = _unpack(ctx, blob)
     if bad is not None:
@@ -323,7 +326,7 @@ def adopt_environment(sys_path: list[str], cwd: str) -> None:
         pass
 
 
-def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray | None = None) -> None:
+def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray | memoryview | None = None) -> None:
     """Run a container on ``sock`` until the platform closes it.
 
     :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``load`` frame.
