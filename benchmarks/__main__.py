@@ -70,7 +70,7 @@ def config(quick: bool) -> dict[str, Any]:
         "warm_rounds": 5 if quick else 20,
         "warm_per_round": 400 if quick else 500,
         "throughput_calls": 10_000,
-        "throughput_rounds": 1 if quick else 5,
+        "throughput_rounds": 3 if quick else 7,
         "payload_calls": 10 if quick else 30,
         "cold_fork": 30 if quick else 200,
         "cold_spawn": 5 if quick else 20,
