@@ -483,7 +483,8 @@ _ACTOR_CLASS: list[Any] = []
 def _actor_class() -> Any:
     """The actor class; its concurrency group is declared once, here."""
     if not _ACTOR_CLASS:
-        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 1})(_ContainerActor)
+        # Ray's overloads of ray.remote leave out concurrency_groups, which it documents and takes.
+        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 1})(_ContainerActor)  # type: ignore[call-overload]
         _ACTOR_CLASS.append(cls)
     return _ACTOR_CLASS[0]
 
