@@ -27,6 +27,7 @@ import attrs
 from . import protocol
 
 __all__ = [
+    "EXIT_STATUS_WAIT",
     "BadPayload",
     "ContainerHandle",
     "Died",

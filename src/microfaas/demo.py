@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 import anyio
@@ -99,7 +98,7 @@ async def run(out: TextIO | None = None) -> None:
     def say(line: str = "") -> None:
         print(line, file=out, flush=True)
 
-    plan: list[tuple[Callable[..., Any], tuple[Any, ...], str]] = [
+    plan: list[tuple[mf.FunctionHandle[..., Any], tuple[Any, ...], str]] = [
         (hello, ("world",), "first call: a new container"),
         (hello, ("again",), "the same container, reused"),
         (fib, (90,), "another function: its own container"),

@@ -11,7 +11,7 @@ import contextvars
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -106,13 +106,18 @@ class Record:
     put_at: float
 
 
+def _records(records: Iterable[Record]) -> tuple[Record, ...]:
+    # A typed converter: with the bare ``tuple`` the attrs plugin cannot type the argument.
+    return tuple(records)
+
+
 @attrs.frozen(kw_only=True)
 class RecordBatch:
     """Consecutive records of one shard, in order, handed to a stream consumer."""
 
     stream: str
     shard: int
-    records: tuple[Record, ...] = attrs.field(converter=tuple)
+    records: tuple[Record, ...] = attrs.field(converter=_records)
 
     def __len__(self) -> int:
         return len(self.records)

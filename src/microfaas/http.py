@@ -372,13 +372,13 @@ class Gateway:
         if len(parts) == 1:
             self._allow(method, ("GET",))
             spec = self._specs[name]
-            body = {
+            info = {
                 "name": name,
                 "routes": [f"{t.method} {t.path}" for t in spec.triggers if isinstance(t, Http)],
                 "stats": _as_json(self.platform.stats(name)),
                 "containers": [_as_json(c) for c in self.platform.containers(name)],
             }
-            return HttpResponse.json(body, headers={"cache-control": "no-store"})
+            return HttpResponse.json(info, headers={"cache-control": "no-store"})
         self._allow(method, ("POST",))
         content_type = _headers(scope).get("content-type", "").partition(";")[0].strip().lower()
         if content_type != "application/json":

@@ -224,10 +224,11 @@ class LifecycleLog:
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         self._subscribers.remove(sub)  # the subscriber closed its end
 
-    def _logged(self) -> collections.deque[LifecycleEvent | _Raw]:
-        """The log, with every entry made a ``LifecycleEvent``."""
-        self._events = collections.deque((_event(e) for e in self._events), maxlen=self._events.maxlen)
-        return self._events
+    def _logged(self) -> list[LifecycleEvent]:
+        """The log, with every entry made a ``LifecycleEvent`` (the log keeps them, so each is converted once)."""
+        logged = [_event(e) for e in self._events]
+        self._events = collections.deque(logged, maxlen=self._events.maxlen)
+        return logged
 
     # -- what the platform reports ----------------------------------------------------------------
 
@@ -268,19 +269,25 @@ class LifecycleLog:
     def retry(self, error: FaaSError, *, function: str, source: str, invocation_id: str, attempt: int, delay: float) -> None:
         """Attempt ``attempt`` failed with ``error`` and will be tried again in ``delay`` seconds."""
         where = {"container": getattr(error, "container_id", None), "node": getattr(error, "node_id", None)}
-        detail = {"source": source, "invocation_id": invocation_id, "attempt": attempt, "delay": delay, "error": type(error).__name__}
+        detail: dict[str, Any] = {
+            "source": source,
+            "invocation_id": invocation_id,
+            "attempt": attempt,
+            "delay": delay,
+            "error": type(error).__name__,
+        }
         self.emit(RETRY, function=function, **where, **detail)
 
     def dead_letter(self, letter: DeadLetter) -> None:
         where = {"container": getattr(letter.error, "container_id", None), "node": getattr(letter.error, "node_id", None)}
-        detail = {"source": letter.source, "invocation_id": letter.invocation_id, "attempts": letter.attempts}
+        detail: dict[str, Any] = {"source": letter.source, "invocation_id": letter.invocation_id, "attempts": letter.attempts}
         self.emit(DEAD_LETTER, function=letter.function, **where, error=type(letter.error).__name__, **detail)
 
     # -- reading ---------------------------------------------------------------------------------
 
     def events(self, kind: str | Iterable[str] | None = None, function: str | None = None) -> list[LifecycleEvent]:
         kinds = _kinds(kind)
-        return [event for event in self._logged() if _matches(event, kinds, function)]  # type: ignore[arg-type]
+        return [event for event in self._logged() if _matches(event, kinds, function)]
 
     def subscribe(
         self, kind: str | Iterable[str] | None = None, function: str | None = None, *, replay: bool = False
@@ -289,7 +296,7 @@ class LifecycleLog:
         send, receive = anyio.create_memory_object_stream[LifecycleEvent](math.inf)
         if replay:
             for event in self._logged():
-                if _matches(event, kinds, function):  # type: ignore[arg-type]
+                if _matches(event, kinds, function):
                     send.send_nowait(event)
         if self._closed:
             send.close()

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import anyio
     import anyio.abc
 
-    from .container import Outcome
     from .pool import NodeSetup
     from .resources import ResourceManager
 
@@ -65,7 +64,7 @@ class Container(Protocol):
 
     def start_call(
         self,
-        outcome: asyncio.Future[Outcome],
+        outcome: asyncio.Future[Any],
         invocation_id: str,
         attempt: int,
         timeout: float | None,
@@ -75,6 +74,8 @@ class Container(Protocol):
         queued: bool = False,
     ) -> bool:
         """Send one invocation; ``outcome`` gets its ``Outcome`` (not awaiting it abandons the wait, not the call).
+
+        The future is typed ``Any`` because the platform's call future also carries outcomes of its own.
 
         Returns whether it started now; a ``queued`` one starts later (``on_call_started``).
         """

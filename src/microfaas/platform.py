@@ -37,7 +37,7 @@ import anyio.lowlevel
 from . import lifecycle as ev
 from . import payload
 from .call import Call, CallStatus
-from .container import BadPayload, ContainerHandle, Died, LocalContainer, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
+from .container import BadPayload, Died, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
 from .deadlines import Deadlines
 from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
@@ -56,7 +56,7 @@ from .errors import (
 from .faults import INJECTED, FaultPlan
 from .keepalive import KeepAlivePolicy
 from .lifecycle import LifecycleEvent, LifecycleLog
-from .pool import LocalNode, LocalNodes, NodeSetup
+from .pool import LocalNodes, NodeSetup
 from .resources import AcquireNode, ReleaseNode
 from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
 from .shipping import Shipper, dump_args, loads_or_blob
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from .app import App, FunctionSpec, Retries
-    from .nodes import NodeProvider
+    from .nodes import Container, Node, NodeProvider
     from .sources.batch import BatchJob, BatchProgress
     from .sources.streams import StreamSource
     from .sources.topics import TopicSource
@@ -101,7 +101,7 @@ class _Attempt:
         self.blob = blob
         self.future: asyncio.Future[Outcome | FailRequest | _InjectedTimeout] = asyncio.get_running_loop().create_future()
         self.cold_start = False
-        self.container: ContainerHandle | None = None
+        self.container: Container | None = None
         self.deadlines: Deadlines | None = None  # its container's, once its timeout runs
 
 
@@ -136,8 +136,8 @@ class Platform:
         self._id_prefix = secrets.token_hex(3)
         self._specs: dict[str, FunctionSpec] = {}
         self._stats: dict[str, StatsRecorder] = {}
-        self._nodes: dict[str, LocalNode] = {}
-        self._containers: dict[str, LocalContainer] = {}
+        self._nodes: dict[str, Node] = {}
+        self._containers: dict[str, Container] = {}
         self._waiters: dict[str, _Attempt] = {}  # requests waiting for the core's decision
         self._deadlines: dict[str, Deadlines] = {}  # by container id
         self._queued_calls: dict[str, _Attempt] = {}  # sent to a full container, waiting in it for a slot
@@ -582,7 +582,7 @@ class Platform:
         assert isinstance(outcome, Died)
         raise self._death_error(name, invocation_id, container, outcome, coords)
 
-    def _death_error(self, name: str, invocation_id: str, container: LocalContainer, death: Died, coords: dict[str, Any]) -> FaaSError:
+    def _death_error(self, name: str, invocation_id: str, container: Container, death: Died, coords: dict[str, Any]) -> FaaSError:
         where = f"{name}: container {container.id} on node {container.node_id}"
         if death.kill_reason == "oom":
             used = container.memory_at_kill_mb
@@ -745,9 +745,9 @@ class Platform:
                 return exc
             raise
 
-    def _deadline_passed(self, container: ContainerHandle, invocation_id: str) -> None:
+    def _deadline_passed(self, container: Container, invocation_id: str) -> None:
         """An invocation ran past its timeout: kill its container (its caller gets FunctionTimeout)."""
-        if invocation_id not in container._pending:  # type: ignore[attr-defined]
+        if invocation_id not in container._pending:
             return
         container.timed_out = invocation_id
         container.kill("timeout")
@@ -846,12 +846,12 @@ class Platform:
             container.terminate()
             self._tg.start_soon(self._kill_after_grace, container)
 
-    async def _kill_after_grace(self, container: LocalContainer) -> None:
+    async def _kill_after_grace(self, container: Container) -> None:
         with anyio.move_on_after(1.0):
             await container.exited.wait()
         container.kill("stopped")
 
-    def _container_exited(self, container: LocalContainer) -> None:
+    def _container_exited(self, container: Container) -> None:
         self._emit(ev.CONTAINER_EXITED, container.id, returncode=container.returncode, reason=container.kill_reason)
         self._containers.pop(container.id, None)
         deadlines = self._deadlines.pop(container.id, None)
@@ -864,7 +864,7 @@ class Platform:
             node.container_gone(container)
         self._apply(self._sched.container_exited(container.id, now=self._clock()))
 
-    def _call_done(self, container: ContainerHandle) -> None:
+    def _call_done(self, container: Container) -> None:
         self._apply(self._sched.call_finished(container.id, now=self._clock(), duration_s=container.last_call_s))
 
     async def _acquire_node(self, node_id: str) -> None:

@@ -160,7 +160,9 @@ class LocalNode:
         if self._setup_reply.error is not None:
             await self.stop()
             raise StartFailed(f"node {self.id}: the zygote {self._setup_reply.error}", stage="node")
-        self.preload_failures = dict(self._setup_reply.value or {})  # type: ignore[arg-type]
+        failures = self._setup_reply.value  # the zygote's {module: error} (protocol frames are untyped)
+        assert failures is None or isinstance(failures, dict), failures
+        self.preload_failures = dict(failures or {})
 
     async def start_container(self, container_id: str, bundle_blob: bytes) -> LocalContainer:
         """Create a container and wait until it is ready (its init has run).
@@ -252,7 +254,9 @@ class LocalNode:
             self._forks.pop(container_id, None)
         if reply.error is not None:
             raise StartFailed(f"node {self.id}: {reply.error}", stage="process")
-        return int(reply.value)  # type: ignore[arg-type]
+        pid = reply.value  # the zygote's os.fork() result (protocol frames are untyped)
+        assert isinstance(pid, int), pid
+        return pid
 
     async def _send_ctrl(self, buffers: list[bytes | bytearray | memoryview], fd: int | None = None) -> None:
         assert self._ctrl is not None

@@ -10,7 +10,7 @@ Releasing the node frees the Ray node again.
 A container is a ``_ContainerActor`` placed on its node with a hard node-affinity
 scheduling strategy and ``max_concurrency`` equal to the function's concurrency.
 Its ``start`` call loads the cloudpickled ``Bundle`` exactly as ``worker.serve`` does
-(``worker.load_bundle``, ``worker.run_init``). Most of a cold actor's time is Ray
+(``worker.start_function``). Most of a cold actor's time is Ray
 starting a worker process for it (and that process importing Ray and microfaas), so
 each node keeps one spare actor started ahead, as ``LocalNodes`` keeps a zygote; a
 cold start takes the spare when its ``max_concurrency`` fits.
@@ -57,7 +57,7 @@ from . import events
 from .container import EXIT_STATUS_WAIT, BadPayload, ContainerHandle, Died, Outcome, Raised, Returned, StartFailed
 from .pool import NodeSetup
 from .resources import ResourceManager
-from .worker import Bundle, _describe, _flush_user_output, load_bundle, run_call, run_call_async, run_init
+from .worker import Bundle, Started, flush_user_output, run_call, run_call_async, start_function
 
 __all__ = ["RayContainer", "RayNode", "RayNodes"]
 
@@ -91,6 +91,7 @@ class _ContainerActor:
         self._forever = threading.Event()
         self._bundle: Bundle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._baseline_mb = 0.0  # private memory once the bundle was loaded
         # The platform's import path first (its modules import here by name), then the worker's own.
         sys.path[:0] = [p for p in sys_path if p not in sys.path]
         try:
@@ -108,28 +109,21 @@ class _ContainerActor:
 
         :returns: ``("ready", pid, load_s, init_s, baseline_mb)`` or ``("start_failed", stage, type, message, traceback)``.
         """
-        started = time.perf_counter()
         self._container_id = container_id
-        try:
-            bundle = load_bundle(bundle_blob)
-        except BaseException as exc:  # noqa: BLE001 - report, whatever it was
-            return ("start_failed", "load", *_describe(exc))
-        loaded = time.perf_counter()
+        result = start_function(bundle_blob, after_load=self._measure_baseline)
+        if not isinstance(result, Started):
+            return result
+        flush_user_output()
+        self._bundle, self._loop = result.bundle, result.loop
+        if result.loop is not None:
+            # Async handlers (and what their init set up) share one loop, run in a helper thread.
+            threading.Thread(target=result.loop.run_forever, name="microfaas-loop", daemon=True).start()
+        return ("ready", os.getpid(), result.load_s, result.init_s, self._baseline_mb)
+
+    def _measure_baseline(self) -> None:
         # What the Ray worker and the function's code take is not the container's to pay for (a
         # forked local container shares them with its zygote); init's allocations and the calls' are.
-        baseline_mb = _private_mb("self") or 0.0
-        try:
-            loop = run_init(bundle)
-        except BaseException as exc:  # noqa: BLE001
-            _flush_user_output()
-            return ("start_failed", "init", *_describe(exc))
-        initialised = time.perf_counter()
-        _flush_user_output()
-        self._bundle, self._loop = bundle, loop
-        if loop is not None:
-            # Async handlers (and what their init set up) share one loop, run in a helper thread.
-            threading.Thread(target=loop.run_forever, name="microfaas-loop", daemon=True).start()
-        return ("ready", os.getpid(), loaded - started, initialised - loaded, baseline_mb)
+        self._baseline_mb = _private_mb("self") or 0.0
 
     @ray.method(concurrency_group=_CONTROL_GROUP)
     def watch(self) -> None:
@@ -159,7 +153,7 @@ class _ContainerActor:
             else:
                 meta, payload = run_call(bundle, ctx, args_blob, None)
         finally:
-            _flush_user_output()
+            flush_user_output()
         if meta[0] == "result":
             return payload
         return (meta[0], *meta[2:])
@@ -489,7 +483,8 @@ _ACTOR_CLASS: list[Any] = []
 def _actor_class() -> Any:
     """The actor class; its concurrency group is declared once, here."""
     if not _ACTOR_CLASS:
-        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 1})(_ContainerActor)
+        # Ray's overloads of ray.remote leave out concurrency_groups, which it documents and takes.
+        cls = ray.remote(concurrency_groups={_CONTROL_GROUP: 1})(_ContainerActor)  # type: ignore[call-overload]
         _ACTOR_CLASS.append(cls)
     return _ACTOR_CLASS[0]
 

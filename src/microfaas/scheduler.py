@@ -636,7 +636,7 @@ class Scheduler:
             chosen[rec.node_id].append(rec)
             freed[rec.node_id] += rec.memory_mb
             if self.resources.nodes[rec.node_id].free_mb + freed[rec.node_id] >= memory_mb:
-                stops = [self._stop(victim, "evicted", now) for victim in chosen[rec.node_id]]
+                stops: list[Action] = [self._stop(victim, "evicted", now) for victim in chosen[rec.node_id]]
                 for victim in chosen[rec.node_id]:
                     self.keep_alive.evicted(victim, remaining=len(self._functions[victim.function].containers), now=now)
                 return stops

@@ -96,8 +96,9 @@ def _importable(module_name: str) -> bool:
     spec = importlib.machinery.PathFinder.find_spec(top, sys.path)
     if spec is None:
         return False
-    if top == module_name and spec.origin and getattr(module, "__file__", None):
-        return os.path.realpath(spec.origin) == os.path.realpath(module.__file__)  # type: ignore[arg-type]
+    module_file = getattr(module, "__file__", None)
+    if top == module_name and spec.origin and module_file:
+        return os.path.realpath(spec.origin) == os.path.realpath(module_file)
     return True
 
 

@@ -209,7 +209,8 @@ class _Driver:
                 self._idle_end(box)
                 box.busy += 1
                 request_id = action.request_id
-                i = request_id if self.index is None else self.index[request_id]
+                # Without an index the request ids are the int call numbers themselves, not the str RunOn declares.
+                i: int = request_id if self.index is None else self.index[request_id]  # type: ignore[assignment]
                 self.waits[i] = now - self.times[i]
                 if action.cold_start:
                     self.cold += 1
@@ -223,16 +224,17 @@ class _Driver:
                 self.boxes[action.container_id] = _Box(function=action.function, memory_mb=fn.memory_mb)
                 self.push(now + fn.cold_start_s, _STARTED, action.container_id)
             elif isinstance(action, StopContainer):
-                box = self.boxes.pop(action.container_id, None)
-                if box is not None:
-                    self._idle_end(box)
+                stopped = self.boxes.pop(action.container_id, None)
+                if stopped is not None:
+                    self._idle_end(stopped)
                 self.stopped[action.reason] += 1
                 self.decisions += 1
                 pending.extend(self.sched.container_exited(action.container_id, now=now))
             elif isinstance(action, FailRequest):
                 self.failed[action.reason] += 1
                 request_id = action.request_id
-                self.waits[request_id if self.index is None else self.index[request_id]] = None
+                i = request_id if self.index is None else self.index[request_id]  # type: ignore[assignment]  # as for RunOn
+                self.waits[i] = None
             elif isinstance(action, AcquireNode):
                 self.held[action.node_id] = now
                 self.peak_nodes = max(self.peak_nodes, len(self.held))

@@ -31,8 +31,10 @@ class Usage:
 
 class UsageMeter:
     def __init__(self) -> None:
-        self._seconds: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        self._idle_mb_s: collections.Counter[str] = collections.Counter()
+        self._seconds: collections.defaultdict[str, collections.defaultdict[str, float]] = collections.defaultdict(
+            lambda: collections.defaultdict(float)
+        )
+        self._idle_mb_s: collections.defaultdict[str, float] = collections.defaultdict(float)
 
     def record(self, rec: ContainerRecord, new_state: ContainerState, now: float) -> None:
         """``rec`` leaves its state for ``new_state`` at ``now``."""
@@ -46,10 +48,11 @@ class UsageMeter:
 
     def snapshot(self, function: str | None, open_records: Iterable[ContainerRecord], *, now: float) -> Usage:
         functions = [function] if function is not None else list(self._seconds)
-        seconds: collections.Counter[str] = collections.Counter()
+        seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
         idle_mb_s = 0.0
         for name in functions:
-            seconds.update(self._seconds.get(name, {}))
+            for state, state_s in self._seconds.get(name, {}).items():
+                seconds[state] += state_s
             idle_mb_s += self._idle_mb_s.get(name, 0.0)
         for rec in open_records:
             if function is None or rec.function == function:

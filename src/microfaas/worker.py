@@ -36,7 +36,19 @@ import cloudpickle
 
 from . import events, payload, protocol
 
-__all__ = ["Bundle", "FunctionRef", "load_bundle", "run_call", "run_call_async", "run_init", "serve"]
+__all__ = [
+    "Bundle",
+    "FunctionRef",
+    "Started",
+    "describe_error",
+    "flush_user_output",
+    "load_bundle",
+    "run_call",
+    "run_call_async",
+    "run_init",
+    "serve",
+    "start_function",
+]
 
 _READ_SIZE = 1 << 16
 
@@ -143,7 +155,8 @@ def _recv_exactly(sock: socket.socket, view: memoryview) -> bool:
     return True
 
 
-def _describe(exc: BaseException) -> tuple[str, str, str]:
+def describe_error(exc: BaseException) -> tuple[str, str, str]:
+    """``(type, message, traceback)`` of an exception, as error and start_failed replies carry them."""
     kind = type(exc)
     return (
         f"{kind.__module__}.{kind.__qualname__}",
@@ -152,7 +165,8 @@ def _describe(exc: BaseException) -> tuple[str, str, str]:
     )
 
 
-def _flush_user_output() -> None:
+def flush_user_output() -> None:
+    """Flush the user's stdout and stderr, ignoring streams that are closed or broken."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
@@ -206,13 +220,13 @@ class Container:
         try:
             self.channel.send(*run_call(self.bundle, ctx, blob, self.loop))
         finally:
-            _flush_user_output()
+            flush_user_output()
 
     async def _run_async(self, ctx: events.Context, blob: bytes | bytearray | memoryview) -> None:
         try:
             self.channel.send(*await run_call_async(self.bundle, ctx, blob))
         finally:
-            _flush_user_output()
+            flush_user_output()
 
 
 # -- loading a function and running one call, shared with other container kinds (ray.py) --------
@@ -237,6 +251,45 @@ def run_init(bundle: Bundle) -> asyncio.AbstractEventLoop | None:
             loop = loop or asyncio.new_event_loop()
             loop.run_until_complete(result)  # type: ignore[arg-type]
     return loop
+
+
+@attrs.frozen(kw_only=True)
+class Started:
+    """A container's function, loaded and initialised (``start_function``)."""
+
+    bundle: Bundle
+    loop: asyncio.AbstractEventLoop | None  # as ``run_init`` returns it
+    load_s: float  # from ``started`` until the bundle was loaded
+    init_s: float  # how long init ran
+
+
+def start_function(
+    bundle_blob: bytes | bytearray | memoryview,
+    *,
+    started: float | None = None,
+    after_load: Callable[[], object] | None = None,
+) -> Started | tuple[object, ...]:
+    """Load the bundle and run its init, timing both.
+
+    :param started: the ``time.perf_counter()`` the load time counts from (default: now).
+    :param after_load: called once the bundle is loaded, before init runs.
+    :returns: ``Started``, or the ``("start_failed", stage, type, message, traceback)`` reply.
+    """
+    if started is None:
+        started = time.perf_counter()
+    try:
+        bundle = load_bundle(bundle_blob)
+    except BaseException as exc:  # noqa: BLE001 - report, whatever it was
+        return ("start_failed", "load", *describe_error(exc))
+    loaded = time.perf_counter()
+    if after_load is not None:
+        after_load()
+    try:
+        loop = run_init(bundle)
+    except BaseException as exc:  # noqa: BLE001
+        flush_user_output()
+        return ("start_failed", "init", *describe_error(exc))
+    return Started(bundle=bundle, loop=loop, load_s=loaded - started, init_s=time.perf_counter() - loaded)
 
 
 def _unpack(ctx: events.Context, blob: bytes | bytearray | memoryview) -> tuple[tuple[Any, ...], dict[str, Any], Reply | None]:
@@ -270,9 +323,10 @@ def run_call(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray | memo
         if loop is not None and inspect.iscoroutinefunction(bundle.fn):
             result = loop.run_until_complete(bundle.fn(*args, **kwargs))
         else:
-            result = bundle.fn(*args, **kwargs)
+            # load_bundle resolved any FunctionRef; narrowing here would cost every call a check.
+            result = bundle.fn(*args, **kwargs)  # type: ignore[operator]
     except Exception as exc:  # noqa: BLE001 - the handler's error goes back to the caller
-        return ("error", ctx.invocation_id, *_describe(exc)), b""
+        return ("error", ctx.invocation_id, *describe_error(exc)), b""
     finally:
         events.reset_context(token)
     return _result_reply(ctx, result)
@@ -285,9 +339,9 @@ async def run_call_async(bundle: Bundle, ctx: events.Context, blob: bytes | byte
         return bad
     token = events.set_context(ctx)
     try:
-        result = await bundle.fn(*args, **kwargs)
+        result = await bundle.fn(*args, **kwargs)  # type: ignore[operator]  # resolved by load_bundle, as in run_call
     except Exception as exc:  # noqa: BLE001
-        return ("error", ctx.invocation_id, *_describe(exc)), b""
+        return ("error", ctx.invocation_id, *describe_error(exc)), b""
     finally:
         events.reset_context(token)
     return _result_reply(ctx, result)
@@ -342,21 +396,12 @@ def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray
             raise protocol.ProtocolError(f"container {container_id} expected a load frame, got {meta[0]!r}")
         _, sys_path, cwd = meta
         adopt_environment(sys_path, cwd)  # type: ignore[arg-type]
-    try:
-        bundle = load_bundle(bundle_blob)
-    except BaseException as exc:  # noqa: BLE001 - report, whatever it was
-        channel.send(("start_failed", "load", *_describe(exc)))
+    result = start_function(bundle_blob, started=started)
+    if not isinstance(result, Started):
+        channel.send(result)
         return
-    loaded = time.perf_counter()
-    try:
-        loop = run_init(bundle)
-    except BaseException as exc:  # noqa: BLE001
-        _flush_user_output()
-        channel.send(("start_failed", "init", *_describe(exc)))
-        return
-    initialised = time.perf_counter()
-    channel.send(("ready", os.getpid(), loaded - started, initialised - loaded))
-    Container(channel, bundle, container_id, loop).serve_forever()
+    channel.send(("ready", os.getpid(), result.load_s, result.init_s))
+    Container(channel, result.bundle, container_id, result.loop).serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         serve(sock, args.container_id)
     finally:
-        _flush_user_output()
+        flush_user_output()
         sock.close()
         # Served: the platform is stopping us. A SIGTERM now, while the interpreter waits
         # for the handler's threads, just ends the process instead of raising in the middle.

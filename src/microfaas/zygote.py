@@ -44,9 +44,10 @@ class Zygote:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 
     def run(self) -> None:
+        watched: list[socket.socket | int] = [self.ctrl, self.wake_r]
         try:
             while True:
-                readable, _, _ = select.select([self.ctrl, self.wake_r], [], [])
+                readable, _, _ = select.select(watched, [], [])
                 if self.wake_r in readable:
                     self._drain_wakeups()
                     self._reap()
@@ -94,7 +95,7 @@ class Zygote:
         gc.freeze()
         self._send(("setup_done", failures))
 
-    def _fork(self, container_id: str, bundle_blob: bytes) -> None:
+    def _fork(self, container_id: str, bundle_blob: bytes | bytearray) -> None:
         fd = self.fds.popleft()
         zygote_pid = os.getpid()
         # Hold SIGTERM until the child has its own handlers in place.
@@ -107,7 +108,7 @@ class Zygote:
         self.children.add(pid)
         self._send(("forked", container_id, pid))
 
-    def _become_container(self, fd: int, container_id: str, bundle_blob: bytes, zygote_pid: int) -> None:
+    def _become_container(self, fd: int, container_id: str, bundle_blob: bytes | bytearray, zygote_pid: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
