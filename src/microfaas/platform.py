@@ -500,6 +500,16 @@ class Platform:
         assert type(decision) is RunOn
         container = call.container = self._containers[decision.container_id]
         call.cold_start = decision.cold_start
+        fault = self._faults.take_call_fault(call.function, call.invocation_id) if self._faults else None
+        if fault == "timeout" or (fault == "crash" and decision.queued):
+            # Injected, and the call is never sent: as if it had run past its timeout, or as if
+            # the container had died under it (not merely before it started).
+            container.kill("timeout" if fault == "timeout" else INJECTED)
+            call.future.set_result(_InjectedTimeout() if fault == "timeout" else Died(None, INJECTED))
+            self._started(call)  # counted and recorded as started; no timeout clock
+            return
+        if fault == "crash":  # injected: the call is sent to a container that has just been killed
+            container.kill(INJECTED)
         timeout = self._specs[call.function].timeout
         started = container.start_call(
             call.future, call.invocation_id, call.attempt, timeout, decision.cold_start, call.blob, queued=decision.queued
@@ -524,16 +534,8 @@ class Platform:
         else:
             stats.warm_starts += 1
         self._lifecycle.call_started(name, container, cold=call.cold_start, invocation_id=invocation_id, attempt=call.attempt)
-        fault = self._faults.take_call_fault(name, invocation_id) if self._faults else None
-        if fault == "timeout":  # injected: as if the call had run past its timeout
-            container.kill("timeout")
-            if not call.future.done():
-                call.future.set_result(_InjectedTimeout())
-            return
-        if fault == "crash":  # injected: the container dies under the call
-            container.kill(INJECTED)
         timeout = self._specs[name].timeout
-        if timeout is not None:
+        if timeout is not None and not call.future.done():
             # The deadline is on a loop timer, not a cancel scope: it holds whether or not the
             # caller is still waiting.
             call.deadlines = self._deadlines[container.id]
