@@ -115,3 +115,40 @@ async def test_a_queued_calls_timeout_counts_from_its_start(queued_calls: list[s
         _, _, remaining = results["queued"]
         assert remaining > 0.4, f"the queued call started with {remaining:.2f}s of its 0.5s timeout left"
         assert faas.stats("step").timeouts == 0
+
+
+def test_two_platforms_in_two_threads_both_pipeline_correctly() -> None:
+    """Each platform on its own event loop in its own thread (write batching is per thread)."""
+    import threading
+
+    failures: list[BaseException] = []
+
+    def run(n: int) -> None:
+        own = mf.App(f"pipelining-thread-{n}")
+        handle = own.function(step.__wrapped__, name="step", max_containers=1, idle_timeout=None)
+
+        async def main() -> None:
+            async with own.run():
+                for i in range(20):
+                    await handle.invoke(i)
+                values = [None] * 100
+
+                async def one(i: int) -> None:
+                    values[i] = (await handle.invoke(i))[0]
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(100):
+                        tg.start_soon(one, i)
+                assert values == list(range(100))
+
+        try:
+            anyio.run(main)
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures

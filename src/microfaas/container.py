@@ -17,6 +17,7 @@ import itertools
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -181,7 +182,7 @@ class LocalContainer(ContainerHandle):
         self._queued: collections.deque[str] = collections.deque()  # calls waiting in the container, in order
         self._unsent: collections.deque[memoryview] = collections.deque()  # what the socket did not take yet
         self._draining = False  # the loop sends ``_unsent`` when the socket is writable
-        self._in_cork = False  # in ``_corked``: ``_unsent`` goes out when replies are handled
+        self._in_cork = False  # in ``_cork``: ``_unsent`` goes out when replies are handled
         self._closed = False
         self._first_frame: tuple[tuple[object, ...], bytes | bytearray] | None = None
         self._first_event = anyio.Event()
@@ -288,8 +289,8 @@ class LocalContainer(ContainerHandle):
         if not received:
             self._channel_lost()
             return
-        global _corked
-        corked = _corked = []
+        corked: list[LocalContainer] = []
+        _cork.containers = corked
         try:
             while (frame := decoder.next_frame()) is not None:
                 self._on_frame(*frame)
@@ -301,7 +302,7 @@ class LocalContainer(ContainerHandle):
             self.kill("internal_error")
             self._channel_lost()
         finally:
-            _corked = None
+            _cork.containers = None
             _uncork(corked)
 
     def _on_frame(self, meta: tuple[object, ...], blob: bytes | bytearray) -> None:
@@ -399,16 +400,17 @@ class LocalContainer(ContainerHandle):
     def send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
         """Write a frame without waiting: what the socket does not take now is sent when it drains.
 
-        Frames sent while replies are being handled (``_corked``) go out together, one
+        Frames sent while replies are being handled (``_cork``) go out together, one
         ``sendmsg`` per container, when that is done. A channel that fails is left to the
         reader, which sees it close and fails the pending calls.
         """
         self._unsent.extend(memoryview(b).cast("B") for b in buffers)
         if self._draining or self._in_cork:
             return
-        if _corked is not None:
+        corked = _cork.containers
+        if corked is not None:
             self._in_cork = True
-            _corked.append(self)
+            corked.append(self)
         else:
             self._flush()
 
@@ -446,8 +448,14 @@ class LocalContainer(ContainerHandle):
             self._loop.remove_writer(self._fd)
 
 
-# The containers with frames held back while replies are handled (None: frames go out at once).
-_corked: list[LocalContainer] | None = None
+class _Cork(threading.local):
+    """The containers with frames held back while replies are handled, per thread (one
+    event loop each): None when frames go out at once."""
+
+    containers: list[LocalContainer] | None = None
+
+
+_cork = _Cork()
 
 
 def _uncork(containers: list[LocalContainer]) -> None:
