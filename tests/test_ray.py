@@ -507,21 +507,26 @@ async def test_containers_pack_onto_two_ray_nodes(ray_cluster):
         assert faas.usage().nodes == 2
 
 
+async def _three_big_calls() -> list[object]:
+    """Three ``big`` calls at once (each wants a node of its own): their results or errors."""
+    outcomes: list[object] = []
+
+    async def one() -> None:
+        try:
+            outcomes.append(await big.invoke(1.0))
+        except mf.FaaSError as exc:
+            outcomes.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(one)
+    return outcomes
+
+
 async def test_no_free_ray_node_is_a_cold_start_failure(ray_cluster):
     """max_nodes above the cluster's size: the node past the last Ray node cannot be had."""
     async with app.run(nodes=mf.RayNodes(max_nodes=3)):
-        outcomes: list[object] = []
-
-        async def one() -> None:
-            try:
-                outcomes.append(await big.invoke(1.0))
-            except mf.FaaSError as exc:
-                outcomes.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(3):
-                tg.start_soon(one)
-        failures = [o for o in outcomes if isinstance(o, mf.FaaSError)]
+        failures = [o for o in await _three_big_calls() if isinstance(o, mf.FaaSError)]
         assert len(failures) == 1
         assert isinstance(failures[0], mf.ColdStartFailed)
         assert "no free Ray node" in str(failures[0])
@@ -612,18 +617,7 @@ async def test_autoscale_asks_for_a_node_and_uses_the_one_that_joins(ray_cluster
 async def test_autoscale_timeout_is_a_cold_start_failure(ray_cluster, autoscaler_requests):
     """No node joins: after acquire_timeout the call that needed it fails, and the request is withdrawn."""
     async with app.run(nodes=mf.RayNodes(autoscale=True, max_nodes=3, acquire_timeout=0.3)) as faas:
-        outcomes: list[object] = []
-
-        async def one() -> None:
-            try:
-                outcomes.append(await big.invoke(1.0))
-            except mf.FaaSError as exc:
-                outcomes.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(3):
-                tg.start_soon(one)
-        failures = [o for o in outcomes if isinstance(o, mf.FaaSError)]
+        failures = [o for o in await _three_big_calls() if isinstance(o, mf.FaaSError)]
         assert len(failures) == 1 and isinstance(failures[0], mf.ColdStartFailed)
         assert "the Ray autoscaler did not add one within acquire_timeout=0.3s" in str(failures[0])
         assert autoscaler_requests[:2] == [[WHOLE_NODE] * 3, [WHOLE_NODE] * 2]

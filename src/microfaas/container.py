@@ -127,7 +127,10 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class ContainerHandle:
-    """What the platform reads and sets on every container handle, whatever runs it."""
+    """What the platform reads and sets on every container handle, whatever runs it.
+
+    Each kind adds the calls themselves: ``start_call`` and the rest of ``nodes.Container``.
+    """
 
     def __init__(self, container_id: str, node_id: str, pid: int | None) -> None:
         self.id = container_id
@@ -146,27 +149,6 @@ class ContainerHandle:
         self.on_reply: Callable[[Any], None] | None = None  # a call was answered
         self.on_call_started: Callable[[str], None] | None = None  # a queued call got its slot
         self.last_call_s: float | None = None  # how long the call just answered ran, when known
-
-    def start_call(
-        self,
-        outcome: asyncio.Future[Any],
-        invocation_id: str,
-        attempt: int,
-        timeout: float | None,
-        cold_start: bool,
-        args_blob: bytes,
-        *,
-        queued: bool = False,
-    ) -> bool:
-        """Send one invocation; ``outcome`` gets its ``Outcome``. Awaiting it is optional:
-        the container runs the call whether or not anyone waits. ``timeout`` counts from
-        when the call starts; the handler's ``mf.context().deadline`` is set from it.
-
-        ``queued``: the container is full, and the call waits in it for a slot (only
-        when the scheduler pipelines). Returns whether the call started now; if not,
-        ``on_call_started`` says when it does.
-        """
-        raise NotImplementedError
 
 
 class LocalContainer(ContainerHandle):

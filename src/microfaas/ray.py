@@ -206,7 +206,7 @@ class RayContainer(ContainerHandle):
         *,
         queued: bool = False,
     ) -> bool:
-        """Send one invocation as an actor call; ``outcome`` gets its ``Outcome`` (see ``ContainerHandle``).
+        """Send one invocation as an actor call; ``outcome`` gets its ``Outcome`` (see ``nodes.Container``).
 
         RayNodes does not pipeline (the actor queues calls beyond its ``max_concurrency`` itself),
         so a call starts when it is sent.

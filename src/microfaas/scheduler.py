@@ -294,14 +294,10 @@ class Scheduler:
                         return self._drain_capacity_queue(now)
                 return []
             actions.append(self._dispatch(fn, rec, self._pop_waiting(fn), cold=False, now=now))
-            # One fewer request waits: a start queued for room may no longer be needed.
-            if self._capacity_queue:
-                actions += self._drain_capacity_queue(now)
-        piped = False
         while fn.waiting and rec.queued < self.pipeline_depth and rec.busy == rec.concurrency and self._may_pipeline(fn):
             actions.append(self._queue_on(rec, self._pop_waiting(fn), now))
-            piped = True
-        if piped and self._capacity_queue:
+        # Fewer requests wait: a start queued for room may no longer be needed.
+        if actions and self._capacity_queue:
             actions += self._drain_capacity_queue(now)
         return actions
 
