@@ -31,7 +31,7 @@ import anyio
 
 import microfaas as mf
 from benchmarks import cold, core_decisions, memory, payload, peers, report, throughput, warm
-from benchmarks.common import log
+from benchmarks.common import log, settle_allocator
 
 PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "psutil", "matplotlib", "ray")
 
@@ -104,6 +104,7 @@ async def run_phase(cfg: dict[str, Any], contenders: list[Any], floor: Any | Non
 async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     cfg = config(quick)
     started = time.perf_counter()
+    settle_allocator()
     notes: list[str] = []
     results: dict[str, Any] = {}
     app = mf.App("bench")

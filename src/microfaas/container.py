@@ -46,7 +46,6 @@ __all__ = [
 
 # How long to wait for a process's exit status once its channel closed.
 EXIT_STATUS_WAIT: Final = 2.0
-_READ_SIZE: Final = 1 << 18
 # sendmsg takes at most this many buffers at once (IOV_MAX on Linux).
 _MAX_IOV: Final = 1024
 
@@ -261,7 +260,7 @@ class LocalContainer(ContainerHandle):
                     received = self._sock.recv_into(view)
                 decoder.wrote(received)
             else:
-                data = self._sock.recv(_READ_SIZE)
+                data = self._sock.recv(protocol.READ_SIZE)
                 received = len(data)
                 decoder.feed(data)
         except (BlockingIOError, InterruptedError):
@@ -386,15 +385,26 @@ class LocalContainer(ContainerHandle):
         ``sendmsg`` per container, when that is done. A channel that fails is left to the
         reader, which sees it close and fails the pending calls.
         """
-        self._unsent.extend(memoryview(b).cast("B") for b in buffers)
-        if self._draining or self._in_cork:
-            return
-        corked = _cork.containers
-        if corked is not None:
+        if not (self._unsent or self._in_cork or self._draining):
+            corked = _cork.containers
+            if corked is None:
+                # The usual case: nothing is held back, and the socket takes a small frame whole.
+                try:
+                    sent = self._sock.sendmsg(buffers)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    return
+                if sent == sum(map(len, buffers)):
+                    return
+                self._unsent.extend(_views(buffers))
+                self._skip_sent(sent)
+                self._draining = True
+                self._loop.add_writer(self._fd, self._on_writable)
+                return
             self._in_cork = True
             corked.append(self)
-        else:
-            self._flush()
+        self._unsent.extend(_views(buffers))
 
     def _flush(self) -> None:
         """Send what the socket takes now; have the loop send the rest when it drains."""
@@ -417,17 +427,27 @@ class LocalContainer(ContainerHandle):
         except OSError:
             self._stop_writing()
             return False
+        self._skip_sent(sent)
+        return True
+
+    def _skip_sent(self, sent: int) -> None:
+        """Drop the first ``sent`` bytes of ``_unsent``."""
+        unsent = self._unsent
         while unsent and sent >= len(unsent[0]):
             sent -= len(unsent.popleft())
         if sent:
             unsent[0] = unsent[0][sent:]
-        return True
 
     def _stop_writing(self) -> None:
         self._unsent.clear()
         if self._draining:
             self._draining = False
             self._loop.remove_writer(self._fd)
+
+
+def _views(buffers: list[bytes | bytearray | memoryview]) -> list[memoryview]:
+    """Byte views of ``buffers``, so that ``len`` counts bytes and a sent prefix can be sliced off."""
+    return [memoryview(b).cast("B") for b in buffers]
 
 
 class _Cork(threading.local):

@@ -94,12 +94,14 @@ class _Attempt:
 
     __slots__ = ("attempt", "blob", "cold_start", "container", "deadlines", "function", "future", "invocation_id")
 
-    def __init__(self, function: str, invocation_id: str, attempt: int, blob: bytes) -> None:
+    def __init__(
+        self, function: str, invocation_id: str, attempt: int, blob: bytes, future: asyncio.Future[Outcome | FailRequest | _InjectedTimeout]
+    ) -> None:
         self.function = function
         self.invocation_id = invocation_id
         self.attempt = attempt
         self.blob = blob
-        self.future: asyncio.Future[Outcome | FailRequest | _InjectedTimeout] = asyncio.get_running_loop().create_future()
+        self.future = future
         self.cold_start = False
         self.container: Container | None = None
         self.deadlines: Deadlines | None = None  # its container's, once its timeout runs
@@ -188,6 +190,7 @@ class Platform:
         await self._tg.__aexit__(None, None, None)
 
     async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._sched = Scheduler(
             self.nodes_config.resource_manager(),
             keep_alive=self._keep_alive,
@@ -461,13 +464,13 @@ class Platform:
     async def _invoke(self, name: str, blob: bytes, invocation_id: str, *, attempt: int) -> Any:
         stats = self._stats[name]
         stats.invocations += 1
-        started = self._clock()
+        now = started = self._clock()
         try:
-            call = _Attempt(name, invocation_id, attempt, blob)
+            call = _Attempt(name, invocation_id, attempt, blob, self._loop.create_future())
             while True:
                 if self._state != "running":
                     raise PlatformClosed(f"app {self.app.name!r} was stopped; open a new platform with `async with app.run()`")
-                self._apply(self._sched.request(invocation_id, name, now=self._clock()), own=call)
+                self._apply(self._sched.request(invocation_id, name, now=now), own=call)
                 try:
                     outcome = await call.future
                 except BaseException:
@@ -477,8 +480,9 @@ class Platform:
                     break
                 # Its container died with the call still queued in it: ask again.
                 self._queued_calls.pop(invocation_id, None)
-                call.future = call.future.get_loop().create_future()
+                call.future = self._loop.create_future()
                 call.container = None
+                now = self._clock()
             value = self._result(call, outcome)
         except FaaSError as exc:
             self._count_failure(stats, exc)
@@ -818,7 +822,7 @@ class Platform:
                 self._emit(ev.START_FAILED, container_id, stage=stage, error=str(exc), injected=stage == "injected")
                 self._apply(self._sched.container_start_failed(container_id, now=self._clock()))
                 return
-            self._deadlines[container_id] = Deadlines(asyncio.get_running_loop(), functools.partial(self._deadline_passed, container))
+            self._deadlines[container_id] = Deadlines(self._loop, functools.partial(self._deadline_passed, container))
             container.on_exit = self._container_exited
             container.on_reply = self._call_done
             container.on_call_started = self._queued_call_started

@@ -28,7 +28,6 @@ __all__ = ["LocalNode", "LocalNodes", "NodeSetup"]
 
 # Seconds a container or zygote gets between SIGTERM and SIGKILL.
 STOP_GRACE: Final = 1.0
-_READ_SIZE: Final = 1 << 18
 
 
 @attrs.frozen(kw_only=True)
@@ -82,6 +81,8 @@ class LocalNodes:
     :param min_nodes: nodes held from the start and never released for emptiness.
     :param pipeline_depth: how many calls of a function with short calls may wait
         inside a busy container (0: none; see "Pipelining" in docs/scheduling.md).
+    :param busy_poll_us: how long a container that just answered polls for its next call
+        before it sleeps, while calls come back to back (0: never; see docs/performance.md).
     """
 
     max_nodes: int = attrs.field(default=1, validator=_positive)
@@ -92,6 +93,7 @@ class LocalNodes:
     start_method: str = attrs.field(default="fork", validator=_start_method)
     min_nodes: int = attrs.field(default=1)
     pipeline_depth: int = attrs.field(default=4, validator=_non_negative_int)
+    busy_poll_us: int = attrs.field(default=200, validator=_non_negative_int)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.min_nodes, bool) or not isinstance(self.min_nodes, int) or not 0 <= self.min_nodes <= self.max_nodes:
@@ -109,7 +111,7 @@ class LocalNodes:
         """Bring up node ``node_id``; its background tasks run in ``task_group``."""
         if self.acquire_delay:
             await anyio.sleep(self.acquire_delay)
-        node = LocalNode(node_id, setup, self.start_method, task_group)
+        node = LocalNode(node_id, setup, self.start_method, task_group, busy_poll_s=self.busy_poll_us / 1e6)
         try:
             await node.start()
         except BaseException:
@@ -121,10 +123,13 @@ class LocalNodes:
 class LocalNode:
     """One node on this machine: its zygote (fork) or nothing (spawn), and its containers."""
 
-    def __init__(self, node_id: str, setup: NodeSetup, start_method: str, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, node_id: str, setup: NodeSetup, start_method: str, task_group: anyio.abc.TaskGroup, *, busy_poll_s: float = 0.0
+    ) -> None:
         self.id = node_id
         self.setup = setup
         self.start_method = start_method
+        self.busy_poll_s = busy_poll_s
         self.preload_failures: dict[str, str] = {}
         self.zygote_pid: int | None = None
         self._tg = task_group
@@ -175,7 +180,14 @@ class LocalNode:
             if self.start_method == "fork":
                 pid, process = await self._fork(container_id, bundle_blob, child), None
             else:
-                process = await self._python("from microfaas.worker import main; main()", child.fileno(), "--container-id", container_id)
+                process = await self._python(
+                    "from microfaas.worker import main; main()",
+                    child.fileno(),
+                    "--container-id",
+                    container_id,
+                    "--busy-poll-us",
+                    str(round(self.busy_poll_s * 1e6)),
+                )
                 pid = process.pid
         except BaseException:
             parent.close()
@@ -248,7 +260,7 @@ class LocalNode:
     async def _fork(self, container_id: str, bundle_blob: bytes, child: socket.socket) -> int:
         reply = self._forks[container_id] = _ForkReply()
         try:
-            await self._send_ctrl(protocol.encode(("fork", container_id), bundle_blob), fd=child.fileno())
+            await self._send_ctrl(protocol.encode(("fork", container_id, self.busy_poll_s), bundle_blob), fd=child.fileno())
             await reply.event.wait()
         finally:
             self._forks.pop(container_id, None)
@@ -271,7 +283,7 @@ class LocalNode:
         try:
             while True:
                 try:
-                    data = ctrl.recv(_READ_SIZE)
+                    data = ctrl.recv(protocol.READ_SIZE)
                 except BlockingIOError:
                     if not await readable_or_closed(ctrl):
                         break

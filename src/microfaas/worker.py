@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import importlib
 import inspect
+import math
 import os
 import signal
 import socket
@@ -49,8 +50,6 @@ __all__ = [
     "serve",
     "start_function",
 ]
-
-_READ_SIZE = 1 << 16
 
 
 @attrs.frozen
@@ -96,15 +95,17 @@ class Channel:
         with self._send_lock:
             _sendmsg_all(self.sock, buffers)
 
-    def recv(self) -> tuple[tuple[object, ...], bytes | bytearray | memoryview] | None:
+    def recv(self, poll_s: float = 0.0) -> tuple[tuple[object, ...], bytes | bytearray | memoryview] | None:
         """The next frame, or None when the platform closed the channel.
 
         A small frame usually arrives whole in one ``recv``; a large one is read
         straight into a buffer of its size.
+
+        :param poll_s: poll this long for the frame's first bytes before sleeping in ``recv``.
         """
         buf = self._buf
         while len(buf) < protocol.HEADER.size:
-            if not self._fill():
+            if not self._fill(poll_s):
                 return None
         body_len, version, meta_len = protocol.HEADER.unpack_from(buf)
         protocol.check_header(version, body_len, meta_len)
@@ -125,10 +126,27 @@ class Channel:
         del frame[:meta_end]
         return meta, frame
 
-    def _fill(self) -> bool:
-        data = self.sock.recv(_READ_SIZE)
+    def _fill(self, poll_s: float = 0.0) -> bool:
+        data = _poll(self.sock, poll_s) if poll_s else None
+        if data is None:
+            data = self.sock.recv(protocol.READ_SIZE)
         self._buf += data
         return bool(data)
+
+
+def _poll(sock: socket.socket, seconds: float) -> bytes | None:
+    """What ``sock`` receives within ``seconds`` of polling it; None if nothing came.
+
+    Polling keeps the process on its CPU: a process that sleeps in ``recv`` costs a
+    wake-up when the next call comes (tens of microseconds on a virtual machine).
+    """
+    deadline = time.perf_counter() + seconds
+    while True:
+        try:
+            return sock.recv(protocol.READ_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if time.perf_counter() > deadline:
+                return None
 
 
 def _sendmsg_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview]) -> None:
@@ -178,8 +196,12 @@ def flush_user_output() -> None:
 class Container:
     """Serves calls for one function over one channel."""
 
-    def __init__(self, channel: Channel, bundle: Bundle, container_id: str, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(
+        self, channel: Channel, bundle: Bundle, container_id: str, loop: asyncio.AbstractEventLoop | None, *, busy_poll_s: float = 0.0
+    ) -> None:
         self.channel = channel
+        # Polling for the next call is for calls served inline: it would hold the GIL from handler threads.
+        self.busy_poll_s = busy_poll_s if bundle.concurrency == 1 else 0.0
         self.bundle = bundle
         self.container_id = container_id
         self.is_async = inspect.iscoroutinefunction(bundle.fn)
@@ -193,7 +215,10 @@ class Container:
                 self.pool = concurrent.futures.ThreadPoolExecutor(bundle.concurrency, thread_name_prefix="microfaas-call")
 
     def serve_forever(self) -> None:
-        while (frame := self.channel.recv()) is not None:
+        poll_s = 0.0
+        replied = -math.inf
+        while (frame := self.channel.recv(poll_s)) is not None:
+            arrived = time.perf_counter()
             meta, blob = frame
             if meta[0] != "call":
                 raise protocol.ProtocolError(f"container {self.container_id} got unexpected message {meta[0]!r}")
@@ -209,6 +234,10 @@ class Container:
             )
             if self.bundle.concurrency == 1:
                 self._run(ctx, blob)
+                # Poll for the next call only while calls come back to back: this one came
+                # within the polling window after the last reply.
+                poll_s = self.busy_poll_s if arrived - replied < self.busy_poll_s else 0.0
+                replied = time.perf_counter()
             elif self.is_async:
                 assert self.loop is not None
                 asyncio.run_coroutine_threadsafe(self._run_async(ctx, blob), self.loop)
@@ -380,10 +409,14 @@ def adopt_environment(sys_path: list[str], cwd: str) -> None:
         pass
 
 
-def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray | memoryview | None = None) -> None:
+def serve(
+    sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray | memoryview | None = None, *, busy_poll_s: float = 0.0
+) -> None:
     """Run a container on ``sock`` until the platform closes it.
 
     :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``load`` frame.
+    :param busy_poll_s: how long to poll for the next call, while calls come back to back,
+        before sleeping until it comes.
     """
     started = time.perf_counter()
     channel = Channel(sock)
@@ -401,18 +434,19 @@ def serve(sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray
         channel.send(result)
         return
     channel.send(("ready", os.getpid(), result.load_s, result.init_s))
-    Container(channel, result.bundle, container_id, result.loop).serve_forever()
+    Container(channel, result.bundle, container_id, result.loop, busy_poll_s=busy_poll_s).serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="microfaas-worker", description="A microfaas container (spawn start method).")
     parser.add_argument("--fd", type=int, required=True, help="file descriptor of the container's socket")
     parser.add_argument("--container-id", required=True)
+    parser.add_argument("--busy-poll-us", type=int, default=0, help="microseconds to poll for the next call before sleeping")
     args = parser.parse_args(argv)
     prepare_process()
     sock = socket.socket(fileno=args.fd)
     try:
-        serve(sock, args.container_id)
+        serve(sock, args.container_id, busy_poll_s=args.busy_poll_us / 1e6)
     finally:
         flush_user_output()
         sock.close()

@@ -7,7 +7,8 @@ that define the app's functions (so a container does not import them again), the
 waits on its control socket:
 
     ("setup", sys_path, cwd, modules)        -> ("setup_done", {module: error})
-    ("fork", container_id) + bundle, 1 fd    -> ("forked", container_id, pid)
+    ("fork", container_id, busy_poll_s) + bundle, 1 fd
+                                             -> ("forked", container_id, pid)
                                                ("exited", pid, returncode)   when a child is reaped
 
 The passed fd is the container's end of a socketpair; the child serves on it.
@@ -68,7 +69,7 @@ class Zygote:
         while (frame := self.decoder.next_frame()) is not None:
             meta, blob = frame
             if meta[0] == "fork":
-                self._fork(str(meta[1]), blob)
+                self._fork(str(meta[1]), float(meta[2]), blob)  # type: ignore[arg-type]
             elif meta[0] == "setup":
                 self._setup(meta[1], meta[2], meta[3])  # type: ignore[arg-type]
             else:
@@ -95,20 +96,20 @@ class Zygote:
         gc.freeze()
         self._send(("setup_done", failures))
 
-    def _fork(self, container_id: str, bundle_blob: bytes | bytearray) -> None:
+    def _fork(self, container_id: str, busy_poll_s: float, bundle_blob: bytes | bytearray) -> None:
         fd = self.fds.popleft()
         zygote_pid = os.getpid()
         # Hold SIGTERM until the child has its own handlers in place.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
-            self._become_container(fd, container_id, bundle_blob, zygote_pid)
+            self._become_container(fd, container_id, busy_poll_s, bundle_blob, zygote_pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(fd)
         self.children.add(pid)
         self._send(("forked", container_id, pid))
 
-    def _become_container(self, fd: int, container_id: str, bundle_blob: bytes | bytearray, zygote_pid: int) -> None:
+    def _become_container(self, fd: int, container_id: str, busy_poll_s: float, bundle_blob: bytes | bytearray, zygote_pid: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -122,7 +123,7 @@ class Zygote:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             if os.getppid() != zygote_pid:  # the zygote died before the death signal was set
                 os._exit(1)
-            worker.serve(socket.socket(fileno=fd), container_id, bundle_blob)
+            worker.serve(socket.socket(fileno=fd), container_id, bundle_blob, busy_poll_s=busy_poll_s)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
