@@ -40,3 +40,12 @@ def test_deep_or_large_containers_are_not_inspected_but_still_round_trip() -> No
     assert payload.loads(payload.dumps(large)) == large
     assert not payload._plain(deep) and not payload._plain(large)
     assert payload._plain([[[1]]]) and payload._plain(list(range(64)))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((), {}), ((None,), {}), ((1, "a"), {"k": [[1]]}), (([[1]],), {}), ((), {"deep": [[[1]]]}), ((lambda: 1,), {})],
+    ids=["empty", "scalar", "mixed", "deepest-plain-arg", "too-deep-kwarg", "lambda"],
+)
+def test_a_calls_arguments_pickle_as_the_pair_would(args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+    assert payload.dumps_call(args, kwargs) == payload.dumps((args, kwargs))

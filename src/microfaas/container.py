@@ -284,7 +284,8 @@ class LocalContainer(ContainerHandle):
             self._channel_lost()
         finally:
             _cork.containers = None
-            _uncork(corked)
+            if corked:
+                _uncork(corked)
 
     def _on_frame(self, meta: tuple[object, ...], blob: bytes | bytearray) -> None:
         if self._first_frame is None:

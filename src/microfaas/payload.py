@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import cloudpickle
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "dumps_call", "loads"]
 
 _SCALARS: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
 _CONTAINERS: Final = frozenset({tuple, list, dict})
@@ -50,6 +50,13 @@ def dumps(value: Any) -> bytes:
     if _plain(value):
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle a call's arguments as ``dumps((args, kwargs))`` would (the pair itself needs no look)."""
+    if _plain(args, 1) and (not kwargs or _plain(kwargs, 1)):
+        return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 loads = pickle.loads

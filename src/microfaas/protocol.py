@@ -138,7 +138,8 @@ class FrameDecoder:
         if len(buf) < HEADER.size:
             return None
         body_len, version, meta_len = HEADER.unpack_from(buf)
-        check_header(version, body_len, meta_len)
+        if version != PROTOCOL_VERSION or meta_len > body_len - 5:
+            check_header(version, body_len, meta_len)  # raises, naming what is wrong
         end = 4 + body_len
         if len(buf) < end:
             if end >= LARGE_FRAME:

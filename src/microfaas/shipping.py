@@ -73,7 +73,7 @@ def dump_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
     :raises SerializationError: an argument cannot be pickled.
     """
     try:
-        return payload.dumps((args, kwargs))
+        return payload.dumps_call(args, kwargs)
     except Exception as exc:
         raise SerializationError(f"{name}: the arguments could not be pickled: {exc!r}") from exc
 
