@@ -1,8 +1,13 @@
-"""Busy polling: a container that just answered polls for its next call before it sleeps,
-but only while calls come back to back, and it never misses a frame either way."""
+"""Busy polling, on both ends of a container's socket.
+
+A container that just answered polls for its next call before it sleeps, but only while
+calls come back to back; the platform polls for the reply of a short call that is the only
+one in flight, for a bounded time. Neither ever misses a frame.
+"""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -64,6 +69,12 @@ def echo(x: int) -> int:
     return x
 
 
+@app.function(max_containers=2, idle_timeout=None)
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 def _cpu_s(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
@@ -99,6 +110,61 @@ async def test_a_container_polls_after_back_to_back_calls_and_not_after_spaced_o
     assert back_to_back > 0.1, f"the container used only {back_to_back:.3f} s of CPU after back-to-back calls"
 
 
-def test_busy_poll_us_must_not_be_negative() -> None:
-    with pytest.raises(ValueError, match="busy_poll_us must be an int >= 0"):
-        mf.LocalNodes(busy_poll_us=-1)
+@pytest.mark.parametrize("option", ["busy_poll_us", "reply_poll_us"])
+def test_poll_windows_must_not_be_negative(option: str) -> None:
+    with pytest.raises(ValueError, match=f"{option} must be an int >= 0"):
+        mf.LocalNodes(**{option: -1})
+
+
+async def _longest_stall(call: object) -> float:
+    """The longest the event loop went without running a 5 ms ticker while ``call`` ran."""
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.perf_counter())
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        await anyio.sleep(0.02)
+        await call  # type: ignore[misc]
+        tg.cancel_scope.cancel()
+    return max(b - a for a, b in itertools.pairwise(ticks))
+
+
+async def _two_at_once(seconds: float) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(nap.invoke, seconds)
+        tg.start_soon(nap.invoke, seconds)
+
+
+REPLY_POLL_US = 100_000
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("reply_poll_us", [0, REPLY_POLL_US])
+async def test_the_platform_polls_for_a_lone_short_calls_reply_for_at_most_its_window(reply_poll_us: int) -> None:
+    async with app.run(nodes=mf.LocalNodes(reply_poll_us=reply_poll_us)):
+        for _ in range(3):
+            assert await nap.invoke(0.0) == 0.0  # short calls: the next one is polled for
+        stall = await _longest_stall(nap.invoke(0.3))
+        await _two_at_once(0.0)  # both containers up
+        for _ in range(3):
+            await nap.invoke(0.0)
+        concurrent = await _longest_stall(_two_at_once(0.15))  # two calls in flight: nobody polls
+    if reply_poll_us:
+        # The loop was held while it polled, and no longer than the window.
+        assert 0.08 <= stall < 0.25, stall
+    else:
+        assert stall < 0.06, stall
+    assert concurrent < 0.06, concurrent
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("seconds", [0.0, 0.001, 0.02])
+async def test_replies_before_during_and_after_the_poll_window_all_arrive(seconds: float) -> None:
+    async with app.run(nodes=mf.LocalNodes(reply_poll_us=5_000)):
+        for _ in range(5):
+            assert await nap.invoke(seconds) == seconds
+            assert await echo.invoke(7) == 7

@@ -504,16 +504,8 @@ class Platform:
         assert type(decision) is RunOn
         container = call.container = self._containers[decision.container_id]
         call.cold_start = decision.cold_start
-        fault = self._faults.take_call_fault(call.function, call.invocation_id) if self._faults else None
-        if fault == "timeout" or (fault == "crash" and decision.queued):
-            # Injected, and the call is never sent: as if it had run past its timeout, or as if
-            # the container had died under it (not merely before it started).
-            container.kill("timeout" if fault == "timeout" else INJECTED)
-            call.future.set_result(_InjectedTimeout() if fault == "timeout" else Died(None, INJECTED))
-            self._started(call)  # counted and recorded as started; no timeout clock
+        if self._faults and self._inject_fault(call, container, queued=decision.queued):
             return
-        if fault == "crash":  # injected: the call is sent to a container that has just been killed
-            container.kill(INJECTED)
         timeout = self._specs[call.function].timeout
         started = container.start_call(
             call.future, call.invocation_id, call.attempt, timeout, decision.cold_start, call.blob, queued=decision.queued
@@ -522,6 +514,20 @@ class Platform:
             self._started(call)
         else:
             self._queued_calls[call.invocation_id] = call
+
+    def _inject_fault(self, call: _Attempt, container: Container, *, queued: bool) -> bool:
+        """Carry out a fault armed with ``faas.inject`` for ``call``, if any; True when the call is not to be sent."""
+        fault = self._faults.take_call_fault(call.function, call.invocation_id)
+        if fault == "timeout" or (fault == "crash" and queued):
+            # The call is never sent: as if it had run past its timeout, or as if the
+            # container had died under it (not merely before it started).
+            container.kill("timeout" if fault == "timeout" else INJECTED)
+            call.future.set_result(_InjectedTimeout() if fault == "timeout" else Died(None, INJECTED))
+            self._started(call)  # counted and recorded as started; no timeout clock
+            return True
+        if fault == "crash":  # the call is sent to a container that has just been killed
+            container.kill(INJECTED)
+        return False
 
     def _queued_call_started(self, invocation_id: str) -> None:
         call = self._queued_calls.pop(invocation_id, None)

@@ -83,6 +83,8 @@ class LocalNodes:
         inside a busy container (0: none; see "Pipelining" in docs/scheduling.md).
     :param busy_poll_us: how long a container that just answered polls for its next call
         before it sleeps, while calls come back to back (0: never; see docs/performance.md).
+    :param reply_poll_us: how long the platform polls for the reply of a short call that is
+        the only one in flight, rather than let the event loop sleep (0: never).
     """
 
     max_nodes: int = attrs.field(default=1, validator=_positive)
@@ -94,6 +96,7 @@ class LocalNodes:
     min_nodes: int = attrs.field(default=1)
     pipeline_depth: int = attrs.field(default=4, validator=_non_negative_int)
     busy_poll_us: int = attrs.field(default=200, validator=_non_negative_int)
+    reply_poll_us: int = attrs.field(default=50, validator=_non_negative_int)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.min_nodes, bool) or not isinstance(self.min_nodes, int) or not 0 <= self.min_nodes <= self.max_nodes:
@@ -111,7 +114,9 @@ class LocalNodes:
         """Bring up node ``node_id``; its background tasks run in ``task_group``."""
         if self.acquire_delay:
             await anyio.sleep(self.acquire_delay)
-        node = LocalNode(node_id, setup, self.start_method, task_group, busy_poll_s=self.busy_poll_us / 1e6)
+        node = LocalNode(
+            node_id, setup, self.start_method, task_group, busy_poll_s=self.busy_poll_us / 1e6, reply_poll_s=self.reply_poll_us / 1e6
+        )
         try:
             await node.start()
         except BaseException:
@@ -124,12 +129,20 @@ class LocalNode:
     """One node on this machine: its zygote (fork) or nothing (spawn), and its containers."""
 
     def __init__(
-        self, node_id: str, setup: NodeSetup, start_method: str, task_group: anyio.abc.TaskGroup, *, busy_poll_s: float = 0.0
+        self,
+        node_id: str,
+        setup: NodeSetup,
+        start_method: str,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        busy_poll_s: float = 0.0,
+        reply_poll_s: float = 0.0,
     ) -> None:
         self.id = node_id
         self.setup = setup
         self.start_method = start_method
         self.busy_poll_s = busy_poll_s
+        self.reply_poll_s = reply_poll_s
         self.preload_failures: dict[str, str] = {}
         self.zygote_pid: int | None = None
         self._tg = task_group
@@ -194,7 +207,7 @@ class LocalNode:
             raise
         finally:
             child.close()
-        container = LocalContainer(container_id, self.id, parent, pid)
+        container = LocalContainer(container_id, self.id, parent, pid, reply_poll_s=self.reply_poll_s)
         self._containers[container_id] = container
         self._by_pid[pid] = container
         if pid in self._early_exits:

@@ -254,7 +254,7 @@ class Scheduler:
         if rec.busy < rec.concurrency:
             fn.available[rec.id] = None
         if rec.busy == 0:
-            self._went_idle(rec, now)
+            self._went_idle(fn, rec, now)
             # An idle container can be evicted: a start queued for room may go now.
             if self._capacity_queue:
                 actions += self._drain_capacity_queue(now)
@@ -289,7 +289,7 @@ class Scheduler:
                 fn.available.pop(rec.id, None)
                 fn.available[rec.id] = None  # most recently used goes last
                 if rec.busy == 0:
-                    self._went_idle(rec, now)
+                    self._went_idle(fn, rec, now)
                     if self._capacity_queue:
                         return self._drain_capacity_queue(now)
                 return []
@@ -470,11 +470,10 @@ class Scheduler:
         heapq.heappush(self._timers, (at, "pin", fn.profile.name))
         self._wake_epoch += 1
 
-    def _went_idle(self, rec: ContainerRecord, now: float) -> None:
+    def _went_idle(self, fn: _Function, rec: ContainerRecord, now: float) -> None:
         self.usage.record(rec, ContainerState.IDLE, now)
         if rec.pinned:
             return
-        fn = self._functions[rec.function]
         if fn.profile.idle_timeout is not None:
             ttl = fn.profile.idle_timeout
         elif rec.spare and rec.calls == 0:

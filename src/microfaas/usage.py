@@ -40,8 +40,9 @@ class UsageMeter:
         """``rec`` leaves its state for ``new_state`` at ``now``."""
         elapsed = now - rec.state_since
         if elapsed > 0:
-            self._seconds[rec.function][rec.state] += elapsed
-            if rec.state is ContainerState.IDLE:
+            state = rec.state
+            self._seconds[rec.function][state] += elapsed
+            if state is ContainerState.IDLE:
                 self._idle_mb_s[rec.function] += elapsed * rec.memory_mb
         rec.state = new_state
         rec.state_since = now
