@@ -138,7 +138,9 @@ def _poll(sock: socket.socket, seconds: float) -> bytes | None:
     """What ``sock`` receives within ``seconds`` of polling it; None if nothing came.
 
     Polling keeps the process on its CPU: a process that sleeps in ``recv`` costs a
-    wake-up when the next call comes (tens of microseconds on a virtual machine).
+    wake-up when the next call comes (tens of microseconds on a virtual machine). Each
+    empty poll yields the CPU, so polling only uses a CPU that nothing else wants (the
+    platform's own process, on a machine with few cores).
     """
     deadline = time.perf_counter() + seconds
     while True:
@@ -147,6 +149,7 @@ def _poll(sock: socket.socket, seconds: float) -> bytes | None:
         except BlockingIOError:
             if time.perf_counter() > deadline:
                 return None
+            os.sched_yield()
 
 
 def _sendmsg_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview]) -> None:
