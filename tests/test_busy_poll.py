@@ -139,7 +139,7 @@ async def _two_at_once(seconds: float) -> None:
         tg.start_soon(nap.invoke, seconds)
 
 
-REPLY_POLL_US = 100_000
+REPLY_POLL_US = 200_000
 
 
 @pytest.mark.anyio
@@ -148,17 +148,17 @@ async def test_the_platform_polls_for_a_lone_short_calls_reply_for_at_most_its_w
     async with app.run(nodes=mf.LocalNodes(reply_poll_us=reply_poll_us)):
         for _ in range(3):
             assert await nap.invoke(0.0) == 0.0  # short calls: the next one is polled for
-        stall = await _longest_stall(nap.invoke(0.3))
+        stall = await _longest_stall(nap.invoke(0.4))
         await _two_at_once(0.0)  # both containers up
         for _ in range(3):
             await nap.invoke(0.0)
-        concurrent = await _longest_stall(_two_at_once(0.15))  # two calls in flight: nobody polls
+        concurrent = await _longest_stall(_two_at_once(0.3))  # two calls in flight: nobody polls
     if reply_poll_us:
         # The loop was held while it polled, and no longer than the window.
-        assert 0.08 <= stall < 0.25, stall
+        assert 0.18 <= stall < 0.35, stall
     else:
-        assert stall < 0.06, stall
-    assert concurrent < 0.06, concurrent
+        assert stall < 0.1, stall
+    assert concurrent < 0.1, concurrent
 
 
 @pytest.mark.anyio
