@@ -35,9 +35,8 @@ import anyio
 import anyio.lowlevel
 
 from . import lifecycle as ev
-from . import payload
 from .call import Call, CallStatus
-from .container import BadPayload, Died, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
+from .container import Died, NotStarted, Outcome, StartFailed
 from .deadlines import Deadlines
 from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
@@ -56,6 +55,7 @@ from .errors import (
 from .faults import INJECTED, FaultPlan
 from .keepalive import KeepAlivePolicy
 from .lifecycle import LifecycleEvent, LifecycleLog
+from .outcomes import InjectedTimeout, call_result, count_failure, request_error
 from .pool import LocalNodes, NodeSetup
 from .resources import AcquireNode, ReleaseNode
 from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
@@ -95,7 +95,7 @@ class _Attempt:
     __slots__ = ("attempt", "blob", "cold_start", "container", "deadlines", "function", "future", "invocation_id")
 
     def __init__(
-        self, function: str, invocation_id: str, attempt: int, blob: bytes, future: asyncio.Future[Outcome | FailRequest | _InjectedTimeout]
+        self, function: str, invocation_id: str, attempt: int, blob: bytes, future: asyncio.Future[Outcome | FailRequest | InjectedTimeout]
     ) -> None:
         self.function = function
         self.invocation_id = invocation_id
@@ -105,10 +105,6 @@ class _Attempt:
         self.cold_start = False
         self.container: Container | None = None
         self.deadlines: Deadlines | None = None  # its container's, once its timeout runs
-
-
-class _InjectedTimeout:
-    """The outcome of a call whose timeout was injected with ``faas.inject``: it was never sent."""
 
 
 class Platform:
@@ -485,7 +481,7 @@ class Platform:
                 now = self._clock()
             value = self._result(call, outcome)
         except FaaSError as exc:
-            self._count_failure(stats, exc)
+            count_failure(stats, exc)
             self._lifecycle.call_failed(exc, attempt=attempt, injected=self._faults.was_injected(invocation_id, exc))
             raise
         stats.completed += 1
@@ -522,7 +518,7 @@ class Platform:
             # The call is never sent: as if it had run past its timeout, or as if the
             # container had died under it (not merely before it started).
             container.kill("timeout" if fault == "timeout" else INJECTED)
-            call.future.set_result(_InjectedTimeout() if fault == "timeout" else Died(None, INJECTED))
+            call.future.set_result(InjectedTimeout() if fault == "timeout" else Died(None, INJECTED))
             self._started(call)  # counted and recorded as started; no timeout clock
             return True
         if fault == "crash":  # the call is sent to a container that has just been killed
@@ -559,100 +555,22 @@ class Platform:
         elif self._waiters.pop(call.invocation_id, None) is not None:
             self._apply(self._sched.cancel(call.invocation_id, now=self._clock()))
 
-    def _result(self, call: _Attempt, outcome: Outcome | FailRequest | _InjectedTimeout) -> Any:
+    def _result(self, call: _Attempt, outcome: Outcome | FailRequest | InjectedTimeout) -> Any:
         """The call's value, or the microfaas error its outcome means."""
         if call.deadlines is not None:
             call.deadlines.discard(call.invocation_id)
-        name, invocation_id, container = call.function, call.invocation_id, call.container
-        kind = type(outcome)
-        if kind is Returned:
-            try:
-                return payload.loads(outcome.blob)  # type: ignore[union-attr]
-            except Exception as exc:
-                raise SerializationError(f"{name}: the result of invocation {invocation_id} could not be unpickled: {exc!r}") from exc
-        if kind is FailRequest:
-            raise self._request_failed(name, invocation_id, outcome)  # type: ignore[arg-type]
-        assert container is not None
-        coords = {"function_name": name, "invocation_id": invocation_id, "container_id": container.id, "node_id": container.node_id}
-        if kind is Raised:
-            assert isinstance(outcome, Raised)
-            raise FunctionError(
-                f"{name}: invocation {invocation_id} raised {outcome.remote_type}: {outcome.remote_message}",
-                remote_type=outcome.remote_type,
-                remote_message=outcome.remote_message,
-                remote_traceback=outcome.remote_traceback,
-                **coords,
+        if isinstance(outcome, FailRequest):
+            raise request_error(
+                call.function,
+                call.invocation_id,
+                outcome,
+                waiting=self._sched.waiting(),
+                queue_limit=self._sched.queue_limit,
+                app_name=self.app.name,
+                start_error=self._start_errors.pop(outcome.container_id or "", None),
             )
-        if kind is BadPayload:
-            raise SerializationError(f"{name}: invocation {invocation_id}: {outcome.message}")  # type: ignore[union-attr]
-        if kind is _InjectedTimeout:
-            raise FunctionTimeout(
-                f"{name}: invocation {invocation_id} ran past timeout={self._specs[name].timeout}s in container {container.id}; "
-                "the container was killed (a timeout injected with faas.inject)",
-                **coords,
-            )
-        assert isinstance(outcome, Died)
-        raise self._death_error(name, invocation_id, container, outcome, coords)
-
-    def _death_error(self, name: str, invocation_id: str, container: Container, death: Died, coords: dict[str, Any]) -> FaaSError:
-        where = f"{name}: container {container.id} on node {container.node_id}"
-        if death.kill_reason == "oom":
-            used = container.memory_at_kill_mb
-            used_text = f"{used:.0f} MB" if used is not None else "more"
-            limit = self._specs[name].memory_mb
-            return OutOfMemory(
-                f"{where} used {used_text}, over memory_mb={limit}, while running invocation {invocation_id}; it was killed", **coords
-            )
-        if death.kill_reason == "stopped":
-            return PlatformClosed(f"{where} was stopped with the platform while running invocation {invocation_id}")
-        if death.kill_reason == "timeout" and container.timed_out == invocation_id:
-            timeout = self._specs[name].timeout
-            return FunctionTimeout(
-                f"{name}: invocation {invocation_id} ran past timeout={timeout}s in container {container.id}; the container was killed",
-                **coords,
-            )
-        if death.kill_reason == "timeout":
-            return ContainerCrashed(f"{where} was killed because another invocation in it ran past its timeout", **coords)
-        injected = " (a crash injected with faas.inject or faas.kill)" if death.kill_reason == INJECTED else ""
-        return ContainerCrashed(f"{where} {describe_exit(death.returncode)} while running invocation {invocation_id}{injected}", **coords)
-
-    def _request_failed(self, name: str, invocation_id: str, decision: FailRequest) -> FaaSError:
-        coords: dict[str, Any] = {"function_name": name, "invocation_id": invocation_id}
-        if decision.reason == "throttled":
-            return Throttled(
-                f"{name}: invocation {invocation_id} was throttled: {self._sched.waiting()} requests are already waiting "
-                f"(queue_limit={self._sched.queue_limit})",
-                **coords,
-            )
-        if decision.reason == "closed":
-            return PlatformClosed(f"app {self.app.name!r} stopped before invocation {invocation_id} of {name} got a container")
-        cause = self._start_errors.pop(decision.container_id or "", None)
-        message = f"{name}: container {decision.container_id} could not start for invocation {invocation_id}"
-        if isinstance(cause, StartFailed):
-            error = ColdStartFailed(
-                f"{message}: {cause}",
-                remote_type=cause.remote_type,
-                remote_message=cause.remote_message,
-                remote_traceback=cause.remote_traceback,
-                container_id=decision.container_id,
-                **coords,
-            )
-        else:
-            error = ColdStartFailed(f"{message}: {cause!r}", container_id=decision.container_id, **coords)
-        error.__cause__ = cause
-        return error
-
-    def _count_failure(self, stats: StatsRecorder, exc: FaaSError) -> None:
-        stats.errors += 1
-        if isinstance(exc, FunctionTimeout):
-            stats.timeouts += 1
-        elif isinstance(exc, OutOfMemory):
-            stats.out_of_memory += 1
-            stats.crashes += 1
-        elif isinstance(exc, ContainerCrashed):
-            stats.crashes += 1
-        elif isinstance(exc, Throttled):
-            stats.throttles += 1
+        spec = self._specs[call.function]
+        return call_result(call.function, call.invocation_id, call.container, outcome, timeout=spec.timeout, memory_mb=spec.memory_mb)
 
     async def run_call(self, call: Call[Any], blob: bytes, retries: Retries | None, *, source: str = "spawn", event: Any = None) -> None:
         """Run a spawned call: retried and dead-lettered per ``retries`` (None: one attempt, no dead letter).
