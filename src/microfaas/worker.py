@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import importlib
 import inspect
 import math
@@ -379,17 +380,24 @@ async def run_call_async(bundle: Bundle, ctx: events.Context, blob: bytes | byte
     return _result_reply(ctx, result)
 
 
-def _set_parent_death_signal() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so no worker is orphaned."""
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (None off Linux); loaded once, so a zygote's children inherit it loaded."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so no worker is orphaned."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _terminate(signum: int, frame: object) -> None:

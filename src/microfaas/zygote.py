@@ -59,7 +59,7 @@ class Zygote:
 
     def _read_control(self) -> bool:
         try:
-            data, fds, _, _ = socket.recv_fds(self.ctrl, 1 << 20, 64)
+            data, fds, _, _ = socket.recv_fds(self.ctrl, protocol.READ_SIZE, 64)
         except (ConnectionResetError, BrokenPipeError):
             return False  # the platform is gone: stop as on end-of-file
         self.fds.extend(fds)
