@@ -38,6 +38,16 @@ def no_stray_processes():
     assert not stray, f"processes left behind: {[(p.pid, p.cmdline()) for p in stray]}"
 
 
+@pytest.fixture(autouse=True)
+def no_call_left_pending():
+    """Every call sent to a local container is answered or failed by the time its platform stops
+    (a call left counted as in flight would keep the platform from ever polling for replies)."""
+    from microfaas import container
+
+    yield
+    assert container._local.calls_pending == 0, f"{container._local.calls_pending} calls still count as in flight"
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a running (not zombie) process."""
     try:

@@ -8,6 +8,7 @@ one in flight, for a bounded time. Neither ever misses a frame.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import time
@@ -168,3 +169,20 @@ async def test_replies_before_during_and_after_the_poll_window_all_arrive(second
         for _ in range(5):
             assert await nap.invoke(seconds) == seconds
             assert await echo.invoke(7) == 7
+
+
+@app.function(max_containers=1, idle_timeout=None)
+def blob_or_crash(kind: str) -> bytes:
+    if kind == "crash":
+        os._exit(3)
+    return b"x" * (2 << 20) if kind == "big" else b"small"
+
+
+@pytest.mark.anyio
+async def test_a_large_reply_or_a_crash_after_polled_short_calls_is_handled() -> None:
+    async with app.run(nodes=mf.LocalNodes(reply_poll_us=50_000)):
+        for kind in ["small", "small", "small", "big", "small", "small", "small"]:
+            assert await blob_or_crash.invoke(kind) == (b"x" * (2 << 20) if kind == "big" else b"small")
+        with pytest.raises(mf.ContainerCrashed):
+            await blob_or_crash.invoke("crash")
+        assert await blob_or_crash.invoke("small") == b"small"
