@@ -201,9 +201,13 @@ class LocalContainer(ContainerHandle):
             self._queued.append(invocation_id)
             return False
         self._started_at[invocation_id] = time.perf_counter()
-        if self.reply_poll_s and _local.calls_pending == 1 and self.last_call_s is not None and self.last_call_s < 2 * self.reply_poll_s:
+        if _local.calls_pending == 1 and self._answers_quickly():
             self._loop.call_soon(self._poll_for_reply)
         return True
+
+    def _answers_quickly(self) -> bool:
+        """Whether its last call came back within twice the reply-poll window (so polling pays)."""
+        return self.reply_poll_s > 0 and self.last_call_s is not None and self.last_call_s < 2 * self.reply_poll_s
 
     @property
     def in_flight(self) -> int:
