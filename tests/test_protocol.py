@@ -74,3 +74,12 @@ def test_garbage_meta_is_a_protocol_error():
     with pytest.raises(protocol.ProtocolError, match="does not unpickle"):
         decoder.next_frame()
     assert pickle.dumps(("ok",))  # the module's pickling is unaffected
+
+
+@given(buffers=st.lists(st.binary(max_size=64), max_size=6), data=st.data())
+def test_dropping_what_sendmsg_took_leaves_exactly_the_rest(buffers: list[bytes], data: st.DataObject) -> None:
+    whole = b"".join(buffers)
+    sent = data.draw(st.integers(min_value=0, max_value=len(whole)))
+    views = protocol.byte_views(buffers)
+    protocol.drop_sent(views, sent)
+    assert b"".join(bytes(v) for v in views) == whole[sent:]

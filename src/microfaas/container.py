@@ -438,14 +438,14 @@ class LocalContainer(ContainerHandle):
                     return
                 if sent == sum(map(len, buffers)):
                     return
-                self._unsent.extend(_views(buffers))
-                self._skip_sent(sent)
+                self._unsent.extend(protocol.byte_views(buffers))
+                protocol.drop_sent(self._unsent, sent)
                 self._draining = True
                 self._loop.add_writer(self._fd, self._on_writable)
                 return
             self._in_cork = True
             corked.append(self)
-        self._unsent.extend(_views(buffers))
+        self._unsent.extend(protocol.byte_views(buffers))
 
     def _flush(self) -> None:
         """Send what the socket takes now; have the loop send the rest when it drains."""
@@ -468,27 +468,14 @@ class LocalContainer(ContainerHandle):
         except OSError:
             self._stop_writing()
             return False
-        self._skip_sent(sent)
+        protocol.drop_sent(unsent, sent)
         return True
-
-    def _skip_sent(self, sent: int) -> None:
-        """Drop the first ``sent`` bytes of ``_unsent``."""
-        unsent = self._unsent
-        while unsent and sent >= len(unsent[0]):
-            sent -= len(unsent.popleft())
-        if sent:
-            unsent[0] = unsent[0][sent:]
 
     def _stop_writing(self) -> None:
         self._unsent.clear()
         if self._draining:
             self._draining = False
             self._loop.remove_writer(self._fd)
-
-
-def _views(buffers: list[bytes | bytearray | memoryview]) -> list[memoryview]:
-    """Byte views of ``buffers``, so that ``len`` counts bytes and a sent prefix can be sliced off."""
-    return [memoryview(b).cast("B") for b in buffers]
 
 
 class _LoopLocal(threading.local):
@@ -532,7 +519,7 @@ async def send_all(
     ancillary: list[tuple[int, int, array.array[int]]] | None = None,
 ) -> None:
     """Write every buffer to a non-blocking socket; ``ancillary`` rides on the first byte."""
-    views = [memoryview(b).cast("B") for b in buffers]
+    views = protocol.byte_views(buffers)
     while views:
         try:
             sent = sock.sendmsg(views, ancillary or [])
@@ -543,8 +530,4 @@ async def send_all(
                 raise BrokenPipeError(f"socket {sock!r} was closed while writing") from None
             continue
         ancillary = None
-        while views and sent >= len(views[0]):
-            sent -= len(views[0])
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]
+        protocol.drop_sent(views, sent)

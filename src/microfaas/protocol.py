@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+from collections.abc import MutableSequence
 from typing import Final
 
 __all__ = [
@@ -37,7 +38,9 @@ __all__ = [
     "READ_SIZE",
     "FrameDecoder",
     "ProtocolError",
+    "byte_views",
     "decode_meta",
+    "drop_sent",
     "encode",
 ]
 
@@ -66,6 +69,20 @@ def encode(meta: tuple[object, ...], blob: bytes | bytearray | memoryview = b"")
         raise ProtocolError(f"frame of {body_len} bytes is over the {MAX_FRAME}-byte limit")
     head = HEADER.pack(body_len, PROTOCOL_VERSION, len(meta_bytes)) + meta_bytes
     return [head, blob] if blob else [head]
+
+
+def byte_views(buffers: list[bytes | bytearray | memoryview]) -> list[memoryview]:
+    """Byte views of ``buffers``, so that ``len`` counts bytes and ``drop_sent`` can slice them."""
+    return [memoryview(b).cast("B") for b in buffers]
+
+
+def drop_sent(views: MutableSequence[memoryview], sent: int) -> None:
+    """Drop the first ``sent`` bytes of ``views``: what one ``sendmsg`` of them took."""
+    while views and sent >= len(views[0]):
+        sent -= len(views[0])
+        del views[0]
+    if views and sent:
+        views[0] = views[0][sent:]
 
 
 def decode_meta(data: bytes | memoryview) -> tuple[object, ...]:

@@ -157,14 +157,11 @@ def _sendmsg_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryvi
     sent = sock.sendmsg(buffers)
     if sent == sum(map(len, buffers)):
         return  # the usual case: a small reply, sent whole
-    views = [memoryview(b).cast("B") for b in buffers]
+    views = protocol.byte_views(buffers)
     while True:
-        while views and sent >= len(views[0]):
-            sent -= len(views.pop(0))
+        protocol.drop_sent(views, sent)
         if not views:
             return
-        if sent:
-            views[0] = views[0][sent:]
         sent = sock.sendmsg(views)
 
 
