@@ -42,7 +42,7 @@ def no_stray_processes():
 def no_call_left_pending():
     """Every call sent to a local container is answered or failed by the time its platform stops
     (a call left counted as in flight would keep the platform from ever polling for replies)."""
-    from microfaas import container
+    from microfaas.nodes import container
 
     yield
     assert container._local.calls_pending == 0, f"{container._local.calls_pending} calls still count as in flight"

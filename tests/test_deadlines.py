@@ -7,7 +7,7 @@ import asyncio
 import anyio
 import pytest
 
-from microfaas.deadlines import Deadlines
+from microfaas.runtime.deadlines import Deadlines
 
 pytestmark = pytest.mark.anyio
 

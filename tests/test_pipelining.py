@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import microfaas as mf
-from microfaas.container import LocalContainer
+from microfaas.nodes.container import LocalContainer
 
 pytestmark = pytest.mark.anyio
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .app import App, FunctionHandle, FunctionSpec, Retries
-from .call import Call, CallStatus
-from .delivery import DeadLetter
+from .app import App, FunctionHandle
 from .errors import (
     CallCancelled,
     ColdStartFailed,
@@ -36,13 +34,16 @@ from .errors import (
 )
 from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
 from .keepalive import AdaptiveKeepAlive, FixedKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy, NeverUnload
-from .lifecycle import LifecycleEvent
 from .platform import Platform
 from .pool import LocalNodes
+from .runtime.call import Call, CallStatus
+from .runtime.delivery import DeadLetter
+from .runtime.lifecycle import LifecycleEvent
+from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
-from .stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
+from .spec import FunctionSpec, Retries
 
 if TYPE_CHECKING:
     from .ray import RayNodes as RayNodes

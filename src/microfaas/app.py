@@ -8,170 +8,25 @@ it raises ``PlatformClosed``.
 
 from __future__ import annotations
 
-import inspect
-import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-import attrs
-
 from .errors import PlatformClosed, UnknownFunction
 from .events import Context, Trigger, reset_context, set_context
-from .scheduler import FunctionProfile
 from .sources.triggers import Stream, Topic
+from .spec import NAME_PATTERN, FunctionSpec, Retries
 
 if TYPE_CHECKING:
-    from .call import Call
     from .keepalive import KeepAlivePolicy
     from .nodes import NodeProvider
     from .platform import Platform
+    from .runtime.call import Call
     from .sources.batch import BatchJob, BatchProgress
 
 __all__ = ["App", "FunctionHandle", "FunctionSpec", "Retries"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-
-
-def _fail(instance: Any, field: str, expectation: str, value: object) -> ValueError:
-    owner = getattr(instance, "name", None) or type(instance).__name__
-    return ValueError(f"{owner}: {field} must be {expectation}, got {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _int_at_least(minimum: int, *, optional: bool = False) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    expectation = f"an int >= {minimum}" + (" or None" if optional else "")
-
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        if not _is_int(value) or value < minimum:
-            raise _fail(instance, attribute.name, expectation, value)
-
-    return check
-
-
-def _seconds(*, positive: bool, optional: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    expectation = ("a number > 0" if positive else "a number >= 0") + " (seconds)" + (" or None" if optional else "")
-
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        if not _is_number(value) or value != value or value < 0 or (positive and value == 0):
-            raise _fail(instance, attribute.name, expectation, value)
-
-    return check
-
-
-@attrs.frozen
-class Retries:
-    """How a spawned call or an event is retried after a failure.
-
-    The n-th retry waits ``min(max_delay, initial_delay * backoff ** (n - 1))`` seconds,
-    with full jitter when ``jitter`` is set (AWS's advice for retry storms).
-
-    :param max_retries: extra attempts after the first.
-    :param initial_delay: seconds before the first retry.
-    :param backoff: multiplier per further retry.
-    :param max_delay: cap on one delay.
-    :param jitter: draw each delay uniformly from ``[0, delay]``.
-    :param max_event_age: seconds after its first attempt past which an event is not
-        retried but dead-lettered (None: no limit; Lambda's MaximumEventAgeInSeconds).
-    """
-
-    max_retries: int = attrs.field(default=0, validator=_int_at_least(0))
-    initial_delay: float = attrs.field(default=1.0, validator=_seconds(positive=False, optional=False))
-    backoff: float = attrs.field(default=2.0)
-    max_delay: float = attrs.field(default=60.0, validator=_seconds(positive=False, optional=False))
-    jitter: bool = True
-    max_event_age: float | None = attrs.field(default=None, validator=_seconds(positive=True, optional=True))
-
-    @backoff.validator
-    def _check_backoff(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if not _is_number(value) or value < 1:
-            raise _fail(self, attribute.name, "a number >= 1", value)
-
-    def delay(self, retry: int) -> float:
-        """The un-jittered delay before retry number ``retry`` (1-based)."""
-        return float(min(self.max_delay, self.initial_delay * self.backoff ** (retry - 1)))
-
-
-def _to_retries(value: object) -> object:
-    if _is_int(value):
-        if value < 0:  # type: ignore[operator]
-            return value  # the validator names the problem
-        return Retries(max_retries=value)  # type: ignore[arg-type]
-    return value
-
-
-def _to_triggers(value: object) -> object:
-    if isinstance(value, Trigger):
-        return (value,)
-    if isinstance(value, list | tuple):
-        return tuple(value)
-    return value
-
-
-@attrs.frozen(kw_only=True)
-class FunctionSpec:
-    """A declared function and its settings (see ``App.function`` for each field)."""
-
-    name: str = attrs.field()
-    fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
-    memory_mb: int = attrs.field(default=128, validator=_int_at_least(1))
-    timeout: float | None = attrs.field(default=30.0, validator=_seconds(positive=True, optional=True))
-    concurrency: int = attrs.field(default=1, validator=_int_at_least(1))
-    min_containers: int = attrs.field(default=0, validator=_int_at_least(0))
-    max_containers: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
-    idle_timeout: float | None = attrs.field(default=60.0, validator=_seconds(positive=False, optional=True))
-    init: Callable[[], Any] | None = attrs.field(default=None, eq=False, repr=False)
-    retries: Retries = attrs.field(factory=Retries, converter=_to_retries)
-    triggers: tuple[Trigger, ...] = attrs.field(default=(), converter=_to_triggers)
-
-    @name.validator
-    def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
-        if not isinstance(value, str) or not _NAME.match(value):
-            raise ValueError(f"function name must start with a letter or _ and hold only letters, digits, '_', '.' or '-', got {value!r}")
-
-    @fn.validator
-    def _check_fn(self, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not callable(value):
-            raise _fail(self, "fn", "callable", value)
-
-    @init.validator
-    def _check_init(self, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and not callable(value):
-            raise _fail(self, "init", "a callable or None", value)
-
-    @retries.validator
-    def _check_retries(self, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, Retries):
-            raise _fail(self, "retries", "an int >= 0 or mf.Retries(...)", value)
-
-    @triggers.validator
-    def _check_triggers(self, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, tuple) or not all(isinstance(t, Trigger) for t in value):
-            raise _fail(self, "triggers", "a list of triggers (topic.subscribe(), mf.Every(), ...)", value)
-
-    def __attrs_post_init__(self) -> None:
-        if self.max_containers is not None and self.min_containers > self.max_containers:
-            raise ValueError(f"{self.name}: min_containers ({self.min_containers}) must not exceed max_containers ({self.max_containers})")
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
-
-    def profile(self) -> FunctionProfile:
-        return FunctionProfile.of(self)
 
 
 class FunctionHandle(Generic[P, R]):
@@ -273,7 +128,7 @@ class App:
     """
 
     def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ValueError(f"App: name must start with a letter or _ and hold only letters, digits, '_', '.' or '-', got {name!r}")
         self.name = name
         self._functions: dict[str, FunctionHandle[Any, Any]] = {}

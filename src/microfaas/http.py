@@ -54,8 +54,8 @@ from .events import Http, HttpRequest, HttpResponse
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
-    from .app import FunctionSpec
     from .platform import Platform
+    from .spec import FunctionSpec
 
 __all__ = ["DEFAULT_MAX_BODY", "Gateway", "make_asgi_app", "parse_invoke_body", "serve"]
 

@@ -34,11 +34,6 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.lowlevel
 
-from . import lifecycle as ev
-from .call import Call, CallStatus
-from .container import Died, NotStarted, Outcome, StartFailed
-from .deadlines import Deadlines
-from .delivery import DeadLetter, InFlight, Source, retry_delay
 from .errors import (
     CallCancelled,
     ColdStartFailed,
@@ -52,24 +47,31 @@ from .errors import (
     Throttled,
     UnknownFunction,
 )
-from .faults import INJECTED, FaultPlan
 from .keepalive import KeepAlivePolicy
-from .lifecycle import LifecycleEvent, LifecycleLog
-from .outcomes import InjectedTimeout, call_result, count_failure, request_error
-from .pool import LocalNodes, NodeSetup
+from .nodes import NodeSetup
+from .nodes.contract import Died, NotStarted, Outcome, StartFailed
+from .pool import LocalNodes
 from .resources import AcquireNode, ReleaseNode
-from .scheduler import ContainerState, FailRequest, RunOn, Scheduler, StartContainer, StopContainer
-from .shipping import Shipper, dump_args, loads_or_blob
-from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
+from .runtime import lifecycle as ev
+from .runtime.call import Call, CallStatus
+from .runtime.deadlines import Deadlines
+from .runtime.delivery import DeadLetter, InFlight, Source, retry_delay
+from .runtime.faults import INJECTED, FaultPlan
+from .runtime.lifecycle import LifecycleEvent, LifecycleLog
+from .runtime.outcomes import InjectedTimeout, call_result, count_failure, request_error
+from .runtime.shipping import Shipper, dump_args, loads_or_blob
+from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
+from .scheduler import ContainerState, FailRequest, FunctionProfile, RunOn, Scheduler, StartContainer, StopContainer
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
-    from .app import App, FunctionSpec, Retries
+    from .app import App
     from .nodes import Container, Node, NodeProvider
     from .sources.batch import BatchJob, BatchProgress
     from .sources.streams import StreamSource
     from .sources.topics import TopicSource
+    from .spec import FunctionSpec, Retries
 
 __all__ = ["Platform"]
 
@@ -196,7 +198,7 @@ class Platform:
         self._specs = dict(self.app.functions)
         self._shipper = Shipper(self._specs)
         for name, spec in self._specs.items():
-            self._sched.add_function(spec.profile())
+            self._sched.add_function(FunctionProfile.of(spec))
             self._stats[name] = StatsRecorder(name)
         self._setup = NodeSetup(sys_path=tuple(sys.path), cwd=os.getcwd(), preload=self._shipper.modules_to_preload())
         self.app._platform = self

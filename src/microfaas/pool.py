@@ -1,10 +1,10 @@
 """LocalNodes: nodes carved out of this machine, with containers as worker subprocesses.
 
 A ``LocalNode`` creates and destroys containers. With ``start_method="fork"`` it
-keeps a zygote (``zygote.py``) and each cold start is one fork of it; with
+keeps a zygote (``nodes/zygote.py``) and each cold start is one fork of it; with
 ``"spawn"`` each container is a fresh interpreter running ``microfaas.worker.main``.
 Either way a container is a process with a socket of its own to the platform,
-handled by a ``LocalContainer`` (``container.py``).
+handled by a ``LocalContainer`` (``nodes/container.py``).
 """
 
 from __future__ import annotations
@@ -21,22 +21,14 @@ import anyio.abc
 import attrs
 
 from . import protocol
-from .container import EXIT_STATUS_WAIT, LocalContainer, StartFailed, close_socket, readable_or_closed, send_all
+from .nodes.container import EXIT_STATUS_WAIT, LocalContainer, close_socket, readable_or_closed, send_all
+from .nodes.contract import NodeSetup, StartFailed
 from .resources import ResourceManager
 
-__all__ = ["LocalNode", "LocalNodes", "NodeSetup"]
+__all__ = ["LocalNode", "LocalNodes"]
 
 # Seconds a container or zygote gets between SIGTERM and SIGKILL.
 STOP_GRACE: Final = 1.0
-
-
-@attrs.frozen(kw_only=True)
-class NodeSetup:
-    """What every container on a node needs from the platform's process."""
-
-    sys_path: tuple[str, ...]
-    cwd: str
-    preload: tuple[str, ...] = ()
 
 
 def _machine_memory_mb() -> int:
@@ -165,7 +157,7 @@ class LocalNode:
             return
         parent, child = socket.socketpair()
         try:
-            self._zygote = await self._python("from microfaas.zygote import main; main()", child.fileno())
+            self._zygote = await self._python("from microfaas.nodes.zygote import main; main()", child.fileno())
         finally:
             child.close()
         self.zygote_pid = self._zygote.pid

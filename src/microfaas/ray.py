@@ -54,8 +54,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import events
-from .container import EXIT_STATUS_WAIT, BadPayload, ContainerHandle, Died, Outcome, Raised, Returned, StartFailed
-from .pool import NodeSetup
+from .nodes import NodeSetup
+from .nodes.container import EXIT_STATUS_WAIT, ContainerHandle
+from .nodes.contract import BadPayload, Died, Outcome, Raised, Returned, StartFailed
 from .resources import ResourceManager
 from .worker import Bundle, Started, flush_user_output, run_call, run_call_async, start_function
 

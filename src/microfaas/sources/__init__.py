@@ -14,7 +14,7 @@ from .triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscript
 
 if TYPE_CHECKING:
     from ..app import App
-    from ..delivery import Source
+    from ..runtime.delivery import Source
 
 T = TypeVar("T", TopicSubscription, StreamConsumer)
 

@@ -30,16 +30,16 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import anyio
 import anyio.abc
 
-from ..call import Call, CallStatus
 from ..errors import CallCancelled, FaaSError, PlatformClosed, SerializationError
 from ..events import BatchTask
-from ..shipping import dump_args
+from ..runtime.call import Call, CallStatus
+from ..runtime.shipping import dump_args
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
-    from ..app import Retries
     from ..platform import Platform
+    from ..spec import Retries
 
 __all__ = ["BatchJob", "BatchProgress", "start_batch"]
 

@@ -41,10 +41,10 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..app import Retries
-from ..delivery import retry_delay
 from ..errors import FaaSError, PlatformClosed
 from ..events import Record, RecordBatch
+from ..runtime.delivery import retry_delay
+from ..spec import Retries
 from .triggers import Stream, StreamConsumer
 
 if TYPE_CHECKING:

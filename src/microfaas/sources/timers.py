@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import anyio.abc
 
-from ..call import Call
 from ..events import Tick
-from ..shipping import dump_args
+from ..runtime.call import Call
+from ..runtime.shipping import dump_args
 from .triggers import Cron, Every
 
 if TYPE_CHECKING:

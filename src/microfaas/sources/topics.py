@@ -22,10 +22,10 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..app import Retries
-from ..delivery import retry_delay
 from ..errors import FaaSError, FunctionError
 from ..events import BatchResult, Message
+from ..runtime.delivery import retry_delay
+from ..spec import Retries
 from .triggers import Topic, TopicSubscription
 
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
-"""The node provider, node and container surface the platform drives, as typing Protocols.
+"""The NodeService contract: the node provider, node and container the runtime drives, and what a call's outcome can be.
 
-``Platform`` (``platform.py``) is written against these three shapes; a new backend
+The runtime (``runtime/``) is written against these shapes; a new backend
 implements them. ``LocalNodes``/``LocalNode``/``LocalContainer`` (``pool.py``,
-``container.py``) run containers as processes on this machine; ``RayNodes``/
+``nodes/container.py``) run containers as processes on this machine; ``RayNodes``/
 ``RayNode``/``RayContainer`` (``ray.py``) run them as Ray actors.
 
 * ``NodeProvider`` -- configuration, not state: makes the ``ResourceManager`` that
@@ -11,13 +11,18 @@ implements them. ``LocalNodes``/``LocalNode``/``LocalContainer`` (``pool.py``,
 * ``Container`` -- one running container: calls in, outcomes out, a death noticed.
 
 The protocols are ``runtime_checkable`` so a test can assert ``isinstance``; that
-checks that the members exist, not their signatures. This module is typing only.
+checks that the members exist, not their signatures. The outcome records
+(``Returned``, ``Raised``, ``BadPayload``, ``Died``, ``NotStarted``) and
+``StartFailed`` are what every kind of container reports, whatever runs it.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
 
 if TYPE_CHECKING:
     import asyncio
@@ -25,10 +30,106 @@ if TYPE_CHECKING:
     import anyio
     import anyio.abc
 
-    from .pool import NodeSetup
-    from .resources import ResourceManager
+    from ..resources import ResourceManager
 
-__all__ = ["Container", "Node", "NodeProvider"]
+__all__ = [
+    "BadPayload",
+    "Container",
+    "Died",
+    "Node",
+    "NodeProvider",
+    "NodeSetup",
+    "NotStarted",
+    "Outcome",
+    "Raised",
+    "Returned",
+    "StartFailed",
+    "describe_exit",
+]
+
+
+@attrs.frozen(kw_only=True)
+class NodeSetup:
+    """What every container on a node needs from the platform's process."""
+
+    sys_path: tuple[str, ...]
+    cwd: str
+    preload: tuple[str, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class Returned:
+    blob: bytes | bytearray
+
+
+@attrs.frozen(slots=True)
+class Raised:
+    remote_type: str
+    remote_message: str
+    remote_traceback: str
+
+
+@attrs.frozen(slots=True)
+class BadPayload:
+    message: str
+
+
+@attrs.frozen(slots=True)
+class Died:
+    """The container's process ended; ``returncode`` is negative for a signal."""
+
+    returncode: int | None
+    kill_reason: str | None
+
+
+@attrs.frozen(slots=True)
+class NotStarted:
+    """The container died with the call still queued in it: the call never ran (pipelining)."""
+
+
+Outcome = Returned | Raised | BadPayload | Died | NotStarted
+
+
+class StartFailed(Exception):
+    """A container did not come up (internal; the platform turns it into ColdStartFailed)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str,
+        remote_type: str | None = None,
+        remote_message: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    @classmethod
+    def from_reply(cls, reply: tuple[object, ...]) -> StartFailed:
+        """From a container's ``("start_failed", stage, type, message, traceback)`` reply."""
+        _, stage, remote_type, remote_message, remote_traceback = reply
+        return cls(
+            f"{stage} raised {remote_type}: {remote_message}",
+            stage=str(stage),
+            remote_type=str(remote_type),
+            remote_message=str(remote_message),
+            remote_traceback=str(remote_traceback),
+        )
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exited (status unknown)"
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
 
 
 @runtime_checkable

@@ -12,8 +12,8 @@ from typing import Final
 
 import attrs
 
-from .actions import ContainerState
-from .usage import Usage
+from ..actions import ContainerState
+from ..usage import Usage
 
 __all__ = ["ContainerInfo", "FunctionStats", "PlatformUsage", "StatsRecorder", "Summary"]
 

@@ -1,6 +1,6 @@
 """The zygote: a warm process on each local node that forks one container per cold start.
 
-The platform starts it as a fresh interpreter (``microfaas.zygote.main`` with ``--fd N``),
+The platform starts it as a fresh interpreter (``microfaas.nodes.zygote.main`` with ``--fd N``),
 never by forking the event-loop process. It imports microfaas and cloudpickle,
 takes the platform's ``sys.path`` and working directory, pre-imports the modules
 that define the app's functions (so a container does not import them again), then
@@ -29,7 +29,7 @@ import socket
 import sys
 import traceback
 
-from . import protocol, worker
+from .. import protocol, worker
 
 
 class Zygote:

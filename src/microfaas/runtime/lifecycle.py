@@ -29,7 +29,7 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .errors import ContainerCrashed, FaaSError, FunctionError, FunctionTimeout, OutOfMemory
+from ..errors import ContainerCrashed, FaaSError, FunctionError, FunctionTimeout, OutOfMemory
 
 if TYPE_CHECKING:
     from .delivery import DeadLetter

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import payload
-from .container import BadPayload, Died, Outcome, Raised, Returned, StartFailed, describe_exit
-from .errors import (
+from .. import payload
+from ..errors import (
     ColdStartFailed,
     ContainerCrashed,
     FaaSError,
@@ -25,11 +24,12 @@ from .errors import (
     SerializationError,
     Throttled,
 )
+from ..nodes.contract import BadPayload, Died, Outcome, Raised, Returned, StartFailed, describe_exit
 from .faults import INJECTED
 
 if TYPE_CHECKING:
-    from .actions import FailRequest
-    from .nodes import Container
+    from ..actions import FailRequest
+    from ..nodes import Container
     from .stats import StatsRecorder
 
 __all__ = ["InjectedTimeout", "call_result", "count_failure", "request_error"]

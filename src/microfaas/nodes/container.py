@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
-import attrs
 
-from . import protocol
+from .. import protocol
+from .contract import BadPayload, Died, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
 
 __all__ = [
     "EXIT_STATUS_WAIT",
@@ -48,81 +48,6 @@ __all__ = [
 EXIT_STATUS_WAIT: Final = 2.0
 # sendmsg takes at most this many buffers at once (IOV_MAX on Linux).
 _MAX_IOV: Final = 1024
-
-
-@attrs.frozen(slots=True)
-class Returned:
-    blob: bytes | bytearray
-
-
-@attrs.frozen(slots=True)
-class Raised:
-    remote_type: str
-    remote_message: str
-    remote_traceback: str
-
-
-@attrs.frozen(slots=True)
-class BadPayload:
-    message: str
-
-
-@attrs.frozen(slots=True)
-class Died:
-    """The container's process ended; ``returncode`` is negative for a signal."""
-
-    returncode: int | None
-    kill_reason: str | None
-
-
-@attrs.frozen(slots=True)
-class NotStarted:
-    """The container died with the call still queued in it: the call never ran (pipelining)."""
-
-
-Outcome = Returned | Raised | BadPayload | Died | NotStarted
-
-
-class StartFailed(Exception):
-    """A container did not come up (internal; the platform turns it into ColdStartFailed)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        stage: str,
-        remote_type: str | None = None,
-        remote_message: str | None = None,
-        remote_traceback: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.remote_type = remote_type
-        self.remote_message = remote_message
-        self.remote_traceback = remote_traceback
-
-    @classmethod
-    def from_reply(cls, reply: tuple[object, ...]) -> StartFailed:
-        """From a container's ``("start_failed", stage, type, message, traceback)`` reply."""
-        _, stage, remote_type, remote_message, remote_traceback = reply
-        return cls(
-            f"{stage} raised {remote_type}: {remote_message}",
-            stage=str(stage),
-            remote_type=str(remote_type),
-            remote_message=str(remote_message),
-            remote_traceback=str(remote_traceback),
-        )
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "exited (status unknown)"
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
 
 
 class ContainerHandle:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import attrs
 
-from .errors import FaaSError
+from ..errors import FaaSError
 
 if TYPE_CHECKING:
-    from .app import Retries
-    from .platform import Platform
+    from ..platform import Platform
+    from ..spec import Retries
 
 __all__ = ["DeadLetter", "InFlight", "Source", "retry_delay"]
 

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from . import payload
-from .errors import SerializationError
-from .worker import Bundle, FunctionRef
+from .. import payload
+from ..errors import SerializationError
+from ..worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
-    from .app import FunctionSpec
+    from ..spec import FunctionSpec
 
 __all__ = ["Shipper", "dump_args", "loads_or_blob"]
 
