@@ -147,9 +147,9 @@ async def test_init_error_is_a_cold_start_failure_carrying_the_remote_error():
 
 
 async def test_a_container_that_is_never_ready_is_a_cold_start_failure(monkeypatch):
-    import microfaas.platform
+    import microfaas.runtime.cluster
 
-    monkeypatch.setattr(microfaas.platform, "MIN_START_TIMEOUT", 0.5)
+    monkeypatch.setattr(microfaas.runtime.cluster, "MIN_START_TIMEOUT", 0.5)
     local_app = mf.App("slow_init")
 
     @local_app.function(init=lambda: time.sleep(30), timeout=0.2)

@@ -191,6 +191,6 @@ async def test_unknown_kinds_are_rejected():
 
 async def test_the_log_is_capped_outside_tests():
     async with app.run() as faas:
-        assert faas._lifecycle._events.maxlen == ev.EVENTS_KEPT
+        assert faas._runtime.lifecycle._events.maxlen == ev.EVENTS_KEPT
     async with running(app) as faas:
-        assert faas._lifecycle._events.maxlen is None
+        assert faas._runtime.lifecycle._events.maxlen is None

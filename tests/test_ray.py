@@ -464,8 +464,8 @@ async def test_the_surface_satisfies_the_protocols(nodes):
     assert isinstance(nodes, NodeProvider)
     async with app.run(nodes=nodes) as faas:
         await add.invoke(1, 1)
-        [node] = faas._nodes.values()
-        [container] = faas._containers.values()
+        [node] = faas._runtime.cluster.nodes.values()
+        [container] = faas._runtime.cluster.containers.values()
         assert isinstance(node, Node)
         assert isinstance(container, Container)
 
@@ -502,7 +502,7 @@ async def test_containers_pack_onto_two_ray_nodes(ray_cluster):
         infos = faas.containers("big")
         assert sorted(i.node for i in infos) == ["n-1", "n-2"]
         assert len({node for _, node in results}) == 2  # two different Ray nodes
-        ray_nodes = {node.id: node.ray_node_id for node in faas._nodes.values()}
+        ray_nodes = {node.id: node.ray_node_id for node in faas._runtime.cluster.nodes.values()}
         assert len(set(ray_nodes.values())) == 2
         assert faas.usage().nodes == 2
 
@@ -534,25 +534,25 @@ async def test_no_free_ray_node_is_a_cold_start_failure(ray_cluster):
 
 async def test_a_cold_start_takes_the_nodes_spare_actor_and_a_new_spare_follows(ray_cluster):
     async with app.run(nodes=mf.RayNodes()) as faas:
-        [node] = faas._nodes.values()
+        [node] = faas._runtime.cluster.nodes.values()
         spare, concurrency = node._spare
         assert concurrency == 1
         first = await whoami.invoke()
-        [container] = faas._containers.values()
+        [container] = faas._runtime.cluster.containers.values()
         assert container.actor is spare and first["cold_start"] and container.pid == first["pid"]
         assert node._spare is not None and node._spare[0] is not spare
         # A function of another concurrency cannot use a max_concurrency=1 actor: it gets a new
         # one, and the spare is replaced by one of its concurrency for the next such start.
         spare = node._spare[0]
         await overlap_threads.invoke(0)
-        threaded = next(c for c in faas._containers.values() if c is not container)
+        threaded = next(c for c in faas._runtime.cluster.containers.values() if c is not container)
         assert threaded.actor is not spare and node._spare[1] == 3
         assert faas.stats("overlap_threads").cold_starts == 1
 
 
 async def test_a_dead_spare_is_not_the_callers_problem(ray_cluster):
     async with app.run(nodes=mf.RayNodes()) as faas:
-        [node] = faas._nodes.values()
+        [node] = faas._runtime.cluster.nodes.values()
         ray.kill(node._spare[0], no_restart=True)  # as if its worker died while it waited
         assert await add.invoke(2, 3) == 5
         assert faas.stats("add").errors == 0
@@ -560,7 +560,7 @@ async def test_a_dead_spare_is_not_the_callers_problem(ray_cluster):
 
 async def test_without_a_spare_actor_each_cold_start_creates_its_actor(ray_cluster):
     async with app.run(nodes=mf.RayNodes(spare_actor=False)) as faas:
-        [node] = faas._nodes.values()
+        [node] = faas._runtime.cluster.nodes.values()
         assert node._spare is None
         assert await add.invoke(2, 3) == 5
         assert node._spare is None
@@ -597,7 +597,7 @@ async def test_autoscale_asks_for_a_node_and_uses_the_one_that_joins(ray_cluster
             tg.start_soon(add_a_node_when_asked)
             async with app.run(nodes=mf.RayNodes(autoscale=True, max_nodes=3, min_nodes=3, acquire_timeout=60)) as faas:
                 assert autoscaler_requests[0] == [WHOLE_NODE] * 3  # the two held and one more, each a whole node
-                held = {node.id: node.ray_node_id for node in faas._nodes.values()}
+                held = {node.id: node.ray_node_id for node in faas._runtime.cluster.nodes.values()}
                 assert len(set(held.values())) == 3 and added[0].node_id in held.values()
                 # Three 600 MB containers at once: one on each node, the added one included. (Which
                 # call runs where is the scheduler's: a call may wait for a container that frees up.)
@@ -628,7 +628,7 @@ async def test_autoscale_timeout_is_a_cold_start_failure(ray_cluster, autoscaler
 async def test_a_killed_idle_actor_is_noticed_and_replaced(ray_cluster):
     async with app.run(nodes=mf.RayNodes()) as faas:
         first = await whoami.invoke()
-        [container] = faas._containers.values()
+        [container] = faas._runtime.cluster.containers.values()
         ray.kill(container.actor, no_restart=True)  # from outside, as a node failure would
         with anyio.fail_after(10):
             while faas.containers("whoami"):

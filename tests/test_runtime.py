@@ -349,14 +349,14 @@ async def test_an_idle_platform_does_not_spin():
     async with app.run() as faas:
         await add.invoke(1, 1)  # a container goes idle: its expiry is the next wake, minutes away
         ticks = 0
-        tick = faas._sched.tick
+        tick = faas._runtime.cluster.sched.tick
 
         def counting_tick(*, now: float) -> list[object]:
             nonlocal ticks
             ticks += 1
             return tick(now=now)
 
-        faas._sched.tick = counting_tick  # type: ignore[method-assign]
+        faas._runtime.cluster.sched.tick = counting_tick  # type: ignore[method-assign]
         await add.invoke(2, 2)
         await anyio.sleep(0.3)
         assert ticks <= 2, f"the keep-alive timer ran {ticks} times with nothing due"

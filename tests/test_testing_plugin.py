@@ -102,7 +102,7 @@ def test_the_app_fixture_can_be_overridden(pytester: pytest.Pytester) -> None:
 
         @pytest.mark.anyio
         async def test_it(faas):
-            assert faas.app.name == "plugged" and faas._queue_limit == 7
+            assert faas.app.name == "plugged" and faas._runtime.queue_limit == 7
             assert await faas.invoke("pid") > 0
         """
     )
@@ -121,7 +121,7 @@ def test_a_failing_test_leaves_no_process_behind(pytester: pytest.Pytester) -> N
         @pytest.mark.microfaas(app=app)
         async def test_fails(faas):
             pid = await faas.invoke("pid")
-            zygotes = [node.zygote_pid for node in faas._nodes.values()]
+            zygotes = sorted(faas.process_ids() - {pid})
             with open("pids.txt", "w") as f:
                 f.write(" ".join(str(p) for p in [pid, *zygotes]))
             assert pid == -1

@@ -111,8 +111,10 @@ def test_timers_are_named_by_trigger_then_function_and_disambiguated():
     @app.function(triggers=[mf.Every(seconds=1)])
     def once(tick: mf.Tick) -> None: ...
 
-    assert {s.key for s in build_timer_sources(app)} == {"timer:twice#0", "timer:twice#1", "timer:nightly", "timer:once"}
-    assert {s.key for s in build_sources(app) if s.key.startswith("timer:")} == {
+    assert {s.key for s in build_timer_sources(app.functions)} == {"timer:twice#0", "timer:twice#1", "timer:nightly", "timer:once"}
+    assert {
+        s.key for s in build_sources(app.functions, topics=app.topics, streams=app.streams, app_name=app.name) if s.key.startswith("timer:")
+    } == {
         "timer:twice#0",
         "timer:twice#1",
         "timer:nightly",
@@ -128,7 +130,7 @@ def test_timers_are_named_by_trigger_then_function_and_disambiguated():
     def b(tick: mf.Tick) -> None: ...
 
     with pytest.raises(ValueError, match="'same'"):
-        build_timer_sources(clash)
+        build_timer_sources(clash.functions)
 
 
 def test_timer_settings_are_validated_naming_the_field():

@@ -143,18 +143,9 @@ def _kill_leftovers(platform: Platform) -> None:
     loop (pytest-timeout's signal method raises inside the loop) leaves the loop
     unable to run the teardown, and the platform's processes would outlive the test.
     """
-    from .pool import LocalNode
-
-    pids: set[int | None] = set()
-    for node in list(platform._nodes.values()):
-        if isinstance(node, LocalNode):  # its zygote and its containers are processes of this machine
-            pids.add(node.zygote_pid)
-            pids.update(container.pid for container in node.containers.values())
-    pids.update(container.pid for container in platform._containers.values())
-    for pid in pids:
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+    for pid in platform.process_ids():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 _faas._microfaas_fixture = True  # type: ignore[attr-defined]

@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .errors import PlatformClosed, UnknownFunction
 from .events import Context, Trigger, reset_context, set_context
+from .platform import Platform
+from .runtime.lifecycle import EVENTS_KEPT
+from .sources import build_sources
 from .sources.triggers import Stream, Topic
 from .spec import NAME_PATTERN, FunctionSpec, Retries
 
 if TYPE_CHECKING:
     from .keepalive import KeepAlivePolicy
     from .nodes import NodeProvider
-    from .platform import Platform
     from .runtime.call import Call
     from .sources.batch import BatchJob, BatchProgress
 
@@ -270,6 +272,7 @@ class App:
         nodes: NodeProvider | None = None,
         keep_alive: KeepAlivePolicy | None = None,
         queue_limit: int | None = 100_000,
+        events_kept: int | None = EVENTS_KEPT,
     ) -> Platform:
         """The platform for this app; start it with ``async with app.run() as faas``.
 
@@ -278,11 +281,11 @@ class App:
             (default ``mf.FixedKeepAlive()``).
         :param queue_limit: requests that may wait for a container at once; past it
             calls raise ``Throttled`` (None: no limit).
+        :param events_kept: lifecycle events kept for ``faas.events()`` (None: all of them).
+        :raises ValueError: a trigger names a topic or stream the app did not declare.
         """
-        from .platform import Platform
-        from .sources import build_sources
-
-        return Platform(self, nodes=nodes, keep_alive=keep_alive, queue_limit=queue_limit, sources=build_sources(self))
+        sources = build_sources(self.functions, topics=self._topics, streams=self._streams, app_name=self.name)
+        return Platform(self, nodes=nodes, keep_alive=keep_alive, queue_limit=queue_limit, sources=sources, events_kept=events_kept)
 
     def _running(self) -> Platform:
         platform = self._platform

@@ -55,8 +55,7 @@ async def running(app: App | str, /, **run_options: Any) -> AsyncIterator[Platfo
     :param app: an ``mf.App``, or where to import one from: ``"package.module:attribute"``.
     :param run_options: keywords of ``app.run()``: ``nodes``, ``keep_alive``, ``queue_limit``.
     """
-    platform = _resolve_app(app).run(**run_options)
-    platform._lifecycle.keep(None)
+    platform = _resolve_app(app).run(**{"events_kept": None, **run_options})
     async with platform:
         yield platform
 

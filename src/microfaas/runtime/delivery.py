@@ -1,29 +1,61 @@
-"""What asynchronous delivery needs, shared by spawned calls and event sources.
+"""Asynchronous delivery: the one loop of attempts, backoff, max event age and dead letters.
 
-* ``DeadLetter``: an event that failed every attempt, kept with its last error.
-* ``retry_delay``: the backoff before a retry (``Retries``, with full jitter).
-* ``InFlight``: a count of work accepted but not finished, which ``drain`` waits on.
-* ``Source``: what the platform asks of an event source (topics, streams, timers,
-  batch jobs): run in the platform's task group, and say what is still pending.
+How this works. Every asynchronous event -- a spawned call, a topic message (or a
+batch of them), a stream batch, a batch job's task, a timer's tick -- is handed to
+``Deliverer.deliver`` as a ``Delivery``: what to invoke with for each attempt, and
+what a handler's value means for it. The loop invokes; when the attempt fails
+with a retryable error (the handler raised, the container timed out, crashed,
+ran out of memory, could not start, or was throttled) it waits the backoff of
+``Retries`` (with full jitter, as AWS advises against retry storms) and tries
+again, keeping the invocation id, until the retries run out or the event would
+be older than ``max_event_age`` (Lambda's MaximumEventAgeInSeconds) by the next
+attempt. What is left goes to the dead letters, with its last error.
 
-The platform imports this module, never the sources themselves (they sit above it).
+A delivery may narrow itself between attempts (a topic batch whose handler
+reported some messages failed in a ``BatchResult`` retries only those), or split
+itself instead of retrying (a stream batch bisected on error, as Lambda's
+BisectBatchOnFunctionError: each half is a new delivery whose attempts start at 1).
+
+This is the one place where an accepted event is handled or dead-lettered, so it
+is where a durable store records both.
 """
 
 from __future__ import annotations
 
+import collections
 import random
-from typing import TYPE_CHECKING, Any, Protocol
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
+import anyio.abc
 import attrs
 
-from ..errors import FaaSError
+from ..errors import ColdStartFailed, ContainerCrashed, FaaSError, FunctionError, FunctionTimeout, OutOfMemory, Throttled
+from .shipping import loads_or_blob
 
 if TYPE_CHECKING:
-    from ..platform import Platform
-    from ..spec import Retries
+    from ..spec import FunctionSpec, Retries
+    from .call import Call
+    from .lifecycle import LifecycleLog
 
-__all__ = ["DeadLetter", "InFlight", "Source", "retry_delay"]
+__all__ = [
+    "RETRYABLE",
+    "CallDelivery",
+    "DeadLetter",
+    "Delivered",
+    "Deliverer",
+    "Delivery",
+    "InFlight",
+    "Source",
+    "SourceRuntime",
+    "retry_delay",
+]
+
+# Errors after which an event is tried again (as Lambda retries asynchronous invocations);
+# the others (a result that would not pickle, the platform stopping, ...) would only fail again.
+RETRYABLE: Final = (FunctionError, FunctionTimeout, OutOfMemory, ContainerCrashed, ColdStartFailed, Throttled)
 
 
 @attrs.frozen(kw_only=True)
@@ -84,12 +116,201 @@ class InFlight:
             await self._idle.wait()
 
 
+class Delivery:
+    """One accepted event (or batch of events) on its way to a function.
+
+    Subclasses say what each attempt sends (``payload``) and, where it applies, what
+    a handler's value means (``settle``), how the delivery splits on failure
+    (``split``) and what is done once it is handled or dead-lettered (``settled``).
+
+    :param function: the function that handles it.
+    :param source: where it came from (``"spawn"``, ``"topic:orders"``, ...), as its dead letter says.
+    :param invocation_id: the id every attempt shares.
+    """
+
+    def __init__(self, function: str, source: str, invocation_id: str) -> None:
+        self.function = function
+        self.source = source
+        self.invocation_id = invocation_id
+
+    def payload(self, attempt: int) -> bytes:
+        """The pickled ``(args, kwargs)`` of attempt number ``attempt``.
+
+        :raises SerializationError: what is to be sent would not pickle.
+        """
+        raise NotImplementedError
+
+    def settle(self, value: Any) -> FaaSError | None:
+        """The handler returned ``value``: None when that handled everything, else the error
+        to retry (and narrow what the next attempt sends to what is left)."""
+        return None
+
+    def split(self) -> list[Delivery]:
+        """After a failed attempt: deliveries to make instead of retrying this one (none: retry)."""
+        return []
+
+    def dead_events(self) -> list[Any]:
+        """What goes to the dead letters when every attempt failed, one letter each."""
+        raise NotImplementedError
+
+    def settled(self) -> None:
+        """The delivery was handled or dead-lettered (split ones settle each part instead)."""
+
+
+class CallDelivery(Delivery):
+    """A call with fixed arguments: a spawned call, a batch task, a timer's tick.
+
+    :param blob: the pickled ``(args, kwargs)``, made when the call was accepted.
+    :param event: what its dead letter records (None: the call's ``(args, kwargs)``).
+    """
+
+    def __init__(self, function: str, source: str, invocation_id: str, blob: bytes, event: Any = None) -> None:
+        super().__init__(function, source, invocation_id)
+        self.blob = blob
+        self.event = event
+
+    def payload(self, attempt: int) -> bytes:
+        return self.blob
+
+    def dead_events(self) -> list[Any]:
+        return [loads_or_blob(self.blob) if self.event is None else self.event]
+
+
+@attrs.frozen
+class Delivered:
+    """How a delivery ended: ``error`` is None when it was handled (``value`` is the handler's),
+    else the last attempt's error (the event was dead-lettered, or split and its parts delivered)."""
+
+    value: Any
+    error: FaaSError | None
+    attempts: int
+
+
+Invoke = Callable[[str, bytes, str, int], Awaitable[Any]]
+
+
+class Deliverer:
+    """The retry loop and the dead letters it keeps.
+
+    :param invoke: runs one attempt: ``(function, args blob, invocation id, attempt)`` -> value.
+    :param lifecycle: where retries and dead letters are reported.
+    """
+
+    def __init__(self, invoke: Invoke, lifecycle: LifecycleLog) -> None:
+        self._invoke = invoke
+        self._lifecycle = lifecycle
+        self.dead_letters: dict[str, list[DeadLetter]] = collections.defaultdict(list)
+
+    async def deliver(self, delivery: Delivery, retries: Retries, *, first_attempt_at: float | None = None) -> Delivered:
+        """Attempt ``delivery`` until it is handled or dead-lettered, per ``retries``."""
+        first = time.time() if first_attempt_at is None else first_attempt_at
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                value = await self._invoke(delivery.function, delivery.payload(attempt), delivery.invocation_id, attempt)
+            except FaaSError as exc:
+                error: FaaSError | None = exc
+            else:
+                error = delivery.settle(value)
+                if error is None:
+                    delivery.settled()
+                    return Delivered(value, None, attempt)
+            assert error is not None
+            parts = delivery.split()
+            if parts:
+                for part in parts:
+                    await self.deliver(part, retries, first_attempt_at=first)
+                return Delivered(None, error, attempt)
+            delay = retry_delay(retries, attempt)
+            if not (isinstance(error, RETRYABLE) and may_retry(retries, attempt, first, delay)):
+                break
+            self._lifecycle.retry(
+                error,
+                function=delivery.function,
+                source=delivery.source,
+                invocation_id=delivery.invocation_id,
+                attempt=attempt,
+                delay=delay,
+            )
+            await anyio.sleep(delay)
+        self.dead_letter(delivery, error, attempts=attempt, first_attempt_at=first)
+        delivery.settled()
+        return Delivered(None, error, attempt)
+
+    def dead_letter(self, delivery: Delivery, error: FaaSError, *, attempts: int, first_attempt_at: float) -> None:
+        """Keep each of ``delivery``'s events as a dead letter with ``error``."""
+        failed_at = time.time()
+        for event in delivery.dead_events():
+            letter = DeadLetter(
+                function=delivery.function,
+                source=delivery.source,
+                event=event,
+                error=error,
+                attempts=attempts,
+                invocation_id=delivery.invocation_id,
+                first_attempt_at=first_attempt_at,
+                failed_at=failed_at,
+            )
+            self.dead_letters[delivery.function].append(letter)
+            self._lifecycle.dead_letter(letter)
+
+
+def may_retry(retries: Retries, attempt: int, first_attempt_at: float, delay: float) -> bool:
+    """Whether another attempt is allowed: retries left, and the event not too old by then."""
+    if attempt > retries.max_retries:
+        return False
+    return retries.max_event_age is None or time.time() + delay - first_attempt_at <= retries.max_event_age
+
+
+class SourceRuntime(Protocol):
+    """What an event source may ask of the runtime, and nothing more.
+
+    Sources accept events, count them in ``in_flight`` until they are handled or
+    dead-lettered, and hand them to ``deliver`` (or, for calls whose callers hold a
+    ``Call``, to ``run_call``).
+    """
+
+    @property
+    def app_name(self) -> str: ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the platform has stopped (accepting an event then raises ``PlatformClosed``)."""
+        ...
+
+    @property
+    def in_flight(self) -> InFlight: ...
+
+    def function(self, name: str) -> FunctionSpec:
+        """The settings of function ``name``.
+
+        :raises UnknownFunction: the app has no such function.
+        :raises PlatformClosed: the platform is not running.
+        """
+        ...
+
+    def new_invocation_id(self) -> str: ...
+
+    async def deliver(self, delivery: Delivery, retries: Retries) -> Delivered:
+        """Attempt ``delivery`` until it is handled or dead-lettered (``Deliverer.deliver``)."""
+        ...
+
+    async def run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
+        """Deliver a call whose caller holds ``call``, and settle ``call`` with its value or error."""
+        ...
+
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``func(*args)`` in the platform's task group (it is cancelled when the platform stops)."""
+        ...
+
+
 class Source(Protocol):
     """An event source run by the platform (see ``sources/``)."""
 
     key: str  # e.g. "topic:orders"; unique per platform
 
-    async def run(self, platform: Platform, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Serve until cancelled; call ``task_status.started()`` once ready."""
         ...
 

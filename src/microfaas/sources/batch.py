@@ -3,9 +3,9 @@
 How this works. ``batch`` pickles every item first (a ``SerializationError`` names the
 item and costs no container), then starts one runner in the platform's task group
 and returns the ``BatchJob`` at once. The runner starts the tasks in input order, at
-most ``max_parallel`` at a time. Each task is a spawned call run by the platform's
-own ``Platform.run_call``: the function's ``retries`` apply (backoff, ``max_event_age``, only
-retryable errors), and a task that fails every attempt goes to the dead letters with
+most ``max_parallel`` at a time. Each task is a spawned call run by the runtime's
+``run_call``, through the one delivery loop (``runtime/delivery.py``): the function's
+``retries`` apply (backoff, ``max_event_age``, only retryable errors), and a task that fails every attempt goes to the dead letters with
 ``source="batch:<job id>"`` and a ``BatchTask(job_id, index, item)`` event.
 
 Task failures never raise from the job: ``await job.wait()`` returns once every task
@@ -14,7 +14,7 @@ order (a failed task's slot holds its ``FaaSError``) and ``job.failures()`` list
 ``(index, error)``. Progress is reported after each task finishes, to the
 ``on_progress`` callback and to every ``job.progress_updates()`` iterator.
 
-Accounting. Every task counts in ``platform.in_flight`` from ``batch()`` until it
+Accounting. Every task counts in ``runtime.in_flight`` from ``batch()`` until it
 ends, so ``drain`` waits for the whole job. Tasks that never started because the job
 was cancelled (``CallCancelled``) or the platform stopped (``PlatformClosed``) fail
 with that error and are not dead-lettered: they were never attempted.
@@ -33,12 +33,13 @@ import anyio.abc
 from ..errors import CallCancelled, FaaSError, PlatformClosed, SerializationError
 from ..events import BatchTask
 from ..runtime.call import Call, CallStatus
+from ..runtime.delivery import CallDelivery
 from ..runtime.shipping import dump_args
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
-    from ..platform import Platform
+    from ..runtime.delivery import SourceRuntime
     from ..spec import Retries
 
 __all__ = ["BatchJob", "BatchProgress", "start_batch"]
@@ -103,7 +104,7 @@ class BatchJob(Generic[R]):
         self._results: list[Any] = [_PENDING] * len(items)
         self._failures: list[tuple[int, FaaSError]] = []
         self._done_count = 0
-        self._unstarted = len(items)  # still counted in platform.in_flight by the job itself
+        self._unstarted = len(items)  # still counted in runtime.in_flight by the job itself
         self._done = anyio.Event()
         self._scope = anyio.CancelScope()
         self._subscribers: set[MemoryObjectSendStream[BatchProgress]] = set()
@@ -175,42 +176,42 @@ class BatchJob(Generic[R]):
 
     # -- for start_batch -----------------------------------------------------------------
 
-    async def _run(self, platform: Platform, retries: Retries) -> None:
+    async def _run(self, runtime: SourceRuntime, retries: Retries) -> None:
         limiter = anyio.Semaphore(self.max_parallel)
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
                     for index in range(len(self._items)):
                         await limiter.acquire()
-                        tg.start_soon(self._task, platform, retries, limiter, index)
+                        tg.start_soon(self._task, runtime, retries, limiter, index)
         finally:
             # Tasks that never started: the job was cancelled, or the platform stopped.
             if self._unstarted:
-                platform.in_flight.finished(self._unstarted)
+                runtime.in_flight.finished(self._unstarted)
                 self._unstarted = 0
             for index, slot in enumerate(self._results):
                 if slot is _PENDING:
-                    if platform.closed:
+                    if runtime.closed:
                         error: FaaSError = PlatformClosed(
-                            f"app {platform.app.name!r} stopped before task {index} of batch job {self.id} ran"
+                            f"app {runtime.app_name!r} stopped before task {index} of batch job {self.id} ran"
                         )
                     else:
                         error = CallCancelled(f"batch job {self.id} was cancelled before task {index} ran")
                     self._record(index, None, error)
             self._finish()
 
-    async def _task(self, platform: Platform, retries: Retries, limiter: anyio.Semaphore, index: int) -> None:
-        call: Call[Any] = Call(platform.new_invocation_id(), self.function_name)
+    async def _task(self, runtime: SourceRuntime, retries: Retries, limiter: anyio.Semaphore, index: int) -> None:
+        call: Call[Any] = Call(runtime.new_invocation_id(), self.function_name)
         blob = self._blobs[index]
         self._blobs[index] = None
         assert blob is not None
         event = BatchTask(job_id=self.id, index=index, item=self._items[index])
-        # Hand the task's in-flight count over to Platform.run_call, which counts the call itself
+        # Hand the task's in-flight count over to run_call, which counts the call itself
         # (nothing awaits in between; drain re-checks the count after a checkpoint).
         self._unstarted -= 1
-        platform.in_flight.finished()
+        runtime.in_flight.finished()
         try:
-            await platform.run_call(call, blob, retries, source=f"batch:{self.id}", event=event)
+            await runtime.run_call(call, CallDelivery(self.function_name, f"batch:{self.id}", call.id, blob, event), retries)
         finally:
             limiter.release()
             if call.done():
@@ -255,7 +256,7 @@ class BatchJob(Generic[R]):
 
 
 async def start_batch(
-    platform: Platform,
+    runtime: SourceRuntime,
     name: str,
     items: Iterable[Any],
     *,
@@ -268,7 +269,7 @@ async def start_batch(
     :raises SerializationError: an item would not pickle (the message gives its index).
     :raises UnknownFunction, PlatformClosed: as for ``invoke``.
     """
-    spec = platform._lookup(name)
+    spec = runtime.function(name)
     if not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1:
         raise ValueError(f"{name}: max_parallel must be an int >= 1, got {max_parallel!r}")
     if on_progress is not None and not callable(on_progress):
@@ -283,11 +284,11 @@ async def start_batch(
         except SerializationError as exc:
             raise SerializationError(f"{name}: item {index} of the batch could not be pickled: {exc.__cause__!r}") from exc
     job: BatchJob[Any] = BatchJob(
-        platform.new_invocation_id(), name, materialised, blobs, max_parallel=max_parallel, on_progress=on_progress
+        runtime.new_invocation_id(), name, materialised, blobs, max_parallel=max_parallel, on_progress=on_progress
     )
     if not materialised:
         job._finish()
         return job
-    platform.in_flight.started(len(materialised))
-    platform._tg.start_soon(job._run, platform, spec.retries)
+    runtime.in_flight.started(len(materialised))
+    runtime.start_soon(job._run, runtime, spec.retries)
     return job

@@ -41,14 +41,15 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import FaaSError, PlatformClosed
+from ..errors import PlatformClosed
 from ..events import Record, RecordBatch
-from ..runtime.delivery import retry_delay
-from ..spec import Retries
+from ..runtime.delivery import Delivery
+from ..runtime.shipping import dump_args
 from .triggers import Stream, StreamConsumer
 
 if TYPE_CHECKING:
-    from ..platform import Platform
+    from ..runtime.delivery import SourceRuntime
+    from ..spec import Retries
 
 __all__ = ["StreamSource", "shard_for_key"]
 
@@ -123,26 +124,26 @@ class _Cursor:
     def lag(self) -> int:
         return self.shard.next_sequence - 1 - self.checkpoint
 
-    def begin(self, platform: Platform) -> None:
+    def begin(self, runtime: SourceRuntime) -> None:
         """Fix where this consumer starts, and count what it has to do as in flight."""
         shard = self.shard
         self.start = shard.next_sequence if self.trigger.start == "latest" else shard.base
         self.checkpoint = self.start - 1
         self._started = True
-        platform.in_flight.started(shard.next_sequence - self.start)
+        runtime.in_flight.started(shard.next_sequence - self.start)
 
-    async def serve(self, platform: Platform) -> None:
-        spec = platform.app.functions[self.function]
+    async def serve(self, runtime: SourceRuntime) -> None:
+        spec = runtime.function(self.function)
         retries = attrs.evolve(spec.retries, max_retries=self.trigger.max_retries)
         async with anyio.create_task_group() as tg:
             for lane in range(self.trigger.parallelization):
-                tg.start_soon(self._serve_lane, platform, retries, lane)
+                tg.start_soon(self._serve_lane, runtime, retries, lane)
 
-    async def _serve_lane(self, platform: Platform, retries: Retries, lane: int) -> None:
+    async def _serve_lane(self, runtime: SourceRuntime, retries: Retries, lane: int) -> None:
         scan = self.start
         while True:
             batch, scan = await self._collect(lane, scan)
-            await self._deliver(platform, retries, batch, time.time())
+            await self._deliver(runtime, retries, batch)
 
     def _take(self, lane: int, scan: int, batch: list[Record]) -> int:
         """Append this lane's records from ``scan`` on to ``batch``; the next sequence to scan."""
@@ -170,45 +171,11 @@ class _Cursor:
                     scan = self._take(lane, scan, batch)
         return batch, scan
 
-    async def _deliver(self, platform: Platform, retries: Retries, records: list[Record], first_attempt_at: float) -> None:
-        """Deliver ``records`` (one batch, or a half of one) until handled or dead-lettered."""
-        invocation_id = platform.new_invocation_id()
-        bisect = self.trigger.bisect_on_error and len(records) > 1
-        batch = RecordBatch(stream=self.stream, shard=self.shard.index, records=records)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await platform.invoke_with_id(self.function, invocation_id, attempt, batch)
-            except FaaSError as exc:
-                error = exc
-            else:
-                self._mark_done(platform, records)
-                return
-            if bisect:
-                half = len(records) // 2
-                await self._deliver(platform, retries, records[:half], first_attempt_at)
-                await self._deliver(platform, retries, records[half:], first_attempt_at)
-                return
-            delay = retry_delay(retries, attempt)
-            too_old = retries.max_event_age is not None and time.time() + delay - first_attempt_at > retries.max_event_age
-            if attempt > retries.max_retries or too_old:
-                break
-            source = f"stream:{self.stream}/{self.shard.index}"
-            platform.record_retry(error, function=self.function, source=source, invocation_id=invocation_id, attempt=attempt, delay=delay)
-            await anyio.sleep(delay)
-        platform.add_dead_letter(
-            function=self.function,
-            source=f"stream:{self.stream}/{self.shard.index}",
-            event=records[0] if self.trigger.bisect_on_error else batch,
-            error=error,
-            attempts=attempt,
-            invocation_id=invocation_id,
-            first_attempt_at=first_attempt_at,
-        )
-        self._mark_done(platform, records)
+    async def _deliver(self, runtime: SourceRuntime, retries: Retries, records: list[Record]) -> None:
+        """Deliver one batch until every record in it is handled or dead-lettered."""
+        await runtime.deliver(_RecordDelivery(self, runtime, records), retries)
 
-    def _mark_done(self, platform: Platform, records: list[Record]) -> None:
+    def _mark_done(self, runtime: SourceRuntime, records: list[Record]) -> None:
         self._done.update(r.sequence for r in records)
         advanced = 0
         while self.checkpoint + 1 in self._done:
@@ -216,8 +183,34 @@ class _Cursor:
             self._done.discard(self.checkpoint)
             advanced += 1
         if advanced:
-            platform.in_flight.finished(advanced)
+            runtime.in_flight.finished(advanced)
             self.shard.trim()
+
+
+class _RecordDelivery(Delivery):
+    """Records of one shard, in order: bisected on error when the consumer asks, else retried whole."""
+
+    def __init__(self, cursor: _Cursor, runtime: SourceRuntime, records: list[Record]) -> None:
+        super().__init__(cursor.function, f"stream:{cursor.stream}/{cursor.shard.index}", runtime.new_invocation_id())
+        self.cursor = cursor
+        self.runtime = runtime
+        self.records = records
+        self.batch = RecordBatch(stream=cursor.stream, shard=cursor.shard.index, records=records)
+
+    def payload(self, attempt: int) -> bytes:
+        return dump_args(self.function, (self.batch,), {})
+
+    def split(self) -> list[Delivery]:
+        if not (self.cursor.trigger.bisect_on_error and len(self.records) > 1):
+            return []
+        half = len(self.records) // 2
+        return [_RecordDelivery(self.cursor, self.runtime, part) for part in (self.records[:half], self.records[half:])]
+
+    def dead_events(self) -> list[Any]:
+        return [self.records[0] if self.cursor.trigger.bisect_on_error else self.batch]
+
+    def settled(self) -> None:
+        self.cursor._mark_done(self.runtime, self.records)
 
 
 class StreamSource:
@@ -235,18 +228,18 @@ class StreamSource:
                 shard.cursors.append(cursor)
                 self._cursors.append(cursor)
         self._round_robin = itertools.count()
-        self._platform: Platform | None = None
+        self._runtime: SourceRuntime | None = None
 
     def __repr__(self) -> str:
         functions = sorted({c.function for c in self._cursors})
         return f"<stream {self.name!r} with {self.shards} shards, consumed by {functions}>"
 
-    async def run(self, platform: Platform, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._platform = platform
+    async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._runtime = runtime
         async with anyio.create_task_group() as tg:
             for cursor in self._cursors:
-                cursor.begin(platform)
-                tg.start_soon(cursor.serve, platform)
+                cursor.begin(runtime)
+                tg.start_soon(cursor.serve, runtime)
             task_status.started()
 
     def shard_for(self, key: str | None) -> int:
@@ -267,15 +260,15 @@ class StreamSource:
 
         :raises PlatformClosed: the platform has stopped.
         """
-        platform = self._platform
-        if platform is not None and platform.closed:
+        runtime = self._runtime
+        if runtime is not None and runtime.closed:
             raise PlatformClosed(f"stream {self.name!r} is not running; put inside `async with app.run()`")
         if key is not None and not isinstance(key, str):
             key = str(key)
         shard = self._shards[self.shard_for(key)]
         record = shard.append(key, value)
-        if platform is not None:
-            platform.in_flight.started(len(shard.cursors))
+        if runtime is not None:
+            runtime.in_flight.started(len(shard.cursors))
         return record
 
     def lag(self) -> dict[int, int]:

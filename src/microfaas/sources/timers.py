@@ -31,12 +31,15 @@ import anyio.abc
 
 from ..events import Tick
 from ..runtime.call import Call
+from ..runtime.delivery import CallDelivery
 from ..runtime.shipping import dump_args
 from .triggers import Cron, Every
 
 if TYPE_CHECKING:
-    from ..app import App
-    from ..platform import Platform
+    from collections.abc import Mapping
+
+    from ..runtime.delivery import SourceRuntime
+    from ..spec import FunctionSpec
 
 __all__ = ["TimerSource", "build_timer_sources", "catch_up", "next_fire"]
 
@@ -114,8 +117,8 @@ class TimerSource:
     def __repr__(self) -> str:
         return f"<timer {self.name!r} of {self.function}: {self.trigger!r}>"
 
-    async def run(self, platform: Platform, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        spec = platform.app.functions[self.function]
+    async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        spec = runtime.function(self.function)
         first = time.time()
         due = next_fire(self.trigger, first, first)
         task_status.started()
@@ -127,10 +130,11 @@ class TimerSource:
             self.skipped += skipped
             self.fired += 1
             tick = Tick(name=self.name, scheduled_at=scheduled, fired_at=now, skipped=skipped)
-            call: Call[None] = Call(platform.new_invocation_id(), self.function)
+            call: Call[None] = Call(runtime.new_invocation_id(), self.function)
             self._running = True
             try:
-                await platform.run_call(call, dump_args(self.function, (tick,), {}), spec.retries, source=self.key, event=tick)
+                delivery = CallDelivery(self.function, self.key, call.id, dump_args(self.function, (tick,), {}), tick)
+                await runtime.run_call(call, delivery, spec.retries)
             finally:
                 self._running = False
             due = next_fire(self.trigger, scheduled, first)
@@ -141,8 +145,8 @@ class TimerSource:
         return []
 
 
-def build_timer_sources(app: App) -> list[TimerSource]:
-    """One ``TimerSource`` per ``Every``/``Cron`` trigger of ``app``'s functions.
+def build_timer_sources(functions: Mapping[str, FunctionSpec]) -> list[TimerSource]:
+    """One ``TimerSource`` per ``Every``/``Cron`` trigger of ``functions``.
 
     A timer is named by its trigger's ``name``, else by its function; a function with
     several unnamed timers names them ``fn#0``, ``fn#1``, ... (by position among its timers).
@@ -151,7 +155,7 @@ def build_timer_sources(app: App) -> list[TimerSource]:
     """
     sources: list[TimerSource] = []
     owners: dict[str, str] = {}
-    for function, spec in app.functions.items():
+    for function, spec in functions.items():
         timers = [t for t in spec.triggers if isinstance(t, Every | Cron)]
         for i, trigger in enumerate(timers):
             name = trigger.name if trigger.name is not None else (function if len(timers) == 1 else f"{function}#{i}")

@@ -22,14 +22,15 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import FaaSError, FunctionError
+from ..errors import FaaSError, FunctionError, PlatformClosed
 from ..events import BatchResult, Message
-from ..runtime.delivery import retry_delay
-from ..spec import Retries
+from ..runtime.delivery import Delivery
+from ..runtime.shipping import dump_args
 from .triggers import Topic, TopicSubscription
 
 if TYPE_CHECKING:
-    from ..platform import Platform
+    from ..runtime.delivery import SourceRuntime
+    from ..spec import Retries
 
 __all__ = ["TopicSource"]
 
@@ -46,8 +47,8 @@ class _Subscription:
     def buffered(self) -> int:
         return self.send.statistics().current_buffer_used
 
-    async def serve(self, platform: Platform) -> None:
-        spec = platform.app.functions[self.function]
+    async def serve(self, runtime: SourceRuntime) -> None:
+        spec = runtime.function(self.function)
         retries = attrs.evolve(spec.retries, max_retries=self.trigger.max_retries)
         limit = self.trigger.max_concurrency
         limiter = anyio.Semaphore(limit) if limit is not None else None
@@ -58,7 +59,7 @@ class _Subscription:
                     await limiter.acquire()
                 self.in_delivery += len(batch)
                 self.in_hand = 0
-                tg.start_soon(self._deliver, platform, batch, retries, limiter)
+                tg.start_soon(self._deliver, runtime, batch, retries, limiter)
 
     async def _collect(self) -> list[Message]:
         batch = [await self.receive.receive()]
@@ -77,65 +78,50 @@ class _Subscription:
                     self.in_hand = len(batch)
         return batch
 
-    async def _deliver(self, platform: Platform, batch: list[Message], retries: Retries, limiter: anyio.Semaphore | None) -> None:
-        invocation_id = platform.new_invocation_id()
-        first_attempt_at = time.time()
-        remaining = batch
+    async def _deliver(self, runtime: SourceRuntime, batch: list[Message], retries: Retries, limiter: anyio.Semaphore | None) -> None:
+        delivery = _MessageDelivery(
+            self.function, f"topic:{self.topic}", runtime.new_invocation_id(), batch, batched=self.trigger.batch_size > 1
+        )
         try:
-            for attempt in range(1, retries.max_retries + 2):
-                messages = [attrs.evolve(m, attempt=attempt) for m in remaining]
-                failed, error = await self._attempt(platform, invocation_id, attempt, messages)
-                remaining = [m for m in messages if m.id in failed]
-                if not remaining:
-                    return
-                delay = retry_delay(retries, attempt)
-                too_old = retries.max_event_age is not None and time.time() + delay - first_attempt_at > retries.max_event_age
-                if attempt > retries.max_retries or too_old:
-                    break
-                assert error is not None
-                platform.record_retry(
-                    error, function=self.function, source=f"topic:{self.topic}", invocation_id=invocation_id, attempt=attempt, delay=delay
-                )
-                await anyio.sleep(delay)
-            assert error is not None
-            for message in remaining:
-                platform.add_dead_letter(
-                    function=self.function,
-                    source=f"topic:{self.topic}",
-                    event=message,
-                    error=error,
-                    attempts=message.attempt,
-                    invocation_id=invocation_id,
-                    first_attempt_at=first_attempt_at,
-                )
+            await runtime.deliver(delivery, retries)
         finally:
             self.in_delivery -= len(batch)
-            platform.in_flight.finished(len(batch))
+            runtime.in_flight.finished(len(batch))
             if limiter is not None:
                 limiter.release()
 
-    async def _attempt(
-        self, platform: Platform, invocation_id: str, attempt: int, messages: list[Message]
-    ) -> tuple[set[str], FaaSError | None]:
-        """One invocation; the ids that failed, and the error to record if they end up dead."""
-        arg: Any = messages[0] if self.trigger.batch_size == 1 else messages
-        ids = {m.id for m in messages}
-        try:
-            result = await platform.invoke_with_id(self.function, invocation_id, attempt, arg)
-        except FaaSError as exc:
-            return ids, exc
-        if isinstance(result, BatchResult) and self.trigger.batch_size > 1:
-            failed = set(result.failed) & ids
-            error = FunctionError(
-                f"{self.function}: the handler reported these messages as failed in its BatchResult",
-                remote_type="microfaas.BatchResult",
-                remote_message="reported as failed by the handler",
-                remote_traceback="",
-                function_name=self.function,
-                invocation_id=invocation_id,
-            )
-            return failed, error
-        return set(), None
+
+class _MessageDelivery(Delivery):
+    """A batch of messages (one, unless the subscription batches): each attempt sends those not yet handled."""
+
+    def __init__(self, function: str, source: str, invocation_id: str, messages: list[Message], *, batched: bool) -> None:
+        super().__init__(function, source, invocation_id)
+        self.remaining = messages
+        self.batched = batched
+
+    def payload(self, attempt: int) -> bytes:
+        self.remaining = [attrs.evolve(m, attempt=attempt) for m in self.remaining]
+        arg: Any = self.remaining if self.batched else self.remaining[0]
+        return dump_args(self.function, (arg,), {})
+
+    def settle(self, value: Any) -> FaaSError | None:
+        if not (self.batched and isinstance(value, BatchResult)):
+            return None
+        failed = set(value.failed)
+        self.remaining = [m for m in self.remaining if m.id in failed]
+        if not self.remaining:
+            return None
+        return FunctionError(
+            f"{self.function}: the handler reported these messages as failed in its BatchResult",
+            remote_type="microfaas.BatchResult",
+            remote_message="reported as failed by the handler",
+            remote_traceback="",
+            function_name=self.function,
+            invocation_id=self.invocation_id,
+        )
+
+    def dead_events(self) -> list[Any]:
+        return list(self.remaining)
 
 
 class TopicSource:
@@ -145,16 +131,16 @@ class TopicSource:
         self.name = topic.name
         self.key = f"topic:{topic.name}"
         self._subscriptions = [_Subscription(topic.name, function, trigger) for function, trigger in subscriptions]
-        self._platform: Platform | None = None
+        self._runtime: SourceRuntime | None = None
 
     def __repr__(self) -> str:
         return f"<topic {self.name!r} with {len(self._subscriptions)} subscriptions>"
 
-    async def run(self, platform: Platform, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._platform = platform
+    async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._runtime = runtime
         async with anyio.create_task_group() as tg:
             for subscription in self._subscriptions:
-                tg.start_soon(subscription.serve, platform)
+                tg.start_soon(subscription.serve, runtime)
             task_status.started()
 
     async def publish(self, data: Any, attributes: dict[str, str] | None = None) -> str:
@@ -162,18 +148,16 @@ class TopicSource:
 
         Waits while a subscription's buffer is full (backpressure); never drops.
         """
-        platform = self._platform
-        if platform is None or platform.closed:
-            from ..errors import PlatformClosed
-
+        runtime = self._runtime
+        if runtime is None or runtime.closed:
             raise PlatformClosed(f"topic {self.name!r} is not running; publish inside `async with app.run()`")
         message = Message(id=uuid.uuid4().hex, topic=self.name, data=data, attributes=attributes or {}, published_at=time.time())
         for subscription in self._subscriptions:
-            platform.in_flight.started()
+            runtime.in_flight.started()
             try:
                 await subscription.send.send(message)
             except BaseException:
-                platform.in_flight.finished()
+                runtime.in_flight.finished()
                 raise
         return message.id
 

@@ -1,0 +1,220 @@
+"""Invoker: one attempt of an invocation, from its request to the caller's value or error.
+
+How this works. The arguments arrive pickled (a ``SerializationError`` costs no
+container). The attempt asks the core for a container and waits as an ``_Attempt``
+until a fact -- at once, or later: a start, a finished call -- produces its
+decision. A ``RunOn`` sends the call to its container right there, in the callback
+that made the decision; the caller wakes once, for the container's ``Outcome``,
+which ``outcomes.py`` turns into the value or the precise ``FaaSError``. The
+call's timeout runs on its container's loop timer (``deadlines.py``) from the
+moment the call gets its slot, whether or not the caller still waits; a caller
+that stops waiting withdraws its request, or leaves its running call to finish.
+
+The hot path uses asyncio futures directly (one per attempt), for speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from ..actions import FailRequest, RunOn
+from ..errors import FaaSError, PlatformClosed
+from ..nodes import Died, NotStarted, Outcome
+from . import lifecycle as ev
+from .faults import INJECTED
+from .outcomes import InjectedTimeout, call_result, count_failure, request_error
+
+if TYPE_CHECKING:
+    from ..nodes import Container
+    from .cluster import Cluster
+    from .deadlines import Deadlines
+    from .faults import FaultPlan
+    from .lifecycle import LifecycleLog
+    from .stats import StatsRecorder
+
+__all__ = ["Invoker"]
+
+
+class _Attempt:
+    """One attempt of an invocation, from its request to its outcome.
+
+    The core's decision about it is carried out where it is made: a ``RunOn`` sends the
+    call to its container at once, from whichever callback produced it, and the caller's
+    one ``future`` then gets the container's ``Outcome``; a ``FailRequest`` goes to the
+    future as it is.
+    """
+
+    __slots__ = ("attempt", "blob", "cold_start", "container", "deadlines", "function", "future", "invocation_id")
+
+    def __init__(
+        self, function: str, invocation_id: str, attempt: int, blob: bytes, future: asyncio.Future[Outcome | FailRequest | InjectedTimeout]
+    ) -> None:
+        self.function = function
+        self.invocation_id = invocation_id
+        self.attempt = attempt
+        self.blob = blob
+        self.future = future
+        self.cold_start = False
+        self.container: Container | None = None
+        self.deadlines: Deadlines | None = None  # its container's, once its timeout runs
+
+
+class Invoker:
+    """Runs attempts on the cluster's containers, and counts them in each function's stats.
+
+    :param app_name: for error messages.
+    """
+
+    def __init__(
+        self, app_name: str, cluster: Cluster, *, stats: dict[str, StatsRecorder], lifecycle: LifecycleLog, faults: FaultPlan
+    ) -> None:
+        self.app_name = app_name
+        self.cluster = cluster
+        self.specs = cluster.specs
+        self.sched = cluster.sched
+        self.stats = stats
+        self.lifecycle = lifecycle
+        self.faults = faults
+        self.clock = cluster.clock
+        self.open = False
+        self._waiters: dict[str, _Attempt] = {}  # requests waiting for the core's decision
+        self._queued: dict[str, _Attempt] = {}  # sent to a full container, waiting in it for a slot
+        cluster.decide = self._decided
+        cluster.call_started = self._queued_call_started
+        cluster.deadline_passed = self._deadline_passed
+        cluster.container_gone = self._container_gone
+
+    async def invoke(self, name: str, blob: bytes, invocation_id: str, attempt: int) -> Any:
+        """Run one attempt of ``name`` with the pickled ``(args, kwargs)`` ``blob``; its value.
+
+        :raises FaaSError: the attempt failed (the precise error; see ``outcomes.py``).
+        """
+        stats = self.stats[name]
+        stats.invocations += 1
+        now = started = self.clock()
+        try:
+            call = _Attempt(name, invocation_id, attempt, blob, self.cluster.loop.create_future())
+            while True:
+                if not self.open:
+                    raise PlatformClosed(f"app {self.app_name!r} was stopped; open a new platform with `async with app.run()`")
+                self._waiters[invocation_id] = call
+                self.cluster.apply(self.sched.request(invocation_id, name, now=now))
+                try:
+                    outcome = await call.future
+                except BaseException:
+                    self._abandon(call)
+                    raise
+                if type(outcome) is not NotStarted:
+                    break
+                # Its container died with the call still queued in it: ask again.
+                self._queued.pop(invocation_id, None)
+                call.future = self.cluster.loop.create_future()
+                call.container = None
+                now = self.clock()
+            value = self._result(call, outcome)
+        except FaaSError as exc:
+            count_failure(stats, exc)
+            self.lifecycle.call_failed(exc, attempt=attempt, injected=self.faults.was_injected(invocation_id, exc))
+            raise
+        stats.completed += 1
+        stats.latencies.append(self.clock() - started)
+        return value
+
+    def _decided(self, decision: RunOn | FailRequest) -> None:
+        """The core decided about a request: send it to its container, or fail it."""
+        call = self._waiters.pop(decision.request_id, None)
+        if call is None or call.future.done():  # its caller is gone: give the slot back
+            if type(decision) is RunOn:
+                self.cluster.call_finished(decision.container_id)
+            return
+        if type(decision) is FailRequest:
+            call.future.set_result(decision)
+            return
+        assert type(decision) is RunOn
+        container = call.container = self.cluster.containers[decision.container_id]
+        call.cold_start = decision.cold_start
+        if self.faults and self._inject_fault(call, container, queued=decision.queued):
+            return
+        timeout = self.specs[call.function].timeout
+        started = container.start_call(
+            call.future, call.invocation_id, call.attempt, timeout, decision.cold_start, call.blob, queued=decision.queued
+        )
+        if started:
+            self._started(call)
+        else:
+            self._queued[call.invocation_id] = call
+
+    def _inject_fault(self, call: _Attempt, container: Container, *, queued: bool) -> bool:
+        """Carry out a fault armed with ``faas.inject`` for ``call``, if any; True when the call is not to be sent."""
+        fault = self.faults.take_call_fault(call.function, call.invocation_id)
+        if fault == "timeout" or (fault == "crash" and queued):
+            # The call is never sent: as if it had run past its timeout, or as if the
+            # container had died under it (not merely before it started).
+            container.kill("timeout" if fault == "timeout" else INJECTED)
+            call.future.set_result(InjectedTimeout() if fault == "timeout" else Died(None, INJECTED))
+            self._started(call)  # counted and recorded as started; no timeout clock
+            return True
+        if fault == "crash":  # the call is sent to a container that has just been killed
+            container.kill(INJECTED)
+        return False
+
+    def _queued_call_started(self, invocation_id: str) -> None:
+        call = self._queued.pop(invocation_id, None)
+        if call is not None:
+            self._started(call)
+
+    def _started(self, call: _Attempt) -> None:
+        """``call`` got its slot in its container: count it, and start the clock on its timeout."""
+        name, invocation_id, container = call.function, call.invocation_id, call.container
+        assert container is not None
+        stats = self.stats[name]
+        if call.cold_start:
+            stats.cold_starts += 1
+        else:
+            stats.warm_starts += 1
+        self.lifecycle.call_started(name, container, cold=call.cold_start, invocation_id=invocation_id, attempt=call.attempt)
+        timeout = self.specs[name].timeout
+        if timeout is not None and not call.future.done():
+            # The deadline is on a loop timer, not a cancel scope: it holds whether or not the
+            # caller is still waiting.
+            call.deadlines = self.cluster.deadlines[container.id]
+            call.deadlines.add(invocation_id, timeout)
+
+    def _abandon(self, call: _Attempt) -> None:
+        """The caller of ``call`` stopped waiting: withdraw its request, or leave the call running."""
+        if call.container is not None:
+            # The container keeps running it, under the same deadline.
+            call.container.abandoned.add(call.invocation_id)
+        elif self._waiters.pop(call.invocation_id, None) is not None:
+            self.cluster.apply(self.sched.cancel(call.invocation_id, now=self.clock()))
+
+    def _result(self, call: _Attempt, outcome: Outcome | FailRequest | InjectedTimeout) -> Any:
+        """The call's value, or the microfaas error its outcome means."""
+        if call.deadlines is not None:
+            call.deadlines.discard(call.invocation_id)
+        if isinstance(outcome, FailRequest):
+            raise request_error(
+                call.function,
+                call.invocation_id,
+                outcome,
+                waiting=self.sched.waiting(),
+                queue_limit=self.sched.queue_limit,
+                app_name=self.app_name,
+                start_error=self.cluster.start_errors.pop(outcome.container_id or "", None),
+            )
+        spec = self.specs[call.function]
+        return call_result(call.function, call.invocation_id, call.container, outcome, timeout=spec.timeout, memory_mb=spec.memory_mb)
+
+    def _deadline_passed(self, container: Container, invocation_id: str) -> None:
+        """An invocation ran past its timeout: kill its container (its caller gets FunctionTimeout)."""
+        if invocation_id not in container._pending:
+            return
+        container.timed_out = invocation_id
+        container.kill("timeout")
+        if invocation_id in container.abandoned:
+            self.cluster.emit(ev.TIMEOUT, container.id, invocation_id=invocation_id, abandoned=True, injected=False)
+
+    def _container_gone(self, container: Container) -> None:
+        for invocation_id in [i for i, call in self._queued.items() if call.container is container]:
+            del self._queued[invocation_id]  # abandoned: nobody asks again

@@ -1,0 +1,331 @@
+"""Runtime: one running platform's machinery, assembled; what ``Platform`` delegates to.
+
+What it owns. One anyio task group for the platform's whole life, holding the
+cluster's tasks (container reply readers, node acquisitions, container starts, the
+keep-alive timer, the memory watch), spawned calls and the event sources. Stopping
+stops intake, fails what is waiting, and stops every container and node (SIGTERM,
+grace, SIGKILL) inside a shielded scope.
+
+The parts: ``Cluster`` carries out the core's decisions on the nodes, ``Invoker``
+runs one attempt of an invocation, ``Deliverer`` is the one retry / dead-letter
+loop, ``LifecycleLog`` records what happened and ``StatsRecorder`` counts it. The
+runtime is also what event sources see of the platform: ``SourceRuntime``.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ..errors import CallCancelled, FaaSError, PlatformClosed, UnknownFunction
+from ..pool import LocalNodes
+from ..scheduler import ContainerState
+from . import lifecycle as ev
+from .call import Call
+from .cluster import Cluster
+from .delivery import CallDelivery, DeadLetter, Delivered, Deliverer, Delivery, InFlight
+from .faults import INJECTED, FaultPlan
+from .invoker import Invoker
+from .lifecycle import EVENTS_KEPT, LifecycleLog
+from .shipping import Shipper, dump_args
+from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
+
+if TYPE_CHECKING:
+    from ..keepalive import KeepAlivePolicy
+    from ..nodes import NodeProvider
+    from ..spec import FunctionSpec, Retries
+    from .delivery import Source
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """The machinery of one platform run: made by ``Platform``, started by ``async with``.
+
+    :param app_name: the app's name, for messages.
+    :param functions: the app's functions by name.
+    :param sources: the event sources to run (each with a unique ``key``).
+    """
+
+    def __init__(
+        self,
+        app_name: str,
+        functions: Mapping[str, FunctionSpec],
+        *,
+        nodes: NodeProvider | None = None,
+        keep_alive: KeepAlivePolicy | None = None,
+        queue_limit: int | None = 100_000,
+        sources: Iterable[Source] = (),
+        events_kept: int | None = EVENTS_KEPT,
+    ) -> None:
+        self._app_name = app_name
+        self.provider: NodeProvider = nodes if nodes is not None else LocalNodes()
+        self.queue_limit = queue_limit
+        self.clock: Callable[[], float] = time.monotonic
+        self.lifecycle = LifecycleLog(self.clock, limit=events_kept)
+        self.faults = FaultPlan()
+        self.specs: dict[str, FunctionSpec] = dict(functions)
+        self.stats = {name: StatsRecorder(name) for name in self.specs}
+        self.sources: dict[str, Source] = {}
+        for source in sources:
+            if source.key in self.sources:
+                raise ValueError(f"two event sources are both named {source.key!r}")
+            self.sources[source.key] = source
+        self._keep_alive = keep_alive
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(3)
+        self._in_flight = InFlight()
+        self.running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
+        self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
+        self.deliverer = Deliverer(self._attempt, self.lifecycle)
+        self.state = "new"
+
+    # -- starting and stopping ----------------------------------------------------------------
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Bring up the cluster's minimum, then every event source, in ``tg`` (the platform's task group)."""
+        self.state = "running"
+        self._tg = tg
+        self.cluster = Cluster(
+            self.provider,
+            self.specs,
+            keep_alive=self._keep_alive,
+            queue_limit=self.queue_limit,
+            lifecycle=self.lifecycle,
+            stats=self.stats,
+            faults=self.faults,
+            shipper=Shipper(self.specs),
+            clock=self.clock,
+        )
+        self.invoker = Invoker(self._app_name, self.cluster, stats=self.stats, lifecycle=self.lifecycle, faults=self.faults)
+        self.invoker.open = True
+        await self.cluster.start(tg)
+        for source in self.sources.values():
+            await tg.start(source.run, self)
+
+    async def stop(self) -> None:
+        """Stop intake and every container and node; shielded, so it completes under cancellation."""
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        with anyio.CancelScope(shield=True):
+            if hasattr(self, "invoker"):
+                self.invoker.open = False
+                await self.cluster.stop()
+            self.lifecycle.close()
+
+    # -- what event sources may ask (SourceRuntime) -------------------------------------------
+
+    @property
+    def app_name(self) -> str:
+        return self._app_name
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    @property
+    def in_flight(self) -> InFlight:
+        """Work accepted and not finished; sources count their events here so ``drain`` sees them."""
+        return self._in_flight
+
+    def function(self, name: str, *, require_open: bool = True) -> FunctionSpec:
+        if require_open and self.state != "running":
+            raise PlatformClosed(f"app {self._app_name!r} is not running; call functions inside `async with app.run() as faas:`")
+        try:
+            return self.specs[name]
+        except KeyError:
+            known = ", ".join(sorted(self.specs)) or "none"
+            raise UnknownFunction(f"app {self._app_name!r} has no function {name!r}; it has: {known}") from None
+
+    async def _attempt(self, name: str, blob: bytes, invocation_id: str, attempt: int) -> Any:
+        return await self.invoker.invoke(name, blob, invocation_id, attempt)
+
+    def new_invocation_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    async def deliver(self, delivery: Delivery, retries: Retries) -> Delivered:
+        return await self.deliverer.deliver(delivery, retries)
+
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        self._tg.start_soon(func, *args)
+
+    async def run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
+        """Deliver a call and settle ``call`` with the outcome: retried and dead-lettered per
+        ``retries`` (None: one attempt and no dead letter, as for ``map``)."""
+        self._in_flight.started()
+        self.running_calls[call.id] = (call, delivery.source)
+        with call._scope:
+            try:
+                if retries is None:
+                    call.attempts = 1
+                    try:
+                        call._succeed(await self.invoker.invoke(call.function_name, delivery.blob, call.id, 1))
+                    except FaaSError as exc:
+                        call._fail(exc)
+                else:
+                    outcome = await self.deliverer.deliver(delivery, retries)
+                    call.attempts = outcome.attempts
+                    if outcome.error is None:
+                        call._succeed(outcome.value)
+                    else:
+                        call._fail(outcome.error)
+            finally:
+                if not call.done():
+                    if self.state == "closed":
+                        error = PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished")
+                        call._fail(error)
+                        if retries is not None:
+                            self.deliverer.dead_letter(delivery, error, attempts=max(call.attempts, 1), first_attempt_at=time.time())
+                    else:
+                        call._fail(CallCancelled(f"call {call.id} of {call.function_name} was cancelled"), cancelled=True)
+                self.running_calls.pop(call.id, None)
+                self._in_flight.finished()
+
+    # -- the API ---------------------------------------------------------------------------------
+
+    async def invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.function(name)
+        return await self.invoker.invoke(name, dump_args(name, args, kwargs), self.new_invocation_id(), 1)
+
+    def spawn(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
+        spec = self.function(name)
+        blob = dump_args(name, args, kwargs)
+        call: Call[Any] = Call(self.new_invocation_id(), name)
+        self._tg.start_soon(self.run_call, call, CallDelivery(name, "spawn", call.id, blob), spec.retries)
+        return call
+
+    async def map(
+        self, name: str, iterables: tuple[Iterable[Any], ...], *, return_exceptions: bool, max_in_flight: int | None
+    ) -> AsyncIterator[Any]:
+        spec = self.function(name)
+        if max_in_flight is None:
+            max_in_flight = (spec.max_containers or 32) * spec.concurrency
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        window: collections.deque[Call[Any]] = collections.deque()
+        try:
+            for args in zip(*iterables, strict=False):
+                call: Call[Any] = Call(self.new_invocation_id(), name)
+                self._tg.start_soon(self.run_call, call, CallDelivery(name, "map", call.id, dump_args(name, args, {})), None)
+                window.append(call)
+                if len(window) >= max_in_flight:
+                    yield await _map_result(window.popleft(), return_exceptions)
+            while window:
+                yield await _map_result(window.popleft(), return_exceptions)
+        finally:
+            for call in window:
+                call.cancel()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def function_stats(self, name: str) -> FunctionStats:
+        self.function(name, require_open=False)
+        sched = self.cluster.sched
+        by_state = collections.Counter(str(rec.state) for rec in sched.containers(name))
+        live_states = [state for state in ContainerState if state is not ContainerState.STOPPED]
+        usage = sched.usage_at(name, now=self.clock())
+        return self.stats[name].snapshot({str(state): by_state.get(str(state), 0) for state in live_states}, usage)
+
+    def usage(self) -> PlatformUsage:
+        now = self.clock()
+        sched = self.cluster.sched
+        usage = sched.usage_at(now=now)
+        return PlatformUsage(
+            nodes=len(sched.resources.nodes),
+            node_seconds=sched.resources.node_seconds(now=now),
+            container_seconds=usage.container_seconds,
+            idle_memory_mb_s=usage.idle_memory_mb_s,
+        )
+
+    def containers(self, name: str | None) -> list[ContainerInfo]:
+        if name is not None:
+            self.function(name, require_open=False)
+        infos = []
+        for rec in self.cluster.sched.containers(name):
+            container = self.cluster.containers.get(rec.id)
+            infos.append(
+                ContainerInfo(
+                    id=rec.id,
+                    function=rec.function,
+                    state=rec.state,
+                    node=rec.node_id,
+                    pinned=rec.pinned,
+                    pid=container.pid if container is not None else None,
+                    calls=rec.calls,
+                    start_s=container.start_s if container is not None else None,
+                    load_s=container.load_s if container is not None else None,
+                    init_s=container.init_s if container is not None else None,
+                )
+            )
+        return infos
+
+    def dead_letters(self, name: str) -> list[DeadLetter]:
+        self.function(name, require_open=False)
+        return list(self.deliverer.dead_letters.get(name, ()))
+
+    def add_batch_job(self, job: Any) -> None:
+        self.batch_jobs = [j for j in self.batch_jobs if not j.done()]
+        self.batch_jobs.append(job)
+
+    # -- waiting and testing -----------------------------------------------------------------------
+
+    async def drain(self, timeout: float | None) -> None:  # noqa: ASYNC109 - the API asks for it
+        with anyio.move_on_after(timeout) as scope:
+            while True:
+                await self._in_flight.wait_idle()
+                await anyio.lowlevel.checkpoint()
+                if not self._in_flight.count:
+                    return
+        if scope.cancelled_caught:
+            raise TimeoutError(f"drain timed out after {timeout}s; still pending: {'; '.join(self.pending())}")
+
+    def pending(self) -> list[str]:
+        """What is accepted and not yet finished, described for people."""
+        pending = [item for source in self.sources.values() for item in source.pending()]
+        self.batch_jobs = [job for job in self.batch_jobs if not job.done()]
+        for job in self.batch_jobs:
+            done, _, total = job.progress
+            pending.append(f"{total - done} task(s) of batch job {job.id} for {job.function_name}")
+        calls = collections.Counter(
+            call.function_name for call, source in self.running_calls.values() if source in ("spawn", "map") and not call.done()
+        )
+        pending += [f"{n} spawned call(s) of {name}" for name, n in sorted(calls.items())]
+        return pending or [f"{self._in_flight.count} item(s) in flight"]
+
+    async def kill(self, container_id: str) -> None:
+        target = self.cluster.containers.get(container_id)
+        if target is None:
+            live = ", ".join(sorted(self.cluster.containers)) or "none"
+            raise ValueError(f"no running container {container_id!r}; the running ones are: {live}")
+        with self.lifecycle.subscribe(ev.CONTAINER_EXITED) as exits:
+            self.faults.killed(container_id)
+            target.kill(INJECTED)
+            async for event in exits:
+                if event.container == container_id:
+                    break
+
+    def source(self, key: str) -> Source:
+        try:
+            return self.sources[key]
+        except KeyError:
+            kind, _, name = key.partition(":")
+            known = ", ".join(sorted(k.partition(":")[2] for k in self.sources if k.startswith(kind + ":"))) or "none"
+            raise UnknownFunction(f"app {self._app_name!r} has no {kind} {name!r}; it has: {known}") from None
+
+
+async def _map_result(call: Call[Any], return_exceptions: bool) -> Any:
+    try:
+        return await call.result()
+    except FaaSError as exc:
+        if return_exceptions:
+            return exc
+        raise
