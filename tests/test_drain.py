@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 import microfaas as mf
-from microfaas.runtime import lifecycle as ev
+from microfaas import lifecycle as ev
 from microfaas.testing import running
 
 pytestmark = pytest.mark.anyio

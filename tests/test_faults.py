@@ -9,7 +9,7 @@ import pytest
 
 import microfaas as mf
 from conftest import pid_alive
-from microfaas.runtime import lifecycle as ev
+from microfaas import lifecycle as ev
 from microfaas.testing import running
 
 pytestmark = pytest.mark.anyio

@@ -113,7 +113,7 @@ async def test_records_are_handled_in_put_order_per_shard():
         assert dict(seen) == {shard: sequences for shard, sequences in put.items()}  # complete, strictly increasing
         assert stream.checkpoints("count") == {shard: len(put.get(shard, [])) - 1 for shard in range(3)}
         assert faas.dead_letters("count") == []
-        with pytest.raises(mf.UnknownFunction, match="no stream 'nope'"):
+        with pytest.raises(mf.UnknownSource, match="no stream 'nope'"):
             faas.stream("nope")
     with pytest.raises(mf.PlatformClosed):
         await stream.put(1, key="alice")

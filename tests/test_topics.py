@@ -107,7 +107,7 @@ async def test_publish_waits_when_a_buffer_is_full_and_drops_nothing():
             assert published < 12  # publish is waiting on the full buffer
         await faas.drain(timeout=60)
         assert sorted(int(line.split()[1]) for line in LOG.lines()) == list(range(12))
-        with pytest.raises(mf.UnknownFunction, match="no topic 'nope'"):
+        with pytest.raises(mf.UnknownSource, match="no topic 'nope'"):
             faas.topic("nope")
         assert got.name == "results"
 

@@ -31,14 +31,15 @@ from .errors import (
     SerializationError,
     Throttled,
     UnknownFunction,
+    UnknownSource,
 )
 from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
 from .keepalive import AdaptiveKeepAlive, FixedKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy, NeverUnload
+from .lifecycle import LifecycleEvent
 from .platform import Platform
 from .pool import LocalNodes
 from .runtime.call import Call, CallStatus
 from .runtime.delivery import DeadLetter
-from .runtime.lifecycle import LifecycleEvent
 from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
@@ -101,6 +102,7 @@ __all__ = [
     "TopicSubscription",
     "Trigger",
     "UnknownFunction",
+    "UnknownSource",
     "context",
 ]
 

@@ -9,15 +9,15 @@ it raises ``PlatformClosed``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from .errors import PlatformClosed, UnknownFunction
-from .events import Context, Trigger, reset_context, set_context
+from .events import Context, reset_context, set_context
+from .lifecycle import EVENTS_KEPT
 from .platform import Platform
-from .runtime.lifecycle import EVENTS_KEPT
 from .sources import build_sources
 from .sources.triggers import Stream, Topic
-from .spec import NAME_PATTERN, FunctionSpec, Retries
+from .spec import NAME_PATTERN, FunctionSettings, FunctionSpec, Retries
 
 if TYPE_CHECKING:
     from .keepalive import KeepAlivePolicy
@@ -185,75 +185,31 @@ class App:
     def function(self, fn: Callable[P, R], /) -> FunctionHandle[P, R]: ...
 
     @overload
-    def function(
-        self,
-        fn: None = None,
-        /,
-        *,
-        memory_mb: int = 128,
-        timeout: float | None = 30.0,
-        concurrency: int = 1,
-        min_containers: int = 0,
-        max_containers: int | None = None,
-        idle_timeout: float | None = 60.0,
-        init: Callable[[], Any] | None = None,
-        retries: int | Retries = 0,
-        triggers: Iterable[Trigger] = (),
-        name: str | None = None,
-    ) -> _Decorator: ...
+    def function(self, fn: None = None, /, **settings: Unpack[FunctionSettings]) -> _Decorator: ...
 
-    def function(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        memory_mb: int = 128,
-        timeout: float | None = 30.0,
-        concurrency: int = 1,
-        min_containers: int = 0,
-        max_containers: int | None = None,
-        idle_timeout: float | None = 60.0,
-        init: Callable[[], Any] | None = None,
-        retries: int | Retries = 0,
-        triggers: Iterable[Trigger] = (),
-        name: str | None = None,
-    ) -> Any:
+    def function(self, fn: Callable[..., Any] | None = None, /, **settings: Unpack[FunctionSettings]) -> Any:
         """Declare a function; use bare (``@app.function``) or with settings.
 
         :param memory_mb: memory limit of one container (its private memory); over it
-            the container is killed and the call raises ``OutOfMemory``.
+            the container is killed and the call raises ``OutOfMemory`` (default 128).
         :param timeout: seconds one invocation may run (None: no limit); past it the
-            container is killed and the call raises ``FunctionTimeout``.
-        :param concurrency: invocations one container runs at once.
+            container is killed and the call raises ``FunctionTimeout`` (default 30.0).
+        :param concurrency: invocations one container runs at once (default 1).
         :param min_containers: pinned containers, started with the platform and never
-            released for idleness.
-        :param max_containers: cap on this function's containers (None: no cap); calls
-            past it wait.
-        :param idle_timeout: seconds an idle container is kept (None: the platform's
-            keep-alive policy decides).
+            released for idleness (default 0).
+        :param max_containers: cap on this function's containers (default None: no cap);
+            calls past it wait.
+        :param idle_timeout: seconds an idle container is kept (default 60.0; None: the
+            platform's keep-alive policy decides).
         :param init: called once in each new container before its first call (sync or async).
-        :param retries: extra attempts for spawned calls and events (int or ``Retries``).
+        :param retries: extra attempts for spawned calls and events (int or ``Retries``; default 0).
         :param triggers: event sources that invoke this function.
         :param name: the registered name (default: the function's ``__name__``).
-        :raises ValueError: a setting is invalid (the message names it).
+        :raises ValueError: a setting is unknown or invalid (the message names it).
         """
 
         def decorate(func: Callable[..., Any]) -> FunctionHandle[Any, Any]:
-            if not callable(func):
-                raise ValueError(f"@app.function must decorate a callable, got {func!r}")
-            spec = FunctionSpec(
-                name=name if name is not None else getattr(func, "__name__", ""),
-                fn=func,
-                memory_mb=memory_mb,
-                timeout=timeout,
-                concurrency=concurrency,
-                min_containers=min_containers,
-                max_containers=max_containers,
-                idle_timeout=idle_timeout,
-                init=init,
-                retries=retries,  # type: ignore[arg-type]
-                triggers=triggers,  # type: ignore[arg-type]
-            )
+            spec = FunctionSpec.build(func, settings)
             if spec.name in self._functions:
                 raise ValueError(f"app {self.name!r} already has a function named {spec.name!r}; pass name=... to rename one")
             if self._platform is not None:

@@ -13,6 +13,7 @@
     ├── CallCancelled              a spawned call was cancelled before it finished
     ├── SerializationError         an argument or result could not be pickled
     ├── UnknownFunction            no function by that name in the app
+    ├── UnknownSource              no topic, stream or timer by that name in the app
     └── PlatformClosed             the platform is not running
 
 Foreign exceptions (``EOFError``, ``BrokenPipeError``, anyio's stream errors) are
@@ -35,6 +36,7 @@ __all__ = [
     "SerializationError",
     "Throttled",
     "UnknownFunction",
+    "UnknownSource",
 ]
 
 
@@ -157,6 +159,11 @@ class SerializationError(FaaSError):
 
 class UnknownFunction(FaaSError, LookupError):
     """The app has no function by that name."""
+
+
+class UnknownSource(FaaSError, LookupError):
+    """The app has no event source of that kind and name (``faas.topic("orders")`` for an
+    undeclared topic): a topic, stream or timer is not a function."""
 
 
 class PlatformClosed(FaaSError):

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .errors import FaaSError
 from .http import serve
-from .runtime.lifecycle import EVENTS_KEPT
+from .lifecycle import EVENTS_KEPT
 from .runtime.runtime import Runtime
 from .runtime.stats import ContainerInfo
 from .sources.batch import start_batch
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from .keepalive import KeepAlivePolicy
+    from .lifecycle import LifecycleEvent
     from .nodes import NodeProvider
     from .runtime.call import Call
     from .runtime.delivery import DeadLetter, Source
-    from .runtime.lifecycle import LifecycleEvent
     from .runtime.stats import FunctionStats, PlatformUsage
     from .sources.batch import BatchJob, BatchProgress
     from .sources.streams import StreamSource
@@ -34,6 +35,17 @@ if TYPE_CHECKING:
     from .spec import FunctionSpec
 
 __all__ = ["Platform"]
+
+
+def _the_one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The user's error inside a task group's exception group: a group of one ``FaaSError``
+    or ``ValueError`` (nested or not) is that error, so ``except ValueError`` catches it."""
+    errors = group.exceptions
+    while len(errors) == 1 and isinstance(errors[0], BaseExceptionGroup):
+        errors = errors[0].exceptions
+    if len(errors) == 1 and isinstance(errors[0], FaaSError | ValueError):
+        return errors[0]
+    return group
 
 
 class Platform:
@@ -72,6 +84,7 @@ class Platform:
             raise RuntimeError("a Platform runs once; call app.run() again for a new one")
         if self.app._platform is not None:
             raise RuntimeError(f"app {self.app.name!r} is already running")
+        self._runtime.prepare()
         self.app._platform = self
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -80,8 +93,11 @@ class Platform:
         except BaseException as exc:
             await self._stop()
             self._tg.cancel_scope.cancel()
-            if await self._tg.__aexit__(type(exc), exc, exc.__traceback__):
-                raise RuntimeError("platform start was interrupted") from exc
+            try:
+                if await self._tg.__aexit__(type(exc), exc, exc.__traceback__):
+                    raise RuntimeError("platform start was interrupted") from exc
+            except BaseExceptionGroup as group:
+                raise _the_one_error(group) from None
             raise
         return self
 

@@ -9,16 +9,17 @@ of microfaas's but them, so the core, the runtime and the sources can all read a
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypedDict
 
 import attrs
 
 from .events import Trigger
 
-__all__ = ["NAME_PATTERN", "FunctionSpec", "Retries"]
+__all__ = ["NAME_PATTERN", "FunctionSettings", "FunctionSpec", "Retries"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -157,3 +158,45 @@ class FunctionSpec:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
+
+    @classmethod
+    def build(cls, fn: Callable[..., Any], settings: FunctionSettings | dict[str, Any]) -> FunctionSpec:
+        """The spec of ``fn`` with ``settings`` (the keywords of ``@app.function``); the name
+        defaults to ``fn.__name__``.
+
+        :raises ValueError: an unknown setting (with the names that exist) or a bad value.
+        """
+        if not callable(fn):
+            raise ValueError(f"@app.function must decorate a callable, got {fn!r}")
+        known = [field.name for field in attrs.fields(cls) if field.name != "fn"]
+        for key in settings:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown function setting {key!r}; {hint}the settings are: {', '.join(known)}")
+        values = dict(settings)
+        if values.get("name") is None:
+            default = getattr(fn, "__name__", "")
+            if default == "<lambda>":
+                raise ValueError(
+                    'a lambda has no name to register it under; pass name=..., e.g. app.function(name="double")(lambda x: 2 * x)'
+                )
+            if not isinstance(default, str) or not NAME_PATTERN.match(default):
+                raise ValueError(f"{fn!r} has no usable name ({default!r}); pass name=... to register it")
+            values["name"] = default
+        return cls(fn=fn, **values)
+
+
+class FunctionSettings(TypedDict, total=False):
+    """The keywords of ``@app.function`` (and of ``faas.deploy``); ``FunctionSpec`` has their defaults."""
+
+    memory_mb: int
+    timeout: float | None
+    concurrency: int
+    min_containers: int
+    max_containers: int | None
+    idle_timeout: float | None
+    init: Callable[[], Any] | None
+    retries: int | Retries
+    triggers: Iterable[Trigger]
+    name: str | None

@@ -1,8 +1,9 @@
-"""Testing with microfaas: the pytest plugin (a ``faas`` fixture) and ``running(app)`` for other runners.
+"""Testing with microfaas: ``running(app)``, and the pytest plugin's ``faas`` fixture.
 
-pytest loads this module through the ``pytest11`` entry point. It is inert until a
-test asks for ``faas``: it defines fixtures (none autouse), registers the
-``microfaas`` marker, and wraps the setup of its own fixture only.
+pytest loads the plugin (``microfaas._pytest_plugin``) through the ``pytest11``
+entry point. It is inert until a test asks for ``faas``: it defines fixtures (none
+autouse), registers the ``microfaas`` marker, and wraps the setup of its own
+fixture only.
 
 ::
 
@@ -71,14 +72,3 @@ def _resolve_app(app: App | str) -> App:
     if not isinstance(app, App):
         raise TypeError(f"microfaas: app must be an mf.App (or 'package.module:attribute' naming one), got {app!r}")
     return app
-
-
-# The plugin (fixtures and hooks) needs pytest; ``running`` does not.
-try:
-    import pytest as _pytest
-except ImportError:  # pragma: no cover - pytest is not installed
-    _pytest = None  # type: ignore[assignment]
-if _pytest is not None:
-    from ._pytest_plugin import faas, microfaas_app, microfaas_run_options, pytest_configure, pytest_fixture_setup
-
-    __all__ += ["faas", "microfaas_app", "microfaas_run_options", "pytest_configure", "pytest_fixture_setup"]

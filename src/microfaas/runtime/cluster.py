@@ -27,20 +27,20 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.abc
 
+from .. import lifecycle as ev
 from ..actions import FailRequest, RunOn, StartContainer, StopContainer
 from ..errors import SerializationError
 from ..nodes import NodeSetup, StartFailed
 from ..resources import AcquireNode, ReleaseNode
 from ..scheduler import ContainerState, FunctionProfile, Scheduler
-from . import lifecycle as ev
 from .deadlines import Deadlines
 
 if TYPE_CHECKING:
     from ..keepalive import KeepAlivePolicy
     from ..nodes import Container, Node, NodeProvider
     from ..spec import FunctionSpec
+    from .eventlog import LifecycleLog
     from .faults import FaultPlan
-    from .lifecycle import LifecycleLog
     from .shipping import Shipper
     from .stats import StatsRecorder
 

@@ -38,7 +38,7 @@ from .shipping import loads_or_blob
 if TYPE_CHECKING:
     from ..spec import FunctionSpec, Retries
     from .call import Call
-    from .lifecycle import LifecycleLog
+    from .eventlog import LifecycleLog
 
 __all__ = [
     "RETRYABLE",
@@ -253,7 +253,8 @@ class Deliverer:
                 failed_at=failed_at,
             )
             self.dead_letters[delivery.function].append(letter)
-            self._lifecycle.dead_letter(letter)
+            where = {"function": delivery.function, "source": delivery.source, "invocation_id": delivery.invocation_id}
+            self._lifecycle.dead_letter(error, **where, attempts=attempts)
 
 
 def may_retry(retries: Retries, attempt: int, first_attempt_at: float, delay: float) -> bool:

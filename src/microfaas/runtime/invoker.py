@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .. import lifecycle as ev
 from ..actions import FailRequest, RunOn
 from ..errors import FaaSError, PlatformClosed
 from ..nodes import Died, NotStarted, Outcome
-from . import lifecycle as ev
 from .faults import INJECTED
 from .outcomes import InjectedTimeout, call_result, count_failure, request_error
 
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from ..nodes import Container
     from .cluster import Cluster
     from .deadlines import Deadlines
+    from .eventlog import LifecycleLog
     from .faults import FaultPlan
-    from .lifecycle import LifecycleLog
     from .stats import StatsRecorder
 
 __all__ = ["Invoker"]

@@ -25,16 +25,17 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ..errors import CallCancelled, FaaSError, PlatformClosed, UnknownFunction
+from .. import lifecycle as ev
+from ..errors import CallCancelled, FaaSError, PlatformClosed, UnknownFunction, UnknownSource
+from ..lifecycle import EVENTS_KEPT
 from ..pool import LocalNodes
 from ..scheduler import ContainerState
-from . import lifecycle as ev
 from .call import Call
 from .cluster import Cluster
 from .delivery import CallDelivery, DeadLetter, Delivered, Deliverer, Delivery, InFlight
+from .eventlog import LifecycleLog
 from .faults import INJECTED, FaultPlan
 from .invoker import Invoker
-from .lifecycle import EVENTS_KEPT, LifecycleLog
 from .shipping import Shipper, dump_args
 from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
 
@@ -90,10 +91,11 @@ class Runtime:
 
     # -- starting and stopping ----------------------------------------------------------------
 
-    async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        """Bring up the cluster's minimum, then every event source, in ``tg`` (the platform's task group)."""
-        self.state = "running"
-        self._tg = tg
+    def prepare(self) -> None:
+        """Build the scheduler core and the shell around it; no I/O yet.
+
+        :raises ValueError: a function does not fit the nodes (the message names it).
+        """
         self.cluster = Cluster(
             self.provider,
             self.specs,
@@ -106,6 +108,13 @@ class Runtime:
             clock=self.clock,
         )
         self.invoker = Invoker(self._app_name, self.cluster, stats=self.stats, lifecycle=self.lifecycle, faults=self.faults)
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Bring up the cluster's minimum, then every event source, in ``tg`` (the platform's task group)."""
+        if not hasattr(self, "cluster"):
+            self.prepare()
+        self.state = "running"
+        self._tg = tg
         self.invoker.open = True
         await self.cluster.start(tg)
         for source in self.sources.values():
@@ -319,7 +328,7 @@ class Runtime:
         except KeyError:
             kind, _, name = key.partition(":")
             known = ", ".join(sorted(k.partition(":")[2] for k in self.sources if k.startswith(kind + ":"))) or "none"
-            raise UnknownFunction(f"app {self._app_name!r} has no {kind} {name!r}; it has: {known}") from None
+            raise UnknownSource(f"app {self._app_name!r} has no {kind} {name!r}; it has: {known}") from None
 
 
 async def _map_result(call: Call[Any], return_exceptions: bool) -> Any:

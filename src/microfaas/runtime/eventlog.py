@@ -1,4 +1,4 @@
-"""Lifecycle events: the ordered record of what the platform did, for tests and tools.
+"""The lifecycle event log: the ordered record of what the platform did, for tests and tools.
 
 How this works. The platform calls ``LifecycleLog.emit`` at the points where
 something happens to a function, a container or a node: a call got a cold or a
@@ -22,125 +22,29 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
 
 import anyio
-import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import ContainerCrashed, FaaSError, FunctionError, FunctionTimeout, OutOfMemory
-
-if TYPE_CHECKING:
-    from .delivery import DeadLetter
-
-__all__ = [
-    "COLD_START",
-    "CONTAINER_EXITED",
-    "CONTAINER_STARTED",
-    "CONTAINER_STOPPED",
-    "CRASH",
-    "DEAD_LETTER",
-    "EVENTS_KEPT",
-    "EVICTION",
-    "FUNCTION_ERROR",
-    "IDLE_RELEASE",
-    "KINDS",
-    "NODE_ACQUIRED",
-    "NODE_FAILED",
-    "NODE_RELEASED",
-    "OUT_OF_MEMORY",
-    "RETRY",
-    "START_FAILED",
-    "TIMEOUT",
-    "WARM_START",
-    "LifecycleEvent",
-    "LifecycleLog",
-]
-
-# -- the kinds of event (detail keys in brackets) --------------------------------------------
-#: A call got a container that was started for it [invocation_id, attempt, start_s, load_s, init_s].
-COLD_START: Final = "cold_start"
-#: A call got a container that was already up [invocation_id, attempt].
-WARM_START: Final = "warm_start"
-#: A container is ready: loaded, init run [start_s, load_s, init_s, pinned, pid].
-CONTAINER_STARTED: Final = "container_started"
-#: A container could not start [stage, error, injected].
-START_FAILED: Final = "start_failed"
-#: An idle container was stopped after its keep-alive ran out.
-IDLE_RELEASE: Final = "idle_release"
-#: An idle container was stopped to make room for another function's container.
-EVICTION: Final = "eviction"
-#: A container was stopped for another reason [reason: "shutdown"].
-CONTAINER_STOPPED: Final = "container_stopped"
-#: A container's process ended, for whatever reason [returncode, reason].
-CONTAINER_EXITED: Final = "container_exited"
-#: A node was acquired.
-NODE_ACQUIRED: Final = "node_acquired"
-#: A node could not be acquired [error].
-NODE_FAILED: Final = "node_failed"
-#: A node was released [reason: "empty" or "shutdown"].
-NODE_RELEASED: Final = "node_released"
-#: An invocation ran past its timeout; its container was killed [invocation_id, attempt, timeout, injected].
-TIMEOUT: Final = "timeout"
-#: A container died under an invocation [invocation_id, attempt, returncode, injected].
-CRASH: Final = "crash"
-#: A container went over memory_mb under an invocation and was killed [invocation_id, attempt, used_mb, limit_mb].
-OUT_OF_MEMORY: Final = "out_of_memory"
-#: The handler raised [invocation_id, attempt, remote_type, remote_message].
-FUNCTION_ERROR: Final = "function_error"
-#: A failed attempt will be tried again [source, invocation_id, attempt (the one that failed), delay, error].
-RETRY: Final = "retry"
-#: An event failed every attempt and went to the dead letters [source, invocation_id, attempts, error].
-DEAD_LETTER: Final = "dead_letter"
-
-KINDS: Final = frozenset(
-    {
-        COLD_START,
-        WARM_START,
-        CONTAINER_STARTED,
-        START_FAILED,
-        IDLE_RELEASE,
-        EVICTION,
-        CONTAINER_STOPPED,
-        CONTAINER_EXITED,
-        NODE_ACQUIRED,
-        NODE_FAILED,
-        NODE_RELEASED,
-        TIMEOUT,
-        CRASH,
-        OUT_OF_MEMORY,
-        FUNCTION_ERROR,
-        RETRY,
-        DEAD_LETTER,
-    }
+from ..lifecycle import (
+    COLD_START,
+    CONTAINER_STARTED,
+    CRASH,
+    DEAD_LETTER,
+    EVENTS_KEPT,
+    FUNCTION_ERROR,
+    KINDS,
+    OUT_OF_MEMORY,
+    RETRY,
+    TIMEOUT,
+    WARM_START,
+    LifecycleEvent,
 )
 
-# How many events a platform keeps (the oldest are dropped past it); None keeps all.
-EVENTS_KEPT: Final = 10_000
-
-
-@attrs.frozen(kw_only=True)
-class LifecycleEvent:
-    """One thing that happened on the platform.
-
-    :param kind: what happened: one of ``microfaas.lifecycle.KINDS`` (``"cold_start"``, ``"crash"``, ...).
-    :param function: the function it concerns (None for node events).
-    :param container: the container it concerns, if any.
-    :param node: the node it concerns, if any.
-    :param time: when, on the platform's monotonic clock (``time.monotonic()``).
-    :param wall_time: when, in wall-clock seconds (``time.time()``).
-    :param detail: the rest, by kind (see the kind constants in ``microfaas.lifecycle``).
-    """
-
-    kind: str
-    function: str | None = None
-    container: str | None = None
-    node: str | None = None
-    time: float
-    wall_time: float
-    detail: Mapping[str, Any] = attrs.field(factory=dict)
-
+__all__ = ["LifecycleLog"]
 
 # An event as recorded: (kind, function, container, node, time, wall_time, detail).
 _Raw = tuple[str, str | None, str | None, str | None, float, float, dict[str, Any]]
@@ -278,10 +182,11 @@ class LifecycleLog:
         }
         self.emit(RETRY, function=function, **where, **detail)
 
-    def dead_letter(self, letter: DeadLetter) -> None:
-        where = {"container": getattr(letter.error, "container_id", None), "node": getattr(letter.error, "node_id", None)}
-        detail: dict[str, Any] = {"source": letter.source, "invocation_id": letter.invocation_id, "attempts": letter.attempts}
-        self.emit(DEAD_LETTER, function=letter.function, **where, error=type(letter.error).__name__, **detail)
+    def dead_letter(self, error: FaaSError, *, function: str, source: str, invocation_id: str, attempts: int) -> None:
+        """An event of ``function`` failed all its ``attempts`` and went to the dead letters."""
+        where = {"container": getattr(error, "container_id", None), "node": getattr(error, "node_id", None)}
+        detail: dict[str, Any] = {"source": source, "invocation_id": invocation_id, "attempts": attempts}
+        self.emit(DEAD_LETTER, function=function, **where, error=type(error).__name__, **detail)
 
     # -- reading ---------------------------------------------------------------------------------
 
