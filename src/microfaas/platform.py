@@ -228,7 +228,7 @@ class Platform:
     def inject(self, name: str, /, *, crash: int = 0, timeout: int = 0, start_failure: int = 0) -> None:
         """Make the next ``crash`` + ``timeout`` calls of ``name`` crash or time out, its next ``start_failure`` starts fail.
 
-        Counts add up over calls; the platform then behaves as under real faults (see ``microfaas.faults``).
+        Counts add up over calls; the platform then behaves as under real faults (see ``microfaas.runtime.faults``).
         """
         self._runtime.function(name, require_open=False)
         self._runtime.faults.arm(name, crash=crash, timeout=timeout, start_failure=start_failure)
