@@ -23,7 +23,7 @@ import collections
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -43,6 +43,9 @@ from ..lifecycle import (
     WARM_START,
     LifecycleEvent,
 )
+
+if TYPE_CHECKING:
+    from ..nodes import Container
 
 __all__ = ["LifecycleLog"]
 
@@ -69,15 +72,6 @@ def _kinds(kind: str | Iterable[str] | None) -> frozenset[str] | None:
 
 def _matches(event: LifecycleEvent, kinds: frozenset[str] | None, function: str | None) -> bool:
     return (kinds is None or event.kind in kinds) and (function is None or event.function == function)
-
-
-class _Container(Protocol):
-    id: str
-    node_id: str
-    pid: int | None
-    start_s: float
-    load_s: float
-    init_s: float
 
 
 # The kind of event for an invocation that failed with each error (other errors make none:
@@ -136,7 +130,7 @@ class LifecycleLog:
 
     # -- what the platform reports ----------------------------------------------------------------
 
-    def call_started(self, function: str, container: _Container, *, cold: bool, invocation_id: str, attempt: int) -> None:
+    def call_started(self, function: str, container: Container, *, cold: bool, invocation_id: str, attempt: int) -> None:
         """A call got ``container``: a cold start (it was started for the call) or a warm one."""
         if cold:
             timings = {"start_s": container.start_s, "load_s": container.load_s, "init_s": container.init_s}
@@ -158,7 +152,7 @@ class LifecycleLog:
             detail["injected"] = injected
         self.emit(kind, function=error.function_name, container=error.container_id, node=error.node_id, **detail)
 
-    def container_started(self, function: str, container: _Container, *, pinned: bool) -> None:
+    def container_started(self, function: str, container: Container, *, pinned: bool) -> None:
         timings = {"start_s": container.start_s, "load_s": container.load_s, "init_s": container.init_s}
         self.emit(
             CONTAINER_STARTED,
