@@ -3,7 +3,8 @@
 The gateway sits below ``platform.py`` and must not import it (the platform imports
 the gateway to serve it). It types against ``GatewayPlatform`` instead, which names
 exactly what it uses: the app's name and function specs, whether the platform is
-closed, ``invoke`` by name, and the stats and containers of one function.
+closed, ``invoke`` by name, and the stats and containers of one function (any
+attrs records: the gateway only serves them as JSON).
 ``Platform`` satisfies it structurally; so does a test double.
 """
 
@@ -13,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..runtime.stats import ContainerInfo, FunctionStats
+    from attrs import AttrsInstance
+
     from ..spec import FunctionSpec
 
 __all__ = ["GatewayApp", "GatewayPlatform"]
@@ -53,10 +55,10 @@ class GatewayPlatform(Protocol):
         """
         ...
 
-    def stats(self, name: str) -> FunctionStats:
-        """What has happened to function ``name`` so far."""
+    def stats(self, name: str) -> AttrsInstance:
+        """What has happened to function ``name`` so far (``FunctionStats``; served as JSON)."""
         ...
 
-    def containers(self, name: str) -> Sequence[ContainerInfo]:
-        """The live containers of function ``name``."""
+    def containers(self, name: str) -> Sequence[AttrsInstance]:
+        """The live containers of function ``name`` (``ContainerInfo`` records; served as JSON)."""
         ...

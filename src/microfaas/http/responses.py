@@ -103,6 +103,6 @@ def to_response(value: Any, function: str) -> HttpResponse:
     )
 
 
-def as_json(record: Any) -> Any:
+def as_json(record: attrs.AttrsInstance) -> Any:
     """An attrs record (stats, a container's info) as plain JSON values; str enums become their values."""
     return attrs.asdict(record, value_serializer=lambda _inst, _field, v: str(v) if isinstance(v, str) else v)
