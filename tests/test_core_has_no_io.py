@@ -23,7 +23,8 @@ import pytest
 import microfaas
 
 PACKAGE_DIR = Path(microfaas.__file__).resolve().parent
-CORE = ("actions", "keepalive", "resources", "scheduler", "usage")
+# validation: the attrs validators the core's records share with every layer (pure as well).
+CORE = ("actions", "keepalive", "resources", "scheduler", "usage", "validation")
 FORBIDDEN = frozenset({"anyio", "asyncio", "time", "os", "subprocess", "threading", "socket", "selectors", "signal"})
 ALLOWED_THIRD_PARTY = frozenset({"attrs"})
 

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import attrs
 import httpx
 import pytest
 
 import microfaas as mf
-from microfaas.http import ERROR_STATUS, error_payload, make_asgi_app
+from microfaas.http import ERROR_STATUS, GatewayPlatform, error_payload, make_asgi_app
 
 pytestmark = pytest.mark.anyio
 
@@ -446,6 +447,50 @@ def test_envelopes() -> None:
     assert mf.HttpResponse(body="é").body == "é".encode()
     with pytest.raises(ValueError, match="status"):
         mf.HttpResponse(status=99)
+
+
+# -- the gateway needs only GatewayPlatform ----------------------------------------------------
+
+
+@attrs.frozen
+class _Counts:
+    invocations: int
+
+
+class _FakePlatform:
+    """Exactly what GatewayPlatform names, and nothing else: the gateway must make do with it."""
+
+    def __init__(self) -> None:
+        self.app = app
+        self.closed = False
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    async def invoke(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((name, args, kwargs))
+        return {"from": "the fake"} if name == "item" else 42
+
+    def stats(self, name: str) -> _Counts:
+        return _Counts(invocations=len(self.calls))
+
+    def containers(self, name: str) -> list[_Counts]:
+        return [_Counts(invocations=0)]
+
+
+async def test_the_gateway_serves_anything_that_satisfies_gateway_platform() -> None:
+    fake = _FakePlatform()
+    gateway: GatewayPlatform = fake  # the type the gateway asks for
+    transport = httpx.ASGITransport(app=make_asgi_app(gateway, invoke_api=True, expose=["add"]))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok", "app": "gateway"}
+        assert (await http.get("/items/5")).json() == {"from": "the fake"}
+        assert (await invoke(http, "add", {"args": [1], "kwargs": {"b": 2}})).json() == {"result": 42}
+        detail = (await http.get("/v1/functions/add")).json()
+        assert detail == {"name": "add", "routes": [], "stats": {"invocations": 2}, "containers": [{"invocations": 0}]}
+        fake.closed = True
+        assert (await http.get("/healthz")).status_code == 503
+    (route, (request,), _), add_call = fake.calls
+    assert route == "item" and isinstance(request, mf.HttpRequest) and request.path_params == {"item_id": "5"}
+    assert add_call == ("add", (1,), {"b": 2})
 
 
 # -- on a real uvicorn ---------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .validation import at_least
+
 if TYPE_CHECKING:
     from .actions import ContainerRecord
 
@@ -98,9 +100,7 @@ class KeepAlivePolicy:
         return None
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{type(instance).__name__}: {attribute.name} must be >= 0 seconds, got {value!r}")
+_non_negative = at_least(0, unit=" seconds")
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ from . import protocol
 from .nodes.container import EXIT_STATUS_WAIT, LocalContainer, close_socket, readable_or_closed, send_all
 from .nodes.contract import NodeSetup, StartFailed
 from .resources import ResourceManager
+from .validation import int_at_least, number_at_least, positive_int
 
 __all__ = ["LocalNode", "LocalNodes"]
 
@@ -35,24 +36,10 @@ def _machine_memory_mb() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
 
 
-def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"LocalNodes: {attribute.name} must be a positive int, got {value!r}")
-
-
-def _positive_or_none(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"LocalNodes: {attribute.name} must be a positive int or None, got {value!r}")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"LocalNodes: {attribute.name} must be a number >= 0, got {value!r}")
-
-
-def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"LocalNodes: {attribute.name} must be an int >= 0, got {value!r}")
+_positive = positive_int()
+_positive_or_none = positive_int(optional=True)
+_non_negative = number_at_least(0)
+_non_negative_int = int_at_least(0)
 
 
 def _start_method(instance: object, attribute: attrs.Attribute[str], value: str) -> None:

@@ -39,6 +39,7 @@ from .keepalive import KeepAlivePolicy
 from .resources import AcquireNode, ReleaseNode, ResourceManager
 from .scheduler import Action, FailRequest, FunctionProfile, RunOn, Scheduler, StartContainer, StopContainer
 from .traces import Trace, TraceError, TraceFunction, load_azure, load_csv
+from .validation import Validator, at_least
 
 __all__ = [
     "REPLAY_NODES",
@@ -64,12 +65,9 @@ DRAIN_HORIZON: Final = 86_400.0
 _NODE_UP, _STARTED, _FINISHED = "node_up", "started", "finished"
 
 
-def _at_least(low: float) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and not value >= low:
-            raise ValueError(f"{type(instance).__name__}: {attribute.name} must be >= {low}, got {value!r}")
-
-    return check
+def _at_least(low: float) -> Validator:
+    # None passes: the optional fields take it, and the converted ones never see it.
+    return at_least(low, optional=True)
 
 
 @attrs.frozen(kw_only=True)

@@ -2,8 +2,8 @@
 
 Settings are validated when they are built: a bad value raises ``ValueError``
 naming the function and the field (``"resize: memory_mb must be an int >= 1, got 0"``).
-This module sits at the bottom with ``events`` and ``errors``: it imports nothing
-of microfaas's but them, so the core, the runtime and the sources can all read a
+This module sits at the bottom with ``validation``, ``events`` and ``errors``: it
+imports nothing of microfaas's but them, so the core, the runtime and the sources can all read a
 ``FunctionSpec`` without importing the app that declared it.
 """
 
@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 import attrs
 
 from .events import Trigger
+from .validation import Validator, int_at_least, is_int, is_number, name_or_type, seconds
 
 __all__ = ["NAME_PATTERN", "FunctionSettings", "FunctionSpec", "Retries"]
 
@@ -25,40 +26,15 @@ NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
 def _fail(instance: Any, field: str, expectation: str, value: object) -> ValueError:
-    owner = getattr(instance, "name", None) or type(instance).__name__
-    return ValueError(f"{owner}: {field} must be {expectation}, got {value!r}")
+    return ValueError(f"{name_or_type(instance)}: {field} must be {expectation}, got {value!r}")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _int_at_least(minimum: int, *, optional: bool = False) -> Validator:
+    return int_at_least(minimum, optional=optional, owner=name_or_type)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _int_at_least(minimum: int, *, optional: bool = False) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    expectation = f"an int >= {minimum}" + (" or None" if optional else "")
-
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        if not _is_int(value) or value < minimum:
-            raise _fail(instance, attribute.name, expectation, value)
-
-    return check
-
-
-def _seconds(*, positive: bool, optional: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    expectation = ("a number > 0" if positive else "a number >= 0") + " (seconds)" + (" or None" if optional else "")
-
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        if not _is_number(value) or value != value or value < 0 or (positive and value == 0):
-            raise _fail(instance, attribute.name, expectation, value)
-
-    return check
+def _seconds(*, positive: bool, optional: bool) -> Validator:
+    return seconds(positive=positive, optional=optional, owner=name_or_type)
 
 
 @attrs.frozen
@@ -86,7 +62,7 @@ class Retries:
 
     @backoff.validator
     def _check_backoff(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if not _is_number(value) or value < 1:
+        if not is_number(value) or value < 1:
             raise _fail(self, attribute.name, "a number >= 1", value)
 
     def delay(self, retry: int) -> float:
@@ -95,7 +71,7 @@ class Retries:
 
 
 def _to_retries(value: object) -> object:
-    if _is_int(value):
+    if is_int(value):
         if value < 0:  # type: ignore[operator]
             return value  # the validator names the problem
         return Retries(max_retries=value)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@
   the ``Outcome`` of a call and ``StartFailed``.
 * ``container`` -- ``LocalContainer``: the platform's end of one worker process's socket.
 * ``zygote`` -- the warm process each local node forks its containers from.
+* ``memory`` -- a process's private memory from /proc, for the memory limits.
 
 This package imports the sans-I/O core and the ContainerService (``worker``,
 ``protocol``) below it, never the runtime or the providers above it.

@@ -26,6 +26,7 @@ import anyio
 
 from .. import protocol
 from .contract import BadPayload, Died, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
+from .memory import private_mb
 
 __all__ = [
     "EXIT_STATUS_WAIT",
@@ -165,14 +166,7 @@ class LocalContainer(ContainerHandle):
         A forked container shares the zygote's pages copy-on-write; only what it
         writes or allocates counts against its limit.
         """
-        if self.pid is None:
-            return None
-        try:
-            with open(f"/proc/{self.pid}/smaps_rollup", "rb") as f:
-                private_kb = sum(int(line.split()[1]) for line in f if line.startswith(b"Private_"))
-        except (OSError, IndexError, ValueError):
-            return None
-        return private_kb / 1024
+        return None if self.pid is None else private_mb(self.pid)
 
     def set_exit(self, returncode: int | None) -> None:
         if not self.exited.is_set():
