@@ -3,7 +3,7 @@
 The runtime (``runtime/``) is written against these shapes; a new backend
 implements them. ``LocalNodes``/``LocalNode``/``LocalContainer`` (``pool.py``,
 ``nodes/container.py``) run containers as processes on this machine; ``RayNodes``/
-``RayNode``/``RayContainer`` (``ray.py``) run them as Ray actors.
+``RayNode``/``RayContainer`` (``ray.py``, ``ray_container.py``) run them as Ray actors.
 
 * ``NodeProvider`` -- configuration, not state: makes the ``ResourceManager`` that
   decides how many nodes of what size exist, and brings up one node on request.

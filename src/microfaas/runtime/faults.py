@@ -25,6 +25,8 @@ from __future__ import annotations
 import collections
 from typing import Final
 
+from ..validation import is_int
+
 __all__ = ["CRASH", "INJECTED", "TIMEOUT", "FaultPlan"]
 
 CRASH: Final = "crash"
@@ -34,7 +36,7 @@ INJECTED: Final = "injected"
 
 
 def _count(field: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value) or value < 0:
         raise ValueError(f"inject: {field} must be an int >= 0, got {value!r}")
     return value
 

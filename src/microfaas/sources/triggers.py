@@ -8,13 +8,13 @@ this package turn them into running deliveries when the platform starts.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Final
 
 import attrs
 
 from ..events import Trigger
+from ..validation import is_int, is_number
 
 __all__ = ["Cron", "Every", "Stream", "StreamConsumer", "Topic", "TopicSubscription"]
 
@@ -26,14 +26,6 @@ DEFAULT_BUFFER: Final = 1000
 def _check(owner: str, field: str, ok: bool, expectation: str, value: object) -> None:
     if not ok:
         raise ValueError(f"{owner}: {field} must be {expectation}, got {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_name(kind: str, name: object) -> None:
@@ -54,13 +46,13 @@ class TopicSubscription(Trigger):
 
     def __attrs_post_init__(self) -> None:
         owner = f"topic {self.topic!r} subscription"
-        _check(owner, "batch_size", _is_int(self.batch_size) and self.batch_size >= 1, "an int >= 1", self.batch_size)
-        ok = _is_number(self.batch_window) and self.batch_window >= 0
+        _check(owner, "batch_size", is_int(self.batch_size) and self.batch_size >= 1, "an int >= 1", self.batch_size)
+        ok = is_number(self.batch_window) and self.batch_window >= 0
         _check(owner, "batch_window", ok, "a number >= 0 (seconds)", self.batch_window)
-        _check(owner, "max_retries", _is_int(self.max_retries) and self.max_retries >= 0, "an int >= 0", self.max_retries)
-        ok = self.max_concurrency is None or (_is_int(self.max_concurrency) and self.max_concurrency >= 1)
+        _check(owner, "max_retries", is_int(self.max_retries) and self.max_retries >= 0, "an int >= 0", self.max_retries)
+        ok = self.max_concurrency is None or (is_int(self.max_concurrency) and self.max_concurrency >= 1)
         _check(owner, "max_concurrency", ok, "an int >= 1 or None", self.max_concurrency)
-        _check(owner, "buffer_size", _is_int(self.buffer_size) and self.buffer_size >= 1, "an int >= 1", self.buffer_size)
+        _check(owner, "buffer_size", is_int(self.buffer_size) and self.buffer_size >= 1, "an int >= 1", self.buffer_size)
 
 
 @attrs.frozen
@@ -110,13 +102,13 @@ class StreamConsumer(Trigger):
 
     def __attrs_post_init__(self) -> None:
         owner = f"stream {self.stream!r} consumer"
-        _check(owner, "batch_size", _is_int(self.batch_size) and self.batch_size >= 1, "an int >= 1", self.batch_size)
-        ok = _is_number(self.batch_window) and self.batch_window >= 0
+        _check(owner, "batch_size", is_int(self.batch_size) and self.batch_size >= 1, "an int >= 1", self.batch_size)
+        ok = is_number(self.batch_window) and self.batch_window >= 0
         _check(owner, "batch_window", ok, "a number >= 0 (seconds)", self.batch_window)
         _check(owner, "start", self.start in _STARTS, "'earliest' or 'latest'", self.start)
         _check(owner, "bisect_on_error", isinstance(self.bisect_on_error, bool), "a bool", self.bisect_on_error)
-        _check(owner, "max_retries", _is_int(self.max_retries) and self.max_retries >= 0, "an int >= 0", self.max_retries)
-        ok = _is_int(self.parallelization) and self.parallelization >= 1
+        _check(owner, "max_retries", is_int(self.max_retries) and self.max_retries >= 0, "an int >= 0", self.max_retries)
+        ok = is_int(self.parallelization) and self.parallelization >= 1
         _check(owner, "parallelization", ok, "an int >= 1", self.parallelization)
 
 
@@ -129,7 +121,7 @@ class Stream:
 
     def __attrs_post_init__(self) -> None:
         _check_name("stream", self.name)
-        _check(f"stream {self.name!r}", "shards", _is_int(self.shards) and self.shards >= 1, "an int >= 1", self.shards)
+        _check(f"stream {self.name!r}", "shards", is_int(self.shards) and self.shards >= 1, "an int >= 1", self.shards)
 
     def consume(
         self,
@@ -160,7 +152,7 @@ class Every(Trigger):
     name: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        _check("Every", "seconds", _is_number(self.seconds) and self.seconds > 0, "a number > 0", self.seconds)
+        _check("Every", "seconds", is_number(self.seconds) and self.seconds > 0, "a number > 0", self.seconds)
 
 
 @attrs.frozen
