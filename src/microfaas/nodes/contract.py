@@ -213,7 +213,7 @@ class Node(Protocol):
     async def start_container(self, container_id: str, bundle_blob: bytes) -> Container:
         """Create a container and wait until it is ready (loaded, init run).
 
-        :raises StartFailed: it did not come up (``container.py``).
+        :raises StartFailed: it did not come up.
         """
         ...
 
