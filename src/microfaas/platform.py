@@ -51,6 +51,7 @@ from .keepalive import KeepAlivePolicy
 from .nodes import NodeSetup
 from .nodes.contract import Died, NotStarted, Outcome, StartFailed
 from .pool import LocalNodes
+from .protocol import CallRequest
 from .resources import AcquireNode, ReleaseNode
 from .runtime import lifecycle as ev
 from .runtime.call import Call, CallStatus
@@ -505,9 +506,10 @@ class Platform:
         if self._faults and self._inject_fault(call, container, queued=decision.queued):
             return
         timeout = self._specs[call.function].timeout
-        started = container.start_call(
-            call.future, call.invocation_id, call.attempt, timeout, decision.cold_start, call.blob, queued=decision.queued
+        request = CallRequest(
+            invocation_id=call.invocation_id, attempt=call.attempt, timeout_s=timeout, cold_start=decision.cold_start, args=call.blob
         )
+        started = container.start_call(call.future, request, queued=decision.queued)
         if started:
             self._started(call)
         else:
