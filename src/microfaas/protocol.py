@@ -67,6 +67,7 @@ __all__ = [
 # 3: a kind byte in the header, and typed messages instead of a pickled tuple naming its kind.
 PROTOCOL_VERSION: Final = 3
 HEADER: Final = struct.Struct(">IBBI")  # body_len, version, kind, meta_len
+_HEADER_SIZE: Final = HEADER.size
 # What body_len counts before the meta: version, kind, meta_len.
 _BODY_HEAD: Final = HEADER.size - 4
 # A frame larger than this is a bug or a corrupt stream, not a payload.
@@ -271,6 +272,7 @@ _MetaEncoder: TypeAlias = Callable[[Any], bytes]
 _Decoder: TypeAlias = Callable[[bytes | bytearray, int, int, Blob], Any]
 
 _CALL_META: Final = struct.Struct(">IdB")  # attempt, timeout_s (when flagged), flags
+_CALL_META_SIZE: Final = _CALL_META.size
 _COLD: Final = 1
 _TIMED: Final = 2
 
@@ -281,11 +283,12 @@ def _encode_call(m: CallRequest) -> bytes:
 
 
 def _decode_call(data: bytes | bytearray, start: int, end: int, blob: Blob) -> CallRequest:
-    if end - start < _CALL_META.size:
-        raise ProtocolError(f"CallRequest frame: meta of {end - start} bytes is shorter than its {_CALL_META.size} packed bytes")
+    packed_end = start + _CALL_META_SIZE
+    if packed_end > end:
+        raise ProtocolError(f"CallRequest frame: meta of {end - start} bytes is shorter than its {_CALL_META_SIZE} packed bytes")
     attempt, timeout_s, flags = _CALL_META.unpack_from(data, start)
     return CallRequest(
-        invocation_id=data[start + _CALL_META.size : end].decode(),
+        invocation_id=data[packed_end:end].decode(),
         attempt=attempt,
         timeout_s=timeout_s if flags & _TIMED else None,
         cold_start=bool(flags & _COLD),
@@ -323,19 +326,16 @@ def _pickled(cls: type[Any]) -> tuple[_MetaEncoder, _Decoder]:
     return encode_meta, decode
 
 
-_META_ENCODERS: Final[dict[type[Any], _MetaEncoder]] = {}
-_DECODERS: Final[dict[int, tuple[type[Any], _Decoder]]] = {}
-for _cls, _kind in KINDS.items():
-    _META_ENCODERS[_cls], _decoder = _pickled(_cls)
-    _DECODERS[_kind] = (_cls, _decoder)
-_META_ENCODERS[CallRequest] = _encode_call
-_DECODERS[KINDS[CallRequest]] = (CallRequest, _decode_call)
-_META_ENCODERS[ResultReply] = _encode_result
-_DECODERS[KINDS[ResultReply]] = (ResultReply, _decode_result)
-# What encode needs of each class, in one lookup: kind, meta encoder, blob getter.
+_CODECS: Final = {cls: _pickled(cls) for cls in KINDS}
+_CODECS[CallRequest] = (_encode_call, _decode_call)
+_CODECS[ResultReply] = (_encode_result, _decode_result)
+# What encode needs of each class, in one look-up: kind, meta encoder, blob getter (None: no blob).
 _ENCODE: Final[dict[type[Any], tuple[int, _MetaEncoder, Callable[[Any], Blob] | None]]] = {
-    cls: (kind, _META_ENCODERS[cls], attrgetter(_BLOB_FIELD[cls]) if cls in _BLOB_FIELD else None) for cls, kind in KINDS.items()
+    cls: (kind, _CODECS[cls][0], attrgetter(_BLOB_FIELD[cls]) if cls in _BLOB_FIELD else None) for cls, kind in KINDS.items()
 }
+# The decoder of each kind byte.
+_DECODE: Final[dict[int, _Decoder]] = {kind: _CODECS[cls][1] for cls, kind in KINDS.items()}
+_CLASS_OF: Final = {kind: cls for cls, kind in KINDS.items()}
 
 
 def encode(message: Message) -> list[bytes | bytearray | memoryview]:
@@ -345,32 +345,43 @@ def encode(message: Message) -> list[bytes | bytearray | memoryview]:
     """
     try:
         kind, encode_meta, blob_of = _ENCODE[type(message)]
-    except KeyError:
-        raise ProtocolError(f"encode: {type(message).__qualname__} is not a protocol message") from None
-    try:
         meta = encode_meta(message)
-    except (struct.error, TypeError, ValueError, AttributeError, pickle.PicklingError) as exc:
-        raise ProtocolError(f"encode: {message!r} does not fit the wire: {exc}") from exc
-    blob: Blob = b"" if blob_of is None else blob_of(message)
-    body_len = _BODY_HEAD + len(meta) + len(blob)
-    if body_len > MAX_FRAME:
-        raise ProtocolError(f"encode: a {type(message).__name__} frame of {body_len} bytes is over the {MAX_FRAME}-byte limit")
-    head = HEADER.pack(body_len, PROTOCOL_VERSION, kind, len(meta)) + meta
+        blob: Blob = b"" if blob_of is None else blob_of(message)
+        head = HEADER.pack(_BODY_HEAD + len(meta) + len(blob), PROTOCOL_VERSION, kind, len(meta)) + meta
+    except Exception as exc:
+        raise _unencodable(message, exc) from exc
     return [head, blob] if blob else [head]
+
+
+def _unencodable(message: object, exc: Exception) -> ProtocolError:
+    """What ``encode`` could not do with ``message``, named."""
+    cls = type(message)
+    if cls not in _ENCODE:
+        return ProtocolError(f"encode: {cls.__qualname__} is not a protocol message")
+    blob_of = _ENCODE[cls][2]
+    size = 0 if blob_of is None else len(blob_of(message))
+    if size > MAX_FRAME - _BODY_HEAD:
+        return ProtocolError(f"encode: a {cls.__name__} of {size} bytes is over the {MAX_FRAME}-byte frame limit")
+    return ProtocolError(f"encode: {message!r} does not fit the wire: {exc}")
 
 
 def _decode(kind: int, data: bytes | bytearray, start: int, end: int, blob: Blob) -> Message:
     """The message of a frame of ``kind`` whose meta is ``data[start:end]``."""
-    entry = _DECODERS.get(kind)
-    if entry is None:
-        raise ProtocolError(f"frame of unknown kind {kind}: protocol version {PROTOCOL_VERSION} has kinds 1 to {len(_DECODERS)}")
-    cls, decode = entry
     try:
-        return decode(data, start, end, blob)  # type: ignore[no-any-return]
-    except ProtocolError:
-        raise
-    except Exception as exc:  # whatever garbage raised: a corrupt frame
-        raise ProtocolError(f"{cls.__name__} frame (kind {kind}): meta does not decode: {exc!r}") from exc
+        return _DECODE[kind](data, start, end, blob)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise _undecodable(kind, exc) from exc
+
+
+def _undecodable(kind: int, exc: Exception) -> ProtocolError:
+    """Why a frame of ``kind`` did not decode, named."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    cls = _CLASS_OF.get(kind)
+    if cls is None:
+        return ProtocolError(f"frame of unknown kind {kind}: protocol version {PROTOCOL_VERSION} has kinds 1 to {len(_DECODE)}")
+    # Whatever garbage raised: a corrupt frame.
+    return ProtocolError(f"{cls.__name__} frame (kind {kind}): meta does not decode: {exc!r}")
 
 
 def byte_views(buffers: list[bytes | bytearray | memoryview]) -> list[memoryview]:
@@ -447,7 +458,7 @@ class FrameDecoder:
             self._filled = 0
             return _split(frame)
         buf = self._buf
-        if len(buf) < HEADER.size:
+        if len(buf) < _HEADER_SIZE:
             return None
         body_len, version, kind, meta_len = HEADER.unpack_from(buf)
         if version != PROTOCOL_VERSION or meta_len > body_len - _BODY_HEAD:
@@ -460,8 +471,11 @@ class FrameDecoder:
                 self._filled = len(buf)
                 buf.clear()
             return None
-        meta_end = HEADER.size + meta_len
-        message = _decode(kind, buf, HEADER.size, meta_end, buf[meta_end:end])
+        meta_end = _HEADER_SIZE + meta_len
+        try:  # _decode, inlined: this runs for every frame
+            message: Message = _DECODE[kind](buf, _HEADER_SIZE, meta_end, buf[meta_end:end])
+        except Exception as exc:
+            raise _undecodable(kind, exc) from exc
         del buf[:end]
         return message
 
