@@ -102,7 +102,7 @@ class Channel:
         A small frame usually arrives whole in one ``recv``; a large one is read
         straight into a buffer of its size.
 
-        :param poll_s: poll this long for the frame's first bytes before sleeping in ``recv``.
+        :param poll_s: poll this long for bytes before sleeping in ``recv``.
         :raises protocol.ProtocolError: the platform sent a frame this side cannot decode.
         """
         decoder = self._decoder
