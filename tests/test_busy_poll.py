@@ -21,7 +21,8 @@ import microfaas as mf
 from microfaas import protocol
 from microfaas.worker import Channel
 
-FRAME = protocol.encode(("call", "inv-1", 1, None, False), b"args")
+CALL = protocol.CallRequest(invocation_id="inv-1", attempt=1, timeout_s=None, cold_start=False, args=b"args")
+FRAME = protocol.encode(CALL)
 
 
 def _send_later(sock: socket.socket, delay: float, buffers: list[bytes | bytearray | memoryview] | None) -> threading.Thread:
@@ -46,12 +47,9 @@ def test_a_frame_is_received_whether_it_comes_during_the_poll_or_after(poll_s: f
     platform_end, container_end = socket.socketpair()
     with platform_end, container_end:
         sender = _send_later(platform_end, delay, FRAME)
-        frame = Channel(container_end).recv(poll_s)
+        message = Channel(container_end).recv(poll_s)
         sender.join()
-    assert frame is not None
-    meta, blob = frame
-    assert meta == ("call", "inv-1", 1, None, False)
-    assert bytes(blob) == b"args"
+    assert message == CALL
 
 
 def test_a_channel_closed_while_polling_ends_the_container() -> None:

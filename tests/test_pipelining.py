@@ -38,10 +38,10 @@ def queued_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     sent: list[str] = []
     start_call = LocalContainer.start_call
 
-    def spy(self, outcome, invocation_id, *args, queued=False):  # type: ignore[no-untyped-def]
+    def spy(self, outcome, request, *, queued=False):  # type: ignore[no-untyped-def]
         if queued:
-            sent.append(invocation_id)
-        return start_call(self, outcome, invocation_id, *args, queued=queued)
+            sent.append(request.invocation_id)
+        return start_call(self, outcome, request, queued=queued)
 
     monkeypatch.setattr(LocalContainer, "start_call", spy)
     return sent

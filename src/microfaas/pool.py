@@ -152,14 +152,15 @@ class LocalNode:
         self._ctrl = parent
         self._setup_reply = _ForkReply()
         self._tg.start_soon(self._serve_zygote)
-        await self._send_ctrl(protocol.encode(("setup", list(self.setup.sys_path), self.setup.cwd, list(self.setup.preload))))
+        await self._send_ctrl(
+            protocol.encode(protocol.SetupRequest(sys_path=self.setup.sys_path, cwd=self.setup.cwd, modules=self.setup.preload))
+        )
         await self._setup_reply.event.wait()
-        if self._setup_reply.error is not None:
+        done = self._setup_reply.value
+        if not isinstance(done, protocol.SetupDone):
             await self.stop()
             raise StartFailed(f"node {self.id}: the zygote {self._setup_reply.error}", stage="node")
-        failures = self._setup_reply.value  # the zygote's {module: error} (protocol frames are untyped)
-        assert failures is None or isinstance(failures, dict), failures
-        self.preload_failures = dict(failures or {})
+        self.preload_failures = dict(done.failures)
 
     async def start_container(self, container_id: str, bundle_blob: bytes) -> LocalContainer:
         """Create a container and wait until it is ready (its init has run).
@@ -195,7 +196,7 @@ class LocalNode:
             self._tg.start_soon(self._wait_process, container, process)
         try:
             if process is not None:
-                container.send(protocol.encode(("load", list(self.setup.sys_path), self.setup.cwd), bundle_blob))
+                container.send(protocol.encode(protocol.LoadRequest(sys_path=self.setup.sys_path, cwd=self.setup.cwd, bundle=bundle_blob)))
             await container.handshake()
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -252,15 +253,14 @@ class LocalNode:
     async def _fork(self, container_id: str, bundle_blob: bytes, child: socket.socket) -> int:
         reply = self._forks[container_id] = _ForkReply()
         try:
-            await self._send_ctrl(protocol.encode(("fork", container_id, self.busy_poll_s), bundle_blob), fd=child.fileno())
+            fork = protocol.ForkRequest(container_id=container_id, busy_poll_s=self.busy_poll_s, bundle=bundle_blob)
+            await self._send_ctrl(protocol.encode(fork), fd=child.fileno())
             await reply.event.wait()
         finally:
             self._forks.pop(container_id, None)
-        if reply.error is not None:
+        if not isinstance(reply.value, protocol.Forked):
             raise StartFailed(f"node {self.id}: {reply.error}", stage="process")
-        pid = reply.value  # the zygote's os.fork() result (protocol frames are untyped)
-        assert isinstance(pid, int), pid
-        return pid
+        return reply.value.pid
 
     async def _send_ctrl(self, buffers: list[bytes | bytearray | memoryview], fd: int | None = None) -> None:
         assert self._ctrl is not None
@@ -285,37 +285,35 @@ class LocalNode:
                 if not data:
                     break
                 self._ctrl_decoder.feed(data)
-                while (frame := self._ctrl_decoder.next_frame()) is not None:
-                    self._on_zygote_frame(frame[0])
+                while (message := self._ctrl_decoder.next_message()) is not None:
+                    self._on_zygote_message(message)
         except protocol.ProtocolError as exc:
             reason = f"spoke garbage ({exc})"
         finally:
             # The zygote is gone: its children were killed with it.
-            message = f"zygote {reason}"
+            gone = f"zygote {reason}"
             if self._setup_reply is not None:
-                self._setup_reply.fail(message)
+                self._setup_reply.fail(gone)
             for reply in self._forks.values():
-                reply.fail(message)
+                reply.fail(gone)
             for container in list(self._containers.values()):
                 container.set_exit(self._early_exits.pop(container.pid or -1, None))
 
-    def _on_zygote_frame(self, meta: tuple[object, ...]) -> None:
-        kind = meta[0]
-        if kind == "forked":
-            reply = self._forks.get(str(meta[1]))
+    def _on_zygote_message(self, message: protocol.Message) -> None:
+        if type(message) is protocol.Forked:
+            reply = self._forks.get(message.container_id)
             if reply is not None:
-                reply.succeed(meta[2])
-        elif kind == "exited":
-            pid, returncode = int(meta[1]), int(meta[2])  # type: ignore[call-overload]
-            container = self._by_pid.get(pid)
+                reply.succeed(message)
+        elif type(message) is protocol.ChildExited:
+            container = self._by_pid.get(message.pid)
             if container is None:
-                self._early_exits[pid] = returncode
+                self._early_exits[message.pid] = message.returncode
             else:
-                container.set_exit(returncode)
-        elif kind == "setup_done" and self._setup_reply is not None:
-            self._setup_reply.succeed(meta[1])
+                container.set_exit(message.returncode)
+        elif type(message) is protocol.SetupDone and self._setup_reply is not None:
+            self._setup_reply.succeed(message)
         else:
-            raise protocol.ProtocolError(f"unexpected zygote message {kind!r}")
+            raise protocol.ProtocolError(f"node {self.id}: unexpected zygote message {type(message).__name__}")
 
     async def _wait_process(self, container: LocalContainer, process: anyio.abc.Process) -> None:
         with anyio.CancelScope(shield=True):
@@ -324,14 +322,16 @@ class LocalNode:
 
 
 class _ForkReply:
+    """The zygote's answer to one request (``Forked`` or ``SetupDone``), or why none will come."""
+
     __slots__ = ("error", "event", "value")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
-        self.value: object = None
+        self.value: protocol.Forked | protocol.SetupDone | None = None
         self.error: str | None = None
 
-    def succeed(self, value: object) -> None:
+    def succeed(self, value: protocol.Forked | protocol.SetupDone) -> None:
         self.value = value
         self.event.set()
 

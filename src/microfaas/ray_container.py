@@ -8,8 +8,8 @@ keeps one such spare started ahead), and its ``start`` call loads the cloudpickl
 
 An invocation is one ``invoke`` actor call (``worker.run_call``), awaited from the
 platform's event loop. The call takes one bytes argument (the invocation's fields
-and its arguments, pickled together) and returns the result's bytes, or a tuple
-for an error, because Ray pays for every argument and every non-bytes value it
+and its arguments, pickled together) and returns the result's bytes, or the
+error's reply record, because Ray pays for every argument and every non-bytes value it
 serialises: five arguments and a tuple reply cost about 0.3 ms per call more. A
 second, never-returning ``watch`` call in its own concurrency group notices the
 actor's death even when it is idle.
@@ -41,8 +41,9 @@ import ray
 
 from . import events
 from .nodes.container import EXIT_STATUS_WAIT, ContainerHandle
-from .nodes.contract import BadPayload, Died, Outcome, Raised, Returned, StartFailed
+from .nodes.contract import Died, Outcome, Returned, StartFailed, outcome_of
 from .nodes.memory import private_mb
+from .protocol import CallReply, CallRequest, Ready, ResultReply, StartFailure
 from .worker import Bundle, Started, flush_user_output, run_call, run_call_async, start_function
 
 __all__ = ["RayContainer", "actor_class", "first_line", "kill_actor"]
@@ -78,10 +79,10 @@ class _ContainerActor:
             except BaseException:  # noqa: BLE001 - the container's own load reports it
                 pass
 
-    def start(self, container_id: str, bundle_blob: bytes) -> tuple[object, ...]:
+    def start(self, container_id: str, bundle_blob: bytes) -> tuple[Ready, float] | StartFailure:
         """Load the function and run its init.
 
-        :returns: ``("ready", pid, load_s, init_s, baseline_mb)`` or ``("start_failed", stage, type, message, traceback)``.
+        :returns: ``(Ready, baseline_mb)`` or the ``StartFailure``.
         """
         self._container_id = container_id
         result = start_function(bundle_blob, after_load=self._measure_baseline)
@@ -92,7 +93,7 @@ class _ContainerActor:
         if result.loop is not None:
             # Async handlers (and what their init set up) share one loop, run in a helper thread.
             threading.Thread(target=result.loop.run_forever, name="microfaas-loop", daemon=True).start()
-        return ("ready", os.getpid(), result.load_s, result.init_s, self._baseline_mb)
+        return Ready(pid=os.getpid(), load_s=result.load_s, init_s=result.init_s), self._baseline_mb
 
     def _measure_baseline(self) -> None:
         # What the Ray worker and the function's code take is not the container's to pay for (a
@@ -104,10 +105,10 @@ class _ContainerActor:
         """Never returns: its error is how the platform learns that the actor died."""
         self._forever.wait()
 
-    def invoke(self, request: bytes) -> bytes | tuple[object, ...]:
+    def invoke(self, request: bytes) -> bytes | bytearray | CallReply:
         """Run one invocation (an ``_invoke_request``).
 
-        :returns: the result's blob, ``("error", type, message, traceback)`` or ``("bad_payload", message)``.
+        :returns: the result's blob, or the ``ErrorReply`` or ``BadPayloadReply``.
         """
         invocation_id, attempt, deadline, cold_start, args_blob = pickle.loads(request)
         bundle = self._bundle
@@ -123,14 +124,12 @@ class _ContainerActor:
         )
         try:
             if self._loop is not None:
-                meta, payload = asyncio.run_coroutine_threadsafe(run_call_async(bundle, ctx, args_blob), self._loop).result()
+                reply = asyncio.run_coroutine_threadsafe(run_call_async(bundle, ctx, args_blob), self._loop).result()
             else:
-                meta, payload = run_call(bundle, ctx, args_blob, None)
+                reply = run_call(bundle, ctx, args_blob, None)
         finally:
             flush_user_output()
-        if meta[0] == "result":
-            return payload
-        return (meta[0], *meta[2:])
+        return reply.value if type(reply) is ResultReply else reply
 
 
 class RayContainer(ContainerHandle):
@@ -159,27 +158,17 @@ class RayContainer(ContainerHandle):
             reply = await self.actor.start.remote(self.id, bundle_blob)
         except Exception as exc:  # noqa: BLE001 - any Ray error: the actor did not come up
             raise StartFailed(f"the container actor died before it was ready: {first_line(exc)}", stage="process") from None
-        if reply[0] == "start_failed":
+        if isinstance(reply, StartFailure):
             raise StartFailed.from_reply(reply)
-        _, pid, self.load_s, self.init_s, self._baseline_mb = reply
-        self.pid = int(pid)
+        ready, self._baseline_mb = reply
+        self.pid, self.load_s, self.init_s = ready.pid, ready.load_s, ready.init_s
         if self._local and not _is_ray_worker(self.pid):
             self._local = False  # the pid is not a Ray worker of this machine: memory is not measured
         self._watch_ref = self.actor.watch.remote()
 
     # -- calls ------------------------------------------------------------------------------
 
-    def start_call(
-        self,
-        outcome: asyncio.Future[Any],
-        invocation_id: str,
-        attempt: int,
-        timeout: float | None,
-        cold_start: bool,
-        args_blob: bytes,
-        *,
-        queued: bool = False,
-    ) -> bool:
+    def start_call(self, outcome: asyncio.Future[Any], request: CallRequest, *, queued: bool = False) -> bool:
         """Send one invocation as an actor call; ``outcome`` gets its ``Outcome`` (see ``nodes.Container``).
 
         RayNodes does not pipeline (the actor queues calls beyond its ``max_concurrency`` itself),
@@ -188,10 +177,11 @@ class RayContainer(ContainerHandle):
         if self._lost.is_set():
             outcome.set_result(self._death())
             return True
+        invocation_id = request.invocation_id
         self._pending[invocation_id] = outcome
-        deadline = time.time() + timeout if timeout is not None else None
+        deadline = time.time() + request.timeout_s if request.timeout_s is not None else None
         try:
-            ref = self.actor.invoke.remote(_invoke_request(invocation_id, attempt, deadline, cold_start, args_blob))
+            ref = self.actor.invoke.remote(_invoke_request(invocation_id, request.attempt, deadline, request.cold_start, request.args))
             reply = asyncio.wrap_future(ref.future())
         except Exception as exc:  # noqa: BLE001 - a Ray error is a lost container, never the user's problem
             self._actor_lost(exc)
@@ -213,12 +203,7 @@ class RayContainer(ContainerHandle):
             return  # resolved as a death meanwhile
         del self._pending[invocation_id]
         result = reply.result()
-        if not isinstance(result, tuple):
-            value: Outcome = Returned(result)
-        elif result[0] == "error":
-            value = Raised(str(result[1]), str(result[2]), str(result[3]))
-        else:
-            value = BadPayload(str(result[1]))
+        value: Outcome = Returned(result) if isinstance(result, bytes | bytearray) else outcome_of(result)
         if not outcome.done():  # done: the caller gave up waiting
             outcome.set_result(value)
         if self.on_reply is not None:
@@ -303,7 +288,7 @@ class RayContainer(ContainerHandle):
         return Died(self.returncode, self.kill_reason)
 
 
-def _invoke_request(invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes) -> bytes:
+def _invoke_request(invocation_id: str, attempt: int, deadline: float | None, cold_start: bool, args_blob: bytes | bytearray) -> bytes:
     """An invocation as the one bytes argument of ``_ContainerActor.invoke``."""
     return pickle.dumps((invocation_id, attempt, deadline, cold_start, args_blob), protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -5,7 +5,7 @@ frames); its stdout and stderr are the user's and are flushed after every call.
 It is started either by a zygote's ``fork`` (``serve`` is called in the child
 with the function bundle already in memory) or as a fresh interpreter
 (``python -c 'from microfaas.worker import main; main()' --fd N``; the bundle
-arrives in a ``load`` frame).
+arrives in a ``LoadRequest``).
 
 Handlers run inline when ``concurrency == 1``; with more, sync handlers run on a
 thread pool and async handlers as tasks on an event loop in a helper thread, and
@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -84,55 +84,43 @@ class Bundle:
 
 
 class Channel:
-    """Blocking frame I/O on the container's socket; sends are serialised by a lock."""
+    """Blocking message I/O on the container's socket; sends are serialised by a lock."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._send_lock = threading.Lock()
-        self._buf = bytearray()  # bytes read past the last frame
+        self._decoder = protocol.FrameDecoder()
 
-    def send(self, meta: tuple[object, ...], blob: bytes | bytearray | memoryview = b"") -> None:
-        buffers = protocol.encode(meta, blob)
+    def send(self, message: protocol.Message) -> None:
+        buffers = protocol.encode(message)
         with self._send_lock:
             _sendmsg_all(self.sock, buffers)
 
-    def recv(self, poll_s: float = 0.0) -> tuple[tuple[object, ...], bytes | bytearray | memoryview] | None:
-        """The next frame, or None when the platform closed the channel.
+    def recv(self, poll_s: float = 0.0) -> protocol.Message | None:
+        """The next message, or None when the platform closed the channel.
 
         A small frame usually arrives whole in one ``recv``; a large one is read
         straight into a buffer of its size.
 
-        :param poll_s: poll this long for the frame's first bytes before sleeping in ``recv``.
+        :param poll_s: poll this long for bytes before sleeping in ``recv``.
+        :raises protocol.ProtocolError: the platform sent a frame this side cannot decode.
         """
-        buf = self._buf
-        while len(buf) < protocol.HEADER.size:
-            if not self._fill(poll_s):
+        decoder = self._decoder
+        while (message := decoder.next_message()) is None:
+            view = decoder.writable()
+            if view is not None:
+                with view:
+                    received = self.sock.recv_into(view)
+                decoder.wrote(received)
+            else:
+                data = _poll(self.sock, poll_s) if poll_s else None
+                if data is None:
+                    data = self.sock.recv(protocol.READ_SIZE)
+                received = len(data)
+                decoder.feed(data)
+            if not received:
                 return None
-        body_len, version, meta_len = protocol.HEADER.unpack_from(buf)
-        protocol.check_header(version, body_len, meta_len)
-        total = 4 + body_len
-        if len(buf) < total:
-            have = len(buf)
-            frame = bytearray(total)
-            frame[:have] = buf
-            buf.clear()
-            if not _recv_exactly(self.sock, memoryview(frame)[have:]):
-                return None
-        else:
-            frame = buf[:total]
-            del buf[:total]
-        meta_end = protocol.HEADER.size + meta_len
-        with memoryview(frame) as view:
-            meta = protocol.decode_meta(view[protocol.HEADER.size : meta_end])
-        del frame[:meta_end]
-        return meta, frame
-
-    def _fill(self, poll_s: float = 0.0) -> bool:
-        data = _poll(self.sock, poll_s) if poll_s else None
-        if data is None:
-            data = self.sock.recv(protocol.READ_SIZE)
-        self._buf += data
-        return bool(data)
+        return message
 
 
 def _poll(sock: socket.socket, seconds: float) -> bytes | None:
@@ -163,15 +151,6 @@ def _sendmsg_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryvi
         if not views:
             return
         sent = sock.sendmsg(views)
-
-
-def _recv_exactly(sock: socket.socket, view: memoryview) -> bool:
-    while view:
-        n = sock.recv_into(view)
-        if n == 0:
-            return False
-        view = view[n:]
-    return True
 
 
 def describe_error(exc: BaseException) -> tuple[str, str, str]:
@@ -218,53 +197,49 @@ class Container:
     def serve_forever(self) -> None:
         poll_s = 0.0
         replied = -math.inf
-        while (frame := self.channel.recv(poll_s)) is not None:
+        while (call := self.channel.recv(poll_s)) is not None:
             arrived = time.perf_counter()
-            meta, blob = frame
-            if meta[0] != "call":
-                raise protocol.ProtocolError(f"container {self.container_id} got unexpected message {meta[0]!r}")
-            _, invocation_id, attempt, timeout, cold = meta
+            if type(call) is not protocol.CallRequest:
+                raise protocol.ProtocolError(f"container {self.container_id} got unexpected message {type(call).__name__}")
             ctx = events.Context(
-                invocation_id=str(invocation_id),
+                invocation_id=call.invocation_id,
                 function_name=self.bundle.name,
-                attempt=int(attempt),  # type: ignore[call-overload]
-                cold_start=bool(cold),
-                deadline=None if timeout is None else time.time() + timeout,  # type: ignore[operator]
+                attempt=call.attempt,
+                cold_start=call.cold_start,
+                deadline=None if call.timeout_s is None else time.time() + call.timeout_s,
                 memory_mb=self.bundle.memory_mb,
                 container_id=self.container_id,
             )
             if self.bundle.concurrency == 1:
-                self._run(ctx, blob)
+                self._run(ctx, call.args)
                 # Poll for the next call only while calls come back to back: this one came
                 # within the polling window after the last reply.
                 poll_s = self.busy_poll_s if arrived - replied < self.busy_poll_s else 0.0
                 replied = time.perf_counter()
             elif self.is_async:
                 assert self.loop is not None
-                asyncio.run_coroutine_threadsafe(self._run_async(ctx, blob), self.loop)
+                asyncio.run_coroutine_threadsafe(self._run_async(ctx, call.args), self.loop)
             else:
                 assert self.pool is not None
-                self.pool.submit(self._run, ctx, blob)
+                self.pool.submit(self._run, ctx, call.args)
 
-    def _run(self, ctx: events.Context, blob: bytes | bytearray | memoryview) -> None:
+    def _run(self, ctx: events.Context, blob: protocol.Blob) -> None:
         try:
-            self.channel.send(*run_call(self.bundle, ctx, blob, self.loop))
+            self.channel.send(run_call(self.bundle, ctx, blob, self.loop))
         finally:
             flush_user_output()
 
-    async def _run_async(self, ctx: events.Context, blob: bytes | bytearray | memoryview) -> None:
+    async def _run_async(self, ctx: events.Context, blob: protocol.Blob) -> None:
         try:
-            self.channel.send(*await run_call_async(self.bundle, ctx, blob))
+            self.channel.send(await run_call_async(self.bundle, ctx, blob))
         finally:
             flush_user_output()
 
 
 # -- loading a function and running one call, shared with other container kinds (ray.py) --------
 
-Reply = tuple[tuple[object, ...], bytes]
 
-
-def load_bundle(bundle_blob: bytes | bytearray | memoryview) -> Bundle:
+def load_bundle(bundle_blob: protocol.Blob) -> Bundle:
     """Unpickle a ``Bundle`` and resolve its function reference (raises what loading raised)."""
     bundle: Bundle = cloudpickle.loads(bundle_blob)
     if isinstance(bundle.fn, FunctionRef):
@@ -293,24 +268,29 @@ class Started:
     init_s: float  # how long init ran
 
 
+def _start_failure(stage: str, exc: BaseException) -> protocol.StartFailure:
+    remote_type, remote_message, remote_traceback = describe_error(exc)
+    return protocol.StartFailure(stage=stage, remote_type=remote_type, remote_message=remote_message, remote_traceback=remote_traceback)
+
+
 def start_function(
-    bundle_blob: bytes | bytearray | memoryview,
+    bundle_blob: protocol.Blob,
     *,
     started: float | None = None,
     after_load: Callable[[], object] | None = None,
-) -> Started | tuple[object, ...]:
+) -> Started | protocol.StartFailure:
     """Load the bundle and run its init, timing both.
 
     :param started: the ``time.perf_counter()`` the load time counts from (default: now).
     :param after_load: called once the bundle is loaded, before init runs.
-    :returns: ``Started``, or the ``("start_failed", stage, type, message, traceback)`` reply.
+    :returns: ``Started``, or the ``StartFailure`` to report.
     """
     if started is None:
         started = time.perf_counter()
     try:
         bundle = load_bundle(bundle_blob)
     except BaseException as exc:  # noqa: BLE001 - report, whatever it was
-        return ("start_failed", "load", *describe_error(exc))
+        return _start_failure("load", exc)
     loaded = time.perf_counter()
     if after_load is not None:
         after_load()
@@ -318,63 +298,61 @@ def start_function(
         loop = run_init(bundle)
     except BaseException as exc:  # noqa: BLE001
         flush_user_output()
-        return ("start_failed", "init", *describe_error(exc))
+        return _start_failure("init", exc)
     return Started(bundle=bundle, loop=loop, load_s=loaded - started, init_s=time.perf_counter() - loaded)
 
 
-def _unpack(ctx: events.Context, blob: bytes | bytearray | memoryview) -> tuple[tuple[Any, ...], dict[str, Any], Reply | None]:
-    """The call's arguments, or the bad_payload reply when they cannot be unpickled."""
+async def run_call_async(bundle: Bundle, ctx: events.Context, blob: protocol.Blob, *, awaits: bool = True) -> protocol.CallReply:
+    """Run one call and return its reply: the one implementation of a call, sync or async.
+
+    ``run_coroutine_threadsafe(run_call_async(...), loop)`` runs an async handler on ``loop``;
+    ``run_call`` runs one in this thread.
+
+    :param awaits: await what the handler returns (an async handler); False: it is the result.
+    """
     try:
         args, kwargs = payload.loads(blob)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the payload's fault
-        return (), {}, (("bad_payload", ctx.invocation_id, f"the arguments could not be unpickled in the container: {exc!r}"), b"")
-    return args, kwargs, None
-
-
-def _result_reply(ctx: events.Context, result: object) -> Reply:
-    try:
-        blob = payload.dumps(result)
-    except Exception as exc:  # noqa: BLE001
-        return ("bad_payload", ctx.invocation_id, f"the result of type {type(result).__qualname__} could not be pickled: {exc!r}"), b""
-    return ("result", ctx.invocation_id), blob
-
-
-def run_call(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray | memoryview, loop: asyncio.AbstractEventLoop | None) -> Reply:
-    """Run one call in this thread (an async handler via ``loop.run_until_complete``); the reply frame to send.
-
-    The reply is ``("result", id), blob``, ``("error", id, type, message, traceback), b""`` or
-    ``("bad_payload", id, message), b""``.
-    """
-    args, kwargs, bad = _unpack(ctx, blob)
-    if bad is not None:
-        return bad
+        return protocol.BadPayloadReply(
+            invocation_id=ctx.invocation_id, message=f"the arguments could not be unpickled in the container: {exc!r}"
+        )
     token = events.set_context(ctx)
     try:
-        if loop is not None and inspect.iscoroutinefunction(bundle.fn):
-            result = loop.run_until_complete(bundle.fn(*args, **kwargs))
-        else:
-            # load_bundle resolved any FunctionRef; narrowing here would cost every call a check.
-            result = bundle.fn(*args, **kwargs)  # type: ignore[operator]
+        # load_bundle resolved any FunctionRef; narrowing here would cost every call a check.
+        result = bundle.fn(*args, **kwargs)  # type: ignore[operator]
+        if awaits:
+            result = await result
     except Exception as exc:  # noqa: BLE001 - the handler's error goes back to the caller
-        return ("error", ctx.invocation_id, *describe_error(exc)), b""
+        remote_type, remote_message, remote_traceback = describe_error(exc)
+        return protocol.ErrorReply(
+            invocation_id=ctx.invocation_id, remote_type=remote_type, remote_message=remote_message, remote_traceback=remote_traceback
+        )
     finally:
         events.reset_context(token)
-    return _result_reply(ctx, result)
-
-
-async def run_call_async(bundle: Bundle, ctx: events.Context, blob: bytes | bytearray | memoryview) -> Reply:
-    """Run one call of an async handler on the running loop; the reply frame to send (as ``run_call``)."""
-    args, kwargs, bad = _unpack(ctx, blob)
-    if bad is not None:
-        return bad
-    token = events.set_context(ctx)
     try:
-        result = await bundle.fn(*args, **kwargs)  # type: ignore[operator]  # resolved by load_bundle, as in run_call
+        value = payload.dumps(result)
     except Exception as exc:  # noqa: BLE001
-        return ("error", ctx.invocation_id, *describe_error(exc)), b""
-    finally:
-        events.reset_context(token)
-    return _result_reply(ctx, result)
+        return protocol.BadPayloadReply(
+            invocation_id=ctx.invocation_id, message=f"the result of type {type(result).__qualname__} could not be pickled: {exc!r}"
+        )
+    return protocol.ResultReply(invocation_id=ctx.invocation_id, value=value)
+
+
+def run_call(bundle: Bundle, ctx: events.Context, blob: protocol.Blob, loop: asyncio.AbstractEventLoop | None) -> protocol.CallReply:
+    """Run one call in this thread (an async handler via ``loop.run_until_complete``) and return its reply.
+
+    :param loop: the loop an async handler runs on (as ``run_init`` returned it); None for a sync handler.
+    """
+    if loop is not None and inspect.iscoroutinefunction(bundle.fn):
+        return loop.run_until_complete(run_call_async(bundle, ctx, blob))
+    # A sync handler: run_call_async never suspends, so one step runs it to its reply.
+    call = run_call_async(bundle, ctx, blob, awaits=False)
+    try:
+        call.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    call.close()
+    raise AssertionError("run_call_async suspended without awaiting anything")
 
 
 @functools.cache
@@ -408,7 +386,7 @@ def prepare_process() -> None:
     _set_parent_death_signal()
 
 
-def adopt_environment(sys_path: list[str], cwd: str) -> None:
+def adopt_environment(sys_path: Sequence[str], cwd: str) -> None:
     """Take the platform's import path and working directory, so its modules import here."""
     sys.path[:] = sys_path
     try:
@@ -417,31 +395,29 @@ def adopt_environment(sys_path: list[str], cwd: str) -> None:
         pass
 
 
-def serve(
-    sock: socket.socket, container_id: str, bundle_blob: bytes | bytearray | memoryview | None = None, *, busy_poll_s: float = 0.0
-) -> None:
+def serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None = None, *, busy_poll_s: float = 0.0) -> None:
     """Run a container on ``sock`` until the platform closes it.
 
-    :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``load`` frame.
+    :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``LoadRequest``.
     :param busy_poll_s: how long to poll for the next call, while calls come back to back,
         before sleeping until it comes.
+    :raises protocol.ProtocolError: the platform sent what this side cannot decode, or a message out of turn.
     """
     started = time.perf_counter()
     channel = Channel(sock)
     if bundle_blob is None:
-        frame = channel.recv()
-        if frame is None:
+        load = channel.recv()
+        if load is None:
             return
-        meta, bundle_blob = frame
-        if meta[0] != "load":
-            raise protocol.ProtocolError(f"container {container_id} expected a load frame, got {meta[0]!r}")
-        _, sys_path, cwd = meta
-        adopt_environment(sys_path, cwd)  # type: ignore[arg-type]
+        if type(load) is not protocol.LoadRequest:
+            raise protocol.ProtocolError(f"container {container_id} expected a LoadRequest, got {type(load).__name__}")
+        adopt_environment(load.sys_path, load.cwd)
+        bundle_blob = load.bundle
     result = start_function(bundle_blob, started=started)
     if not isinstance(result, Started):
         channel.send(result)
         return
-    channel.send(("ready", os.getpid(), result.load_s, result.init_s))
+    channel.send(protocol.Ready(pid=os.getpid(), load_s=result.load_s, init_s=result.init_s))
     Container(channel, result.bundle, container_id, result.loop, busy_poll_s=busy_poll_s).serve_forever()
 
 

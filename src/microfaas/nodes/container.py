@@ -25,7 +25,8 @@ from typing import Any, Final
 import anyio
 
 from .. import protocol
-from .contract import BadPayload, Died, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit
+from ..protocol import BadPayloadReply, CallRequest, ErrorReply, Ready, ResultReply, StartFailure
+from .contract import BadPayload, Died, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit, outcome_of
 from .memory import private_mb
 
 __all__ = [
@@ -92,7 +93,7 @@ class LocalContainer(ContainerHandle):
         self._draining = False  # the loop sends ``_unsent`` when the socket is writable
         self._in_cork = False  # in ``_local.corked``: ``_unsent`` goes out when replies are handled
         self._closed = False
-        self._first_frame: tuple[tuple[object, ...], bytes | bytearray] | None = None
+        self._first_message: protocol.Message | None = None
         self._first_event = anyio.Event()
         self._eof = anyio.Event()
         self._callback_error: BaseException | None = None
@@ -101,17 +102,7 @@ class LocalContainer(ContainerHandle):
 
     # -- calls ----------------------------------------------------------------------------
 
-    def start_call(
-        self,
-        outcome: asyncio.Future[Any],
-        invocation_id: str,
-        attempt: int,
-        timeout: float | None,
-        cold_start: bool,
-        args_blob: bytes,
-        *,
-        queued: bool = False,
-    ) -> bool:
+    def start_call(self, outcome: asyncio.Future[Any], request: CallRequest, *, queued: bool = False) -> bool:
         """Send one invocation now; ``outcome`` gets its ``Outcome`` when the container answers or dies.
 
         A queued call waits in the container's socket: the container reads its next call
@@ -120,9 +111,10 @@ class LocalContainer(ContainerHandle):
         if self._closed:
             outcome.set_result(NotStarted() if queued else self._death())
             return not queued
+        invocation_id = request.invocation_id
         self._pending[invocation_id] = outcome
         _local.calls_pending += 1
-        self.send(protocol.encode(("call", invocation_id, attempt, timeout, cold_start), args_blob))
+        self.send(protocol.encode(request))
         if queued:
             self._queued.append(invocation_id)
             return False
@@ -230,8 +222,8 @@ class LocalContainer(ContainerHandle):
         corked: list[LocalContainer] = []
         _local.corked = corked
         try:
-            while (frame := decoder.next_frame()) is not None:
-                self._on_frame(*frame)
+            while (message := decoder.next_message()) is not None:
+                self._on_message(message)
         except protocol.ProtocolError:
             self.kill("protocol_error")
             self._channel_lost()
@@ -244,13 +236,19 @@ class LocalContainer(ContainerHandle):
             if corked:
                 _uncork(corked)
 
-    def _on_frame(self, meta: tuple[object, ...], blob: bytes | bytearray) -> None:
-        if self._first_frame is None:
-            self._first_frame = (meta, blob)
+    def _on_message(self, message: protocol.Message) -> None:
+        if self._first_message is None:
+            self._first_message = message
             self._first_event.set()
             return
-        kind = meta[0]
-        invocation_id: str = meta[1]  # type: ignore[assignment]
+        if type(message) is ResultReply:  # the usual reply, first
+            invocation_id = message.invocation_id
+            result: Outcome = Returned(message.value)
+        elif type(message) is ErrorReply or type(message) is BadPayloadReply:
+            invocation_id = message.invocation_id
+            result = outcome_of(message)
+        else:
+            raise protocol.ProtocolError(f"container {self.id} sent {type(message).__name__} in answer to a call")
         outcome = self._pending.pop(invocation_id, None)
         if outcome is None:
             return
@@ -258,14 +256,6 @@ class LocalContainer(ContainerHandle):
         now = time.perf_counter()
         started = self._started_at.pop(invocation_id, None)
         self.last_call_s = None if started is None else now - started
-        if kind == "result":
-            result: Outcome = Returned(blob)
-        elif kind == "error":
-            result = Raised(str(meta[2]), str(meta[3]), str(meta[4]))
-        elif kind == "bad_payload":
-            result = BadPayload(str(meta[2]))
-        else:
-            raise protocol.ProtocolError(f"container {self.id} sent unexpected {kind!r}")
         if not outcome.done():  # done: the caller gave up waiting
             outcome.set_result(result)
         if self._queued:
@@ -285,19 +275,18 @@ class LocalContainer(ContainerHandle):
     async def handshake(self) -> None:
         """Wait for the container's first frame: ready, or why it could not start."""
         await self._first_event.wait()
-        frame = self._first_frame
-        if frame is None:
+        message = self._first_message
+        if message is None:
             if self.kill_reason == "protocol_error":
                 raise StartFailed("the container spoke garbage before it was ready", stage="process")
             await self._await_exit()
             raise StartFailed(f"the container process {describe_exit(self.returncode)} before it was ready", stage="process")
-        meta, _ = frame
-        if meta[0] == "ready":
-            _, self.pid, self.load_s, self.init_s = meta  # type: ignore[assignment]
+        if type(message) is Ready:
+            self.pid, self.load_s, self.init_s = message.pid, message.load_s, message.init_s
             return
-        if meta[0] == "start_failed":
-            raise StartFailed.from_reply(meta)
-        raise StartFailed(f"the container sent {meta[0]!r} before it was ready", stage="process")
+        if type(message) is StartFailure:
+            raise StartFailed.from_reply(message)
+        raise StartFailed(f"the container sent {type(message).__name__} before it was ready", stage="process")
 
     async def serve_replies(self) -> None:
         """Wait until the container's channel closes, then fail what is pending and report the exit."""

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
+from ..protocol import BadPayloadReply, CallReply, CallRequest, ErrorReply, ResultReply, StartFailure
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -45,6 +47,7 @@ __all__ = [
     "Returned",
     "StartFailed",
     "describe_exit",
+    "outcome_of",
 ]
 
 
@@ -90,6 +93,20 @@ class NotStarted:
 Outcome = Returned | Raised | BadPayload | Died | NotStarted
 
 
+def outcome_of(reply: CallReply) -> Outcome:
+    """The outcome a container's reply to a call stands for.
+
+    :raises TypeError: ``reply`` is not a reply to a call.
+    """
+    if type(reply) is ResultReply:
+        return Returned(reply.value)
+    if type(reply) is ErrorReply:
+        return Raised(reply.remote_type, reply.remote_message, reply.remote_traceback)
+    if type(reply) is BadPayloadReply:
+        return BadPayload(reply.message)
+    raise TypeError(f"outcome_of: {type(reply).__name__} is not a reply to a call")
+
+
 class StartFailed(Exception):
     """A container did not come up (internal; the platform turns it into ColdStartFailed)."""
 
@@ -109,15 +126,14 @@ class StartFailed(Exception):
         self.remote_traceback = remote_traceback
 
     @classmethod
-    def from_reply(cls, reply: tuple[object, ...]) -> StartFailed:
-        """From a container's ``("start_failed", stage, type, message, traceback)`` reply."""
-        _, stage, remote_type, remote_message, remote_traceback = reply
+    def from_reply(cls, reply: StartFailure) -> StartFailed:
+        """From a container's ``StartFailure`` reply."""
         return cls(
-            f"{stage} raised {remote_type}: {remote_message}",
-            stage=str(stage),
-            remote_type=str(remote_type),
-            remote_message=str(remote_message),
-            remote_traceback=str(remote_traceback),
+            f"{reply.stage} raised {reply.remote_type}: {reply.remote_message}",
+            stage=reply.stage,
+            remote_type=reply.remote_type,
+            remote_message=reply.remote_message,
+            remote_traceback=reply.remote_traceback,
         )
 
 
@@ -163,22 +179,14 @@ class Container(Protocol):
     on_call_started: Callable[[str], None] | None
     last_call_s: float | None
 
-    def start_call(
-        self,
-        outcome: asyncio.Future[Any],
-        invocation_id: str,
-        attempt: int,
-        timeout: float | None,
-        cold_start: bool,
-        args_blob: bytes,
-        *,
-        queued: bool = False,
-    ) -> bool:
+    def start_call(self, outcome: asyncio.Future[Any], request: CallRequest, *, queued: bool = False) -> bool:
         """Send one invocation; ``outcome`` gets its ``Outcome`` (not awaiting it abandons the wait, not the call).
 
         The future is typed ``Any`` because the platform's call future also carries outcomes of its own.
 
-        Returns whether it started now; a ``queued`` one starts later (``on_call_started``).
+        :param request: the invocation, as it goes over the wire (``protocol.CallRequest``).
+        :param queued: the call is to wait in the container behind the ones it runs (pipelining).
+        :returns: whether it started now; a ``queued`` one starts later (``on_call_started``).
         """
         ...
 

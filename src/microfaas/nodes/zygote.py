@@ -6,10 +6,12 @@ takes the platform's ``sys.path`` and working directory, pre-imports the modules
 that define the app's functions (so a container does not import them again), then
 waits on its control socket:
 
-    ("setup", sys_path, cwd, modules)        -> ("setup_done", {module: error})
-    ("fork", container_id, busy_poll_s) + bundle, 1 fd
-                                             -> ("forked", container_id, pid)
-                                               ("exited", pid, returncode)   when a child is reaped
+    SetupRequest(sys_path, cwd, modules)          -> SetupDone(failures={module: error})
+    ForkRequest(container_id, busy_poll_s, bundle), with 1 fd
+                                                  -> Forked(container_id, pid)
+                                                     ChildExited(pid, returncode)   when a child is reaped
+
+(``protocol.py`` frames, decoded by the same ``FrameDecoder`` as the platform's.)
 
 The passed fd is the container's end of a socketpair; the child serves on it.
 When the control socket closes, or on SIGTERM, the zygote kills and reaps every
@@ -66,26 +68,25 @@ class Zygote:
         if not data:
             return False
         self.decoder.feed(data)
-        while (frame := self.decoder.next_frame()) is not None:
-            meta, blob = frame
-            if meta[0] == "fork":
-                self._fork(str(meta[1]), float(meta[2]), blob)  # type: ignore[arg-type]
-            elif meta[0] == "setup":
-                self._setup(meta[1], meta[2], meta[3])  # type: ignore[arg-type]
+        while (message := self.decoder.next_message()) is not None:
+            if type(message) is protocol.ForkRequest:
+                self._fork(message)
+            elif type(message) is protocol.SetupRequest:
+                self._setup(message)
             else:
-                raise protocol.ProtocolError(f"zygote got unexpected message {meta[0]!r}")
+                raise protocol.ProtocolError(f"zygote got unexpected message {type(message).__name__}")
         return True
 
-    def _send(self, meta: tuple[object, ...]) -> None:
+    def _send(self, message: protocol.Message) -> None:
         try:
-            self.ctrl.sendmsg(protocol.encode(meta))
+            self.ctrl.sendmsg(protocol.encode(message))
         except (ConnectionResetError, BrokenPipeError):
             pass  # the platform is gone; run() sees end-of-file next
 
-    def _setup(self, sys_path: list[str], cwd: str, modules: list[str]) -> None:
-        worker.adopt_environment(sys_path, cwd)
+    def _setup(self, setup: protocol.SetupRequest) -> None:
+        worker.adopt_environment(setup.sys_path, setup.cwd)
         failures: dict[str, str] = {}
-        for name in modules:
+        for name in setup.modules:
             try:
                 importlib.import_module(name)
             except BaseException as exc:  # noqa: BLE001 - report it; the platform ships by value
@@ -94,22 +95,22 @@ class Zygote:
         # collector from touching (and so copying) them.
         gc.collect()
         gc.freeze()
-        self._send(("setup_done", failures))
+        self._send(protocol.SetupDone(failures=failures))
 
-    def _fork(self, container_id: str, busy_poll_s: float, bundle_blob: bytes | bytearray) -> None:
+    def _fork(self, fork: protocol.ForkRequest) -> None:
         fd = self.fds.popleft()
         zygote_pid = os.getpid()
         # Hold SIGTERM until the child has its own handlers in place.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
-            self._become_container(fd, container_id, busy_poll_s, bundle_blob, zygote_pid)
+            self._become_container(fd, fork, zygote_pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(fd)
         self.children.add(pid)
-        self._send(("forked", container_id, pid))
+        self._send(protocol.Forked(container_id=fork.container_id, pid=pid))
 
-    def _become_container(self, fd: int, container_id: str, busy_poll_s: float, bundle_blob: bytes | bytearray, zygote_pid: int) -> None:
+    def _become_container(self, fd: int, fork: protocol.ForkRequest, zygote_pid: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -123,7 +124,7 @@ class Zygote:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             if os.getppid() != zygote_pid:  # the zygote died before the death signal was set
                 os._exit(1)
-            worker.serve(socket.socket(fileno=fd), container_id, bundle_blob, busy_poll_s=busy_poll_s)
+            worker.serve(socket.socket(fileno=fd), fork.container_id, fork.bundle, busy_poll_s=fork.busy_poll_s)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -153,7 +154,7 @@ class Zygote:
             if pid == 0:
                 return
             self.children.discard(pid)
-            self._send(("exited", pid, os.waitstatus_to_exitcode(status)))
+            self._send(protocol.ChildExited(pid=pid, returncode=os.waitstatus_to_exitcode(status)))
 
     def _kill_children(self) -> None:
         for pid in self.children:

@@ -22,6 +22,7 @@ from .. import lifecycle as ev
 from ..actions import FailRequest, RunOn
 from ..errors import FaaSError, PlatformClosed
 from ..nodes import Died, NotStarted, Outcome
+from ..protocol import CallRequest
 from .faults import INJECTED
 from .outcomes import InjectedTimeout, call_result, count_failure, request_error
 
@@ -136,10 +137,14 @@ class Invoker:
         call.cold_start = decision.cold_start
         if self.faults and self._inject_fault(call, container, queued=decision.queued):
             return
-        timeout = self.specs[call.function].timeout
-        started = container.start_call(
-            call.future, call.invocation_id, call.attempt, timeout, decision.cold_start, call.blob, queued=decision.queued
+        request = CallRequest(
+            invocation_id=call.invocation_id,
+            attempt=call.attempt,
+            timeout_s=self.specs[call.function].timeout,
+            cold_start=decision.cold_start,
+            args=call.blob,
         )
+        started = container.start_call(call.future, request, queued=decision.queued)
         if started:
             self._started(call)
         else:
