@@ -40,8 +40,8 @@ Rules, as in AWS Lambda and OpenWhisk:
   is never idle between calls, and the shell can batch its writes. A call queued
   behind one that runs long waits for it, so long calls are never pipelined.
 * An idle container is stopped after its keep-alive (the function's
-  ``idle_timeout``, else the policy's). A policy may ask for containers ahead
-  of calls: one pre-warmed after an idle period (``prewarm_delay``), or spares
+  ``idle_timeout``, else the policy's ``went_idle`` decision). A policy may ask for containers ahead
+  of calls: one pre-warmed after an idle period (the decision's ``prewarm``), or spares
   when a call leaves no free container (``spares``; started only where there is
   room without evicting, kept ``spare_ttl`` until first used). ``min_containers`` containers are pinned:
   started with the platform, never stopped for idleness, replaced when they die.
@@ -479,10 +479,10 @@ class Scheduler:
         elif rec.spare and rec.calls == 0:
             ttl = self.keep_alive.spare_ttl(rec.function, now=now)  # a spare came up: no call ended
         else:
-            ttl = self.keep_alive.ttl_for(rec.function, now=now)
-            delay = self.keep_alive.prewarm_delay(rec.function, now=now)
-            if delay is not None:
-                fn.prewarm_at = now + delay
+            decision = self.keep_alive.went_idle(rec.function, now=now)
+            ttl = decision.ttl
+            if decision.prewarm is not None:
+                fn.prewarm_at = now + decision.prewarm
                 heapq.heappush(self._timers, (fn.prewarm_at, "prewarm", rec.function))
                 self._wake_epoch += 1
         rec.expires_at = now + ttl
