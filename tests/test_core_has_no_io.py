@@ -28,11 +28,15 @@ CORE = (
     "actions",
     "adaptive",
     "baselines",
+    "containers",
+    "functions",
     "keepalive",
+    "placement",
     "policy",
     "resources",
     "scheduler",
     "usage",
+    "wakes",
 )
 FORBIDDEN = frozenset({"anyio", "asyncio", "time", "os", "subprocess", "threading", "socket", "selectors", "signal"})
 ALLOWED_THIRD_PARTY = frozenset({"attrs"})

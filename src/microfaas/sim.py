@@ -256,7 +256,7 @@ class _Driver:
         elif kind == _STARTED:
             box = self.boxes.get(payload)
             if box is None:
-                return  # stopped while starting (shutdown): the core ignores it too
+                return  # stopped while starting (shutdown): not started, as containers.py asks of a shell
             box.up, box.idle_since = True, now
             self.apply(sched.container_started(payload, now=now))
         elif kind == _NODE_UP:
