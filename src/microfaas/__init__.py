@@ -33,7 +33,15 @@ from .errors import (
     UnknownFunction,
 )
 from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
-from .keepalive import AdaptiveKeepAlive, FixedKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy, NeverUnload
+from .keepalive import (
+    AdaptiveKeepAlive,
+    FixedKeepAlive,
+    GreedyDualKeepAlive,
+    HistogramKeepAlive,
+    KeepAliveDecision,
+    KeepAlivePolicy,
+    NeverUnload,
+)
 from .platform import Platform
 from .pool import LocalNodes
 from .runtime.call import Call, CallStatus
@@ -79,6 +87,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "InvocationError",
+    "KeepAliveDecision",
     "KeepAlivePolicy",
     "LifecycleEvent",
     "LocalNodes",
