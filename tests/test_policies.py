@@ -7,7 +7,7 @@ import math
 import pytest
 
 from microfaas.actions import ContainerRecord
-from microfaas.keepalive import AdaptiveKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy
+from microfaas.keepalive import AdaptiveKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAliveDecision, KeepAlivePolicy
 from microfaas.resources import ResourceManager
 from microfaas.scheduler import FunctionProfile, RunOn, Scheduler, StartContainer, StopContainer
 
@@ -20,11 +20,11 @@ def test_histogram_percentiles_give_prewarm_and_keep_alive_windows() -> None:
     assert prewarm == pytest.approx(30 * 60 * 0.9)  # head bin's lower edge, minus 10%
     assert keep == pytest.approx(31 * 60 * 1.1 - prewarm)  # tail bin's upper edge, plus 10%
     # Unloaded at once after a call; a container is pre-warmed after the pre-warm window.
-    assert policy.ttl_for("f", now=0.0) == 0.0
-    assert policy.prewarm_delay("f", now=0.0) == pytest.approx(prewarm)
+    decision = policy.went_idle("f", now=0.0)
+    assert (decision.ttl, decision.prewarm) == (0.0, pytest.approx(prewarm))
     # The pre-warmed container comes up: kept for the keep-alive window.
-    assert policy.ttl_for("f", now=prewarm + 1.0) == pytest.approx(keep)
-    assert policy.prewarm_delay("f", now=prewarm + 1.0) is None
+    decision = policy.went_idle("f", now=prewarm + 1.0)
+    assert (decision.ttl, decision.prewarm) == (pytest.approx(keep), None)
 
 
 def test_histogram_head_in_first_bin_keeps_alive_without_prewarm() -> None:
@@ -34,8 +34,8 @@ def test_histogram_head_in_first_bin_keeps_alive_without_prewarm() -> None:
     prewarm, keep = policy.windows("f")
     assert prewarm == 0.0
     assert keep == pytest.approx(4 * 60 * 1.1)  # the 99th percentile is in the 4th bin
-    assert policy.ttl_for("f", now=0.0) == pytest.approx(keep)
-    assert policy.prewarm_delay("f", now=0.0) is None
+    decision = policy.went_idle("f", now=0.0)
+    assert (decision.ttl, decision.prewarm) == (pytest.approx(keep), None)
 
 
 def test_histogram_not_representative_falls_back_to_standard_keep_alive() -> None:
@@ -59,7 +59,7 @@ def test_histogram_too_many_out_of_range_idle_times_predicts_the_next() -> None:
 def test_histogram_learns_idle_times_from_call_ends_and_arrivals() -> None:
     policy = HistogramKeepAlive()
     policy.observe_arrival("f", now=0.0)
-    policy.ttl_for("f", now=5.0)  # call ended at 5
+    policy.went_idle("f", now=5.0)  # call ended at 5
     policy.observe_arrival("f", now=605.0)  # idle 600 s -> bin 10
     assert policy._state("f").bins[10] == 1
     policy.observe_arrival("f", now=606.0)  # arrived while a call runs: idle time 0
@@ -88,14 +88,14 @@ def test_greedy_dual_priority_is_clock_plus_frequency_times_cost_over_size() -> 
     for _ in range(4):
         policy.observe_arrival("small", now=0.0)
     policy.observe_arrival("big", now=0.0)
-    assert policy.ttl_for("big", now=1.0) == math.inf
+    assert policy.went_idle("big", now=1.0) == KeepAliveDecision(ttl=math.inf)
     big, small = record("c-1", "big", 1000, 1.0), record("c-2", "small", 100, 0.0)
     assert policy.eviction_priority(big, now=2.0) == pytest.approx(1 * 2.0 / 1000)
     assert policy.eviction_priority(small, now=2.0) == pytest.approx(4 * 2.0 / 100)
     policy.evicted(big, remaining=0, now=2.0)
     assert policy.clock == pytest.approx(0.002)
     assert policy.frequency["big"] == 0  # reset with its last container
-    policy.ttl_for("small", now=3.0)  # used again: stamped with the new clock
+    policy.went_idle("small", now=3.0)  # used again: stamped with the new clock
     assert policy.eviction_priority(small, now=3.0) == pytest.approx(0.002 + 0.08)
 
 
@@ -124,11 +124,11 @@ def test_adaptive_learns_a_short_keep_alive_for_a_hot_function() -> None:
     now = 0.0
     for _ in range(50):
         policy.observe_arrival("f", now=now)
-        policy.ttl_for("f", now=now + 1.0)
+        policy.went_idle("f", now=now + 1.0)
         now += 5.0
-    ttl = policy.ttl_for("f", now=now)
-    assert 4.0 <= ttl <= 10.0  # just past the 4 s reuse time
-    assert policy.prewarm_delay("f", now=now) is None
+    decision = policy.went_idle("f", now=now)
+    assert 4.0 <= decision.ttl <= 10.0  # just past the 4 s reuse time
+    assert decision.prewarm is None
 
 
 def test_adaptive_prewarms_a_periodic_function() -> None:
@@ -137,13 +137,14 @@ def test_adaptive_prewarms_a_periodic_function() -> None:
     now = 0.0
     for _ in range(20):
         policy.observe_arrival("timer", now=now)
-        policy.ttl_for("timer", now=now + 2.0)
+        policy.went_idle("timer", now=now + 2.0)
         now += 1800.0
     policy.observe_arrival("timer", now=now)
-    assert policy.ttl_for("timer", now=now + 2.0) == 0.0  # unloaded at once
-    delay = policy.prewarm_delay("timer", now=now + 2.0)
+    decision = policy.went_idle("timer", now=now + 2.0)
+    assert decision.ttl == 0.0  # unloaded at once
+    delay = decision.prewarm
     assert delay is not None and 1600 < delay < 1798
-    keep = policy.ttl_for("timer", now=now + 2.0 + delay + 1.0)  # the pre-warmed container
+    keep = policy.went_idle("timer", now=now + 2.0 + delay + 1.0).ttl  # the pre-warmed container
     assert delay + 1.0 + keep >= 1798.0
 
 
@@ -151,9 +152,9 @@ def test_adaptive_lets_a_never_reused_container_go() -> None:
     policy = AdaptiveKeepAlive(horizon_s=100.0, min_samples=2)
     policy.function_added("f", memory_mb=1024)
     for k in range(4):
-        policy.ttl_for("f", now=1000.0 * k)
+        policy.went_idle("f", now=1000.0 * k)
         policy.observe_arrival("f", now=1000.0 * k + 500.0)  # idle 500 s > horizon: inf
-    assert policy.ttl_for("f", now=5000.0) == 0.0
+    assert policy.went_idle("f", now=5000.0).ttl == 0.0
 
 
 # -- spares: containers standing by when a function's pool runs dry ---------------------------------
@@ -231,11 +232,12 @@ def test_adaptive_keeps_a_container_the_break_even_time_before_it_has_reuse_time
     policy.observe_arrival("f", now=0.0)
     # One call of its app so far: a warm start is worth (100 + 1000/1) s of 1 GB = 550 s of 2 GB.
     assert policy.value("f", 2048) == pytest.approx(550.0)
-    assert policy.ttl_for("f", now=1.0) == pytest.approx(550.0)
+    decision = policy.went_idle("f", now=1.0)
+    assert (decision.ttl, decision.prewarm) == (pytest.approx(550.0), None)
     for k in range(9):
         policy.observe_arrival("g", now=float(k))
     assert policy.value("g", 1024) == pytest.approx(100.0 + 1000.0 / 9)  # a busier app's call is worth less
-    assert AdaptiveKeepAlive(horizon_s=300.0).ttl_for("f", now=0.0) == 300.0  # at most the horizon
+    assert AdaptiveKeepAlive(horizon_s=300.0).went_idle("f", now=0.0).ttl == 300.0  # at most the horizon
 
 
 def test_adaptive_counts_calls_per_app_over_the_last_day() -> None:
@@ -268,7 +270,7 @@ def test_adaptive_does_not_prewarm_seconds_after_unloading() -> None:
         policy.function_added("f", memory_mb=1024)
         now = 0.0
         for gap in [5.0] * 8 + [600.0] * 24:
-            policy.ttl_for("f", now=now)
+            policy.went_idle("f", now=now)
             now += gap
             policy.observe_arrival("f", now=now)
         return policy.decide("f", 1024)

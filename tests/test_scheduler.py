@@ -872,7 +872,7 @@ def test_a_container_used_again_and_again_keeps_one_expiry_entry_and_expires_aft
     for i in range(1, 1001):
         assert sched.request(f"r{i}", "g", now=i * 0.01) == [run(f"r{i}", "c-1", cold=False)]
         sched.call_finished("c-1", now=i * 0.01)
-    assert len(sched._expiry) == 1  # white-box: no entry per call
+    assert len(sched._wakes._expiry) == 1  # white-box: no entry per call
     assert sched.wake_epoch == epoch  # each later expiry moved the wake later, never earlier
     assert sched.next_wake() == pytest.approx(10.0 + 60.0)
     assert sched.tick(now=69.9) == []

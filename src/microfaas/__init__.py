@@ -34,7 +34,15 @@ from .errors import (
     UnknownSource,
 )
 from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
-from .keepalive import AdaptiveKeepAlive, FixedKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy, NeverUnload
+from .keepalive import (
+    AdaptiveKeepAlive,
+    FixedKeepAlive,
+    GreedyDualKeepAlive,
+    HistogramKeepAlive,
+    KeepAliveDecision,
+    KeepAlivePolicy,
+    NeverUnload,
+)
 from .lifecycle import LifecycleEvent
 from .platform import Platform
 from .pool import LocalNodes
@@ -80,6 +88,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "InvocationError",
+    "KeepAliveDecision",
     "KeepAlivePolicy",
     "LifecycleEvent",
     "LocalNodes",

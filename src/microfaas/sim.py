@@ -1,7 +1,7 @@
 """Replay a trace of invocations through the real scheduler on a virtual clock.
 
 How this works. ``simulate`` builds the same ``Scheduler`` and ``ResourceManager``
-that ``platform.py`` drives, and plays the part of the async shell with no I/O,
+that ``runtime/cluster.py`` drives, and plays the part of the async shell with no I/O,
 no threads and no clock: time is a float that jumps from one event to the next.
 Pending outcomes sit in a heap of ``(time, seq, kind, payload)`` and arrivals in a sorted list; ``seq``
 breaks ties in insertion order, so a run is deterministic. At equal times the
@@ -254,7 +254,7 @@ class _Driver:
         elif kind == _STARTED:
             box = self.boxes.get(payload)
             if box is None:
-                return  # stopped while starting (shutdown): the core ignores it too
+                return  # stopped while starting (shutdown): not started, as containers.py asks of a shell
             box.up, box.idle_since = True, now
             self.apply(sched.container_started(payload, now=now))
         elif kind == _NODE_UP:

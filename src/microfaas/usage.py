@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 import attrs
 
 from .actions import ContainerRecord, ContainerState
 
 __all__ = ["Usage", "UsageMeter"]
+
+_IDLE: Final = ContainerState.IDLE  # a global is read faster than an enum class attribute
 
 
 @attrs.frozen(kw_only=True)
@@ -42,7 +45,7 @@ class UsageMeter:
         if elapsed > 0:
             state = rec.state
             self._seconds[rec.function][state] += elapsed
-            if state is ContainerState.IDLE:
+            if state is _IDLE:
                 self._idle_mb_s[rec.function] += elapsed * rec.memory_mb
         rec.state = new_state
         rec.state_since = now
