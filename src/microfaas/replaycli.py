@@ -123,20 +123,38 @@ def _pyplot() -> Any:
 
 POINT_MARKERS = ("*", "D", "s", "^", "v", "P", "X", "o")
 # Where a sweep point's label may go, in points from the point: above right first, then
-# below right, above left, below left; the first that covers no policy's marker wins.
+# below right, above left, below left; the first that covers no policy's marker and no
+# label already placed wins.
 LABEL_OFFSETS = ((4.0, 5.0), (4.0, -12.0), (-4.0, 5.0), (-4.0, -12.0))
 
+Box = tuple[float, float, float, float]  # left, bottom, right, top, in display pixels
 
-def _label_offset(at: Any, text: str, avoid: list[Any], px_per_pt: float) -> tuple[float, float]:
-    """The first of ``LABEL_OFFSETS`` whose label box, drawn from display point ``at``, misses every point of ``avoid``."""
-    width, height, margin = 4.2 * len(text), 7.0, 8.0  # 7-point text; a marker's half-size
+
+def _label_box(at: Any, text: str, px_per_pt: float) -> list[tuple[tuple[float, float], Box]]:
+    """For each of ``LABEL_OFFSETS``: the offset to pass matplotlib, and the box the label would cover."""
+    width, height = 4.2 * len(text), 7.0  # 7-point text
+    choices = []
     for dx, dy in LABEL_OFFSETS:
         left = dx if dx > 0 else dx - width
-        box = (at[0] + (left - margin) * px_per_pt, at[1] + (dy - margin) * px_per_pt)
-        size = ((width + 2 * margin) * px_per_pt, (height + 2 * margin) * px_per_pt)
-        if not any(box[0] <= p[0] <= box[0] + size[0] and box[1] <= p[1] <= box[1] + size[1] for p in avoid):
-            return (dx if dx > 0 else dx - width, dy)
-    return LABEL_OFFSETS[0]
+        box = (at[0] + left * px_per_pt, at[1] + dy * px_per_pt, at[0] + (left + width) * px_per_pt, at[1] + (dy + height) * px_per_pt)
+        choices.append(((left, dy), box))
+    return choices
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _place_label(at: Any, text: str, taken: list[Box], px_per_pt: float) -> tuple[float, float]:
+    """The offset for a label at display point ``at`` that overlaps nothing in ``taken`` (which it joins)."""
+    choices = _label_box(at, text, px_per_pt)
+    offset, box = next(((o, b) for o, b in choices if not any(_overlaps(b, t) for t in taken)), choices[0])
+    taken.append(box)
+    return offset
+
+
+def _compact(value: float, _position: object) -> str:
+    return f"{value / 1000:g}k" if value >= 1000 else f"{value:g}"
 
 
 def plot(path: str, points: list[ReplayReport], sweep: list[ReplayReport], title: str) -> None:
@@ -162,13 +180,17 @@ def plot(path: str, points: list[ReplayReport], sweep: list[ReplayReport], title
         ax.set_xscale("log")
         ax.set_ylim(bottom=0)
         ax.autoscale_view()
-        avoid = [ax.transData.transform((_gb_h(r.idle_memory_mb_s), getattr(r, metric))) for r in points]
+        half = 7.0 * fig.dpi / 72  # a policy's marker, and a margin around it
+        taken: list[Box] = []
+        for r in points:
+            cx, cy = ax.transData.transform((_gb_h(r.idle_memory_mb_s), getattr(r, metric)))
+            taken.append((cx - half, cy - half, cx + half, cy + half))
         for r, x, y in zip(sweep, xs, ys, strict=True):
             text = f"{r.policy.removeprefix('fixed:')} s"
-            offset = _label_offset(ax.transData.transform((x, y)), text, avoid, fig.dpi / 72)
+            offset = _place_label(ax.transData.transform((x, y)), text, taken, fig.dpi / 72)
             ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7, color="dimgrey")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(_compact))
         ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("idle memory kept warm, GB·h (lower is better)")
