@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.parse
@@ -48,6 +49,8 @@ TOKEN_ENV = "MICROFAAS_TOKEN"
 
 
 HTTP_EXTRA = "serving HTTP needs the http extra: pip install 'microfaas[http]'"
+# What binding the server's socket raises for a bad --host or --port (and nothing else does).
+LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
 
 
 class UsageError(Exception):
@@ -332,7 +335,7 @@ def _serve(args: argparse.Namespace) -> int:
         anyio.run(_serve_until_signal, app, args.host, args.port, options, backend="asyncio")
     except BaseException as raised:
         exc = _single(raised)
-        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        if isinstance(exc, socket.gaierror) or (isinstance(exc, OSError) and exc.errno in LISTEN_ERRORS):
             raise _listen_error(exc, args.host, args.port) from None
         raise
     return 0
