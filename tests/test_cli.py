@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,10 @@ SHOP = textwrap.dedent(
     @app.function
     def fails(message):
         raise KeyError(message)
+
+    @app.function
+    def greet(name):
+        return f"hello, {name}"
 
     @app.function
     def a_set():
@@ -62,8 +67,9 @@ def test_help_lists_every_command_and_option() -> None:
     for option in ("--host", "--port", "--token", "--invoke-api", "--expose", "--debug", "--max-body", "--log-level", "MODULE:APP"):
         assert option in serve
     invoke = microfaas("invoke", "--help").stdout
-    for option in ("--json", "NAME", "MODULE:APP", "--debug"):
+    for option in ("--json", "NAME", "MODULE:APP", "ARG", "--debug", "--url", "--token"):
         assert option in invoke
+    assert "Without --url, it starts a platform of its own" in invoke
     assert microfaas("demo", "--help").returncode == 0
 
 
@@ -72,6 +78,19 @@ def test_invoke_prints_the_result_as_json(shop: Path) -> None:
     assert (done.returncode, json.loads(done.stdout)) == (0, 42), done.stderr
     from_stdin = microfaas("invoke", "shop:app", "add", "--json", "-", cwd=shop, stdin='{"args": [1, 1]}')
     assert (from_stdin.returncode, json.loads(from_stdin.stdout)) == (0, 2), from_stdin.stderr
+
+
+@pytest.mark.parametrize(
+    ("words", "result"),
+    [
+        (["shop:app", "add", "2", "3"], 5),  # ARGs are JSON ...
+        (["./shop.py", "greet", "ada"], "hello, ada"),  # ... or strings; a file names the module
+        (["shop.py:app", "greet", '"2"'], "hello, 2"),
+    ],
+)
+def test_invoke_takes_positional_arguments_and_files(shop: Path, words: list[str], result: object) -> None:
+    done = microfaas("invoke", *words, cwd=shop)
+    assert (done.returncode, json.loads(done.stdout)) == (0, result), done.stderr
 
 
 def test_invoke_reports_a_platform_error_with_status_1(shop: Path) -> None:
@@ -98,15 +117,63 @@ def test_invoke_reports_a_platform_error_with_status_1(shop: Path) -> None:
         (["invoke", "shop:not_an_app", "add"], "not a microfaas App"),
         (["serve", "shop:app", "--token", "t"], "add --invoke-api"),
         (["serve", "shop:app", "--invoke-api", "--expose", "nope"], "--expose names no function"),
-        (["invoke", "shop:app"], "required"),
+        (["invoke", "shop:app"], "name the app and the function"),
+        (["invoke", "shop:app", "add", "1", "--json", "{}"], "not both"),
+        (["invoke", "./nowhere.py", "add"], "no file './nowhere.py'"),
+        (["invoke", "my-shop.py", "add"], "rename the file"),
+        (["invoke", "--token", "t", "shop:app", "add"], "--token is for the server at --url"),
+        (["invoke", "--url", "ftp://x", "add"], "http:// or https://"),
+        (["invoke", "--url", "http://127.0.0.1:8000", "shop:app", "add"], "name only the function"),
+        (["serve", "shop.txt"], "not a .py file"),
         (["launch"], "invalid choice"),
         ([], "required"),
     ],
 )
-def test_usage_errors_exit_2(shop: Path, args: list[str], message: str) -> None:
+def test_usage_errors_exit_2_with_one_line(shop: Path, args: list[str], message: str) -> None:
+    (shop / "my-shop.py").write_text(SHOP)
+    (shop / "shop.txt").write_text("")
     done = microfaas(*args, cwd=shop)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("microfaas"), done.stderr  # one line, no usage or traceback
+
+
+def test_serve_without_the_http_extra_names_the_pip_command(shop: Path, tmp_path: Path) -> None:
+    hidden = tmp_path / "hide-uvicorn"
+    hidden.mkdir()
+    (hidden / "uvicorn.py").write_text("raise ImportError('uvicorn is hidden for this test')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "microfaas", "serve", "shop:app"],
+        cwd=shop,
+        env={**os.environ, "PYTHONPATH": str(hidden)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "microfaas serve: error: serving HTTP needs the http extra: pip install 'microfaas[http]'\n"
+
+
+def test_serve_on_a_port_in_use_names_the_port(shop: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = microfaas("serve", "shop:app", "--port", str(port), cwd=shop)
+    assert done.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stderr and "--port" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_invoke_url_with_no_server_there_says_so(shop: Path) -> None:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    done = microfaas("invoke", "--url", f"http://127.0.0.1:{port}", "add", "1", cwd=shop)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"microfaas invoke: error: cannot reach http://127.0.0.1:{port}") and "--invoke-api" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
 
 
 def test_demo_prints_cold_and_warm_starts() -> None:
@@ -117,11 +184,11 @@ def test_demo_prints_cold_and_warm_starts() -> None:
     assert "latency ms" in done.stdout
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_serve_until_a_signal(shop: Path, stop: signal.Signals) -> None:
+@pytest.mark.parametrize(("stop", "target"), [(signal.SIGINT, "shop:app"), (signal.SIGTERM, "shop.py:app")])
+def test_serve_until_a_signal(shop: Path, stop: signal.Signals, target: str) -> None:
     env = {**os.environ, "MICROFAAS_TOKEN": "tok"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "microfaas", "serve", "shop:app", "--port", "0", "--invoke-api", "--log-level", "warning"],
+        [sys.executable, "-m", "microfaas", "serve", target, "--port", "0", "--invoke-api", "--log-level", "warning"],
         cwd=shop,
         env=env,
         stdout=subprocess.PIPE,
@@ -149,3 +216,64 @@ def test_serve_until_a_signal(shop: Path, stop: signal.Signals) -> None:
         for stream in (server.stdout, server.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_invoke_url_calls_a_running_server(shop: Path) -> None:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "microfaas",
+            "serve",
+            "./shop.py",
+            "--port",
+            "0",
+            "--invoke-api",
+            "--token",
+            "tok",
+            "--log-level",
+            "warning",
+        ],
+        cwd=shop,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        match = re.search(r"serving app 'shop' on (http://127\.0\.0\.1:\d+)", line)
+        assert match, (line, server.stderr.read() if server.poll() is not None else "")
+        url = match.group(1)
+        done = microfaas("invoke", "--url", url, "--token", "tok", "add", "2", "3", cwd=shop)
+        assert (done.returncode, json.loads(done.stdout)) == (0, 5), done.stderr
+        from_env = subprocess.run(
+            [sys.executable, "-m", "microfaas", "invoke", "--url", url, "greet", "--json", '{"kwargs": {"name": "ada"}}'],
+            env={**os.environ, "MICROFAAS_TOKEN": "tok"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (from_env.returncode, json.loads(from_env.stdout)) == (0, "hello, ada"), from_env.stderr
+        with httpx.Client(base_url=url, headers={"authorization": "Bearer tok"}) as http:
+            assert http.get("/v1/functions/add").json()["stats"]["invocations"] == 1  # the server's own platform made the call
+        no_token = microfaas("invoke", "--url", url, "add", "1", cwd=shop)
+        assert no_token.returncode == 2 and "needs a bearer token: pass --token or set $MICROFAAS_TOKEN" in no_token.stderr
+        unknown = microfaas("invoke", "--url", url, "--token", "tok", "nope", cwd=shop)
+        assert unknown.returncode == 1 and json.loads(unknown.stderr)["error"] == "UnknownFunction"
+        failed = microfaas("invoke", "--url", url, "--token", "tok", "fails", "sku-1", cwd=shop)
+        assert failed.returncode == 1 and json.loads(failed.stderr)["remote_type"] == "builtins.KeyError"
+        misfit = microfaas("invoke", "--url", url, "--token", "tok", "add", "1", "2", "3", cwd=shop)
+        assert misfit.returncode == 2 and "do not match" in misfit.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+            for stream in (server.stdout, server.stderr):
+                if stream is not None:
+                    stream.close()

@@ -20,3 +20,18 @@ def test_example_runs(example: pathlib.Path) -> None:
 
 def test_there_are_examples() -> None:
     assert EXAMPLES
+
+
+def test_the_unittest_recipe_runs_under_unittest() -> None:
+    """docs/testing.md's unittest tests (IsolatedAsyncioTestCase) pass under unittest's own runner."""
+    project = pathlib.Path(__file__).parent.parent / "examples" / "testing_project"
+    done = subprocess.run(
+        [sys.executable, "-m", "unittest", "discover", "tests"],  # the page's command
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Ran 2 tests" in done.stderr and done.stderr.rstrip().endswith("OK"), done.stderr

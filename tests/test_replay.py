@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,15 +113,66 @@ def test_greedy_dual_under_memory_pressure_evicts(tmp_path: Path) -> None:
 
 def test_cli_replay_prints_a_table_and_draws_the_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png, out = tmp_path / "out.png", tmp_path / "out.json"
-    argv = [str(DATA / "10_inv.csv"), "--minutes", "180", "--policy", "hybrid", "--compare", "fixed:600", "--compare", "adaptive"]
+    argv = [str(DATA / "10_inv.csv"), "--minutes", "180", "--policy", "hybrid", "--compare", "fixed:600.0", "--compare", "adaptive"]
     argv += ["--sweep", "60..7200", "--sweep-points", "3", "--plot", str(png), "--json", str(out), "--quiet"]
     assert main(["replay", *argv]) == 0
     text = capsys.readouterr().out
     assert "p75 app" in text and "hybrid" in text and "fixed:7200" in text
+    assert "p75 vs fixed:600" in text and "idle vs fixed:600" in text  # the columns name their baseline
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     payload = json.loads(out.read_text())
-    assert [p["policy"] for p in payload["policies"]] == ["hybrid", "fixed:600", "adaptive"]
+    assert [p["policy"] for p in payload["policies"]] == ["hybrid", "fixed:600", "adaptive"]  # one spelling per policy
+    assert payload["baseline"] == "fixed:600"
     assert len(payload["sweep"]) == 3
+
+
+def test_cli_replay_defaults_to_adaptive_against_fixed_600(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.json"
+    assert main(["replay", str(DATA / "10_inv.csv"), "--minutes", "60", "--json", str(out), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split()[0] for line in lines[3:]]
+    assert rows == ["adaptive", "fixed:600"]  # the baseline is replayed too when no other policy is it
+    assert lines[1].endswith("p75 vs fixed:600 idle vs fixed:600")
+    assert lines[-1].split()[-2:] == ["1.00x", "1.00x"]
+    assert json.loads(out.read_text())["baseline"] == "fixed:600"
+
+
+def test_cli_replay_with_another_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(DATA / "10_inv.csv"), "--minutes", "60", "--policy", "never", "--baseline", "fixed:300", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "p75 vs fixed:300" in text and "adaptive" not in text
+
+
+def test_cli_replay_checks_plot_before_replaying(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["replay", str(DATA / "10_inv.csv"), "--plot", "out.png", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "microfaas replay: error: --plot needs matplotlib: pip install 'microfaas[plot]'\n"
+    assert captured.out == ""  # nothing was loaded or replayed
+
+
+def test_cli_replay_reads_a_relative_path(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(DATA.parent)
+    assert main(["replay", "azure2019-invitro-samples/10_inv.csv", "--minutes", "30", "--policy", "fixed:60", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("azure2019-invitro-samples/10_inv.csv: ")
+
+
+@pytest.mark.parametrize("given", ["nowhere/50_inv.csv", "50_inv.csv"])
+def test_a_missing_trace_is_named_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(sim.TraceError, match=rf"^{given}:0:0: no such file \(a relative path is read from {tmp_path}\)$"):
+        sim.load_azure(given)
+    assert main(["replay", given]) == 2
+    assert capsys.readouterr().err.startswith(f"microfaas replay: error: {given}:0:0: no such file")
+
+
+def test_a_missing_sibling_is_named_beside_the_trace(tmp_path: Path) -> None:
+    shutil.copy(DATA / "10_inv.csv", tmp_path / "10_inv.csv")
+    shutil.copy(DATA / "10_run.csv", tmp_path / "10_run.csv")
+    with pytest.raises(sim.TraceError, match=r"10_inv\.csv:0:0: .*10_mem\.csv is missing"):
+        sim.load_azure(tmp_path / "10_inv.csv")
 
 
 def test_cli_replay_rejects_a_bad_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -242,4 +242,4 @@ def test_the_example_project_passes_its_own_tests() -> None:
     project = pathlib.Path(__file__).parent.parent / "examples" / "testing_project"
     done = subprocess.run([sys.executable, "-m", "pytest", "-q"], cwd=project, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"examples/testing_project failed:\n{done.stdout}\n{done.stderr}"
-    assert "4 passed" in done.stdout
+    assert "6 passed" in done.stdout  # tests/test_shop.py (pytest) and tests/test_shop_unittest.py

@@ -117,6 +117,8 @@ class _Reader:
         self.path = path
         try:
             self.handle = path.open(newline="", encoding="utf-8")
+        except FileNotFoundError:
+            raise TraceError(path, 0, 0, _no_such_file(path)) from None
         except OSError as exc:
             raise TraceError(path, 0, 0, f"cannot open: {exc.strerror or exc}") from None
         self.rows = csv.reader(self.handle)
@@ -170,6 +172,10 @@ class _Reader:
         return value
 
 
+def _no_such_file(path: Path) -> str:
+    return "no such file" if path.is_absolute() else f"no such file (a relative path is read from {Path.cwd()})"
+
+
 def _sibling(inv: Path, kind: str) -> Path:
     if "_inv" not in inv.name:
         raise TraceError(inv, 0, 0, "expected a file named N_inv.csv, with N_run.csv and N_mem.csv beside it")
@@ -197,6 +203,12 @@ def load_azure(
         raise ValueError(f"arrivals must be 'uniform' or 'poisson', got {arrivals!r}")
     inv_path = Path(path)
     run_path, mem_path = _sibling(inv_path, "run"), _sibling(inv_path, "mem")
+    # Errors name the file the caller gave: a missing N_inv.csv is not reported as its N_run.csv.
+    if not inv_path.is_file():
+        raise TraceError(inv_path, 0, 0, _no_such_file(inv_path))
+    for sibling in (run_path, mem_path):
+        if not sibling.is_file():
+            raise TraceError(inv_path, 0, 0, f"{sibling} is missing: an Azure 2019 trace is N_inv.csv, N_run.csv and N_mem.csv together")
 
     run: dict[str, list[float]] = {}
     reader = _Reader(run_path, ("HashFunction", *_RUN_COLUMNS))

@@ -376,7 +376,15 @@ def _set_parent_death_signal() -> None:
 
 
 def _terminate(signum: int, frame: object) -> None:
+    # The platform is stopping this process, perhaps while it starts: an object the unwinding
+    # leaves half-built (an event loop interrupted in its constructor) must not print
+    # "Exception ignored ..." when it is freed.
+    sys.unraisablehook = _ignore_unraisable
     raise SystemExit(128 + signum)
+
+
+def _ignore_unraisable(unraisable: object) -> None:
+    pass
 
 
 def prepare_process() -> None:
@@ -403,6 +411,16 @@ def serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | N
         before sleeping until it comes.
     :raises protocol.ProtocolError: the platform sent what this side cannot decode, or a message out of turn.
     """
+    try:
+        _serve(sock, container_id, bundle_blob, busy_poll_s=busy_poll_s)
+    except (BrokenPipeError, ConnectionResetError):
+        # The platform closed the channel while this container sent ("ready", a reply) or read
+        # (calls it had queued here): it is stopping the container. That ends it as a closed
+        # channel does, quietly; a handler's own errors never get here (they are replies).
+        return
+
+
+def _serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None, *, busy_poll_s: float) -> None:
     started = time.perf_counter()
     channel = Channel(sock)
     if bundle_blob is None:

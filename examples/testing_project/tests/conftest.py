@@ -1,20 +1,18 @@
-"""microfaas' pytest plugin is loaded by its entry point; here we only choose the backend and the ledger."""
+"""The plugin comes with microfaas; this file picks the backend and gives each test its own ledger."""
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
-import shop
 
 
 @pytest.fixture
 def anyio_backend() -> str:
-    return "asyncio"  # microfaas is tested on asyncio
+    return "asyncio"  # microfaas runs on asyncio
 
 
 @pytest.fixture(autouse=True)
-def fresh_ledger(tmp_path, monkeypatch):
-    """A ledger per test. Autouse fixtures run before `faas`, so the platform's workers
-    (which import `shop` afresh) see the variable; this process sees the attribute."""
-    path = tmp_path / "ledger.jsonl"
-    monkeypatch.setenv("SHOP_LEDGER", str(path))
-    monkeypatch.setattr(shop, "LEDGER", path)
+def fresh_ledger(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Autouse fixtures run before `faas`, so the workers it starts inherit the variable.
+    monkeypatch.setenv("SHOP_LEDGER", str(tmp_path / "ledger.jsonl"))
