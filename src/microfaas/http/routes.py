@@ -45,8 +45,7 @@ class Route:
     def of(cls, trigger: Http, function: str) -> Route:
         """The route of ``trigger``, a trigger of ``function``."""
         segments = tuple(
-            ((GREEDY if s.endswith("+}") else PARAM) if s.startswith("{") else LITERAL, s.strip("{+}"))
-            for s in trigger.path[1:].split("/")
+            ((GREEDY if s.endswith("+}") else PARAM) if s.startswith("{") else LITERAL, s.strip("{+}")) for s in trigger.path[1:].split("/")
         )
         return cls(trigger, function, segments)
 
