@@ -237,7 +237,7 @@ async def test_sqs_records_and_partial_batch_failures(faas: mf.Platform) -> None
     assert again["messageId"] == str(uuid.UUID(ids[1]))
     assert again["attributes"]["ApproximateReceiveCount"] == "2"
     assert again["receiptHandle"] != first["event"]["Records"][1]["receiptHandle"]
-    assert retry["request_id"] == first["request_id"]  # one asynchronous event, retried
+    assert retry["request_id"] == first["request_id"] + "/2"  # Lambda polls SQS: a retry is a new invocation
     assert faas.dead_letters("bill") == []
 
     record = first["event"]["Records"][0]
@@ -541,3 +541,50 @@ async def test_http_replies_follow_the_payload_2_response_rules(faas: mf.Platfor
         assert (await http.get("/answers/pinned")).text == "the specific route"
         assert (await http.post("/answers/pinned")).json() == {"no": "statusCode"}
         assert (await http.get("/")).status_code == 404
+
+
+# -- the catch-all route -------------------------------------------------------------------------
+
+
+def test_http_accepts_any_and_a_greedy_last_segment() -> None:
+    assert mf.Http("any", "/{proxy+}").method == "ANY"
+    assert mf.Http("GET", "/files/{path+}").param_names == ("path",)
+    with pytest.raises(ValueError, match="only the last segment"):
+        mf.Http("GET", "/{rest+}/tail")
+    with pytest.raises(ValueError, match="method must be one of"):
+        mf.Http("FETCH", "/x")
+
+
+def test_routes_prefer_the_more_specific_one() -> None:
+    from microfaas.http.routes import build_routes
+
+    def spec(name: str, *triggers: mf.Http) -> mf.FunctionSpec:
+        return mf.FunctionSpec(name=name, fn=raw, triggers=triggers)
+
+    routes = build_routes(
+        {
+            "catch_all": spec("catch_all", mf.Http("ANY", "/{proxy+}")),
+            "files": spec("files", mf.Http("GET", "/files/{path+}")),
+            "one": spec("one", mf.Http("GET", "/files/{name}"), mf.Http("ANY", "/files/{name}")),
+            "readme": spec("readme", mf.Http("GET", "/files/readme")),
+        }
+    )
+
+    def route(method: str, path: str) -> tuple[str, str, dict[str, str]] | None:
+        segments = path[1:].split("/")
+        for r in routes:
+            params = r.match(segments)
+            if params is not None and r.allows(method):
+                return r.function, r.key, params
+        return None
+
+    assert route("GET", "/files/readme") == ("readme", "GET /files/readme", {})
+    assert route("GET", "/files/a.txt") == ("one", "GET /files/{name}", {"name": "a.txt"})
+    assert route("HEAD", "/files/a.txt") == ("one", "GET /files/{name}", {"name": "a.txt"})
+    assert route("POST", "/files/a.txt") == ("one", "ANY /files/{name}", {"name": "a.txt"})
+    assert route("GET", "/files/a/b/c.txt") == ("files", "GET /files/{path+}", {"path": "a/b/c.txt"})
+    assert route("DELETE", "/files/a/b") == ("catch_all", "ANY /{proxy+}", {"proxy": "files/a/b"})
+    assert route("GET", "/files/") == ("catch_all", "ANY /{proxy+}", {"proxy": "files/"})  # a greedy segment is never empty
+    assert route("GET", "/") is None
+    with pytest.raises(ValueError, match="collides"):
+        build_routes({"a": spec("a", mf.Http("ANY", "/{x+}")), "b": spec("b", mf.Http("ANY", "/{y+}"))})

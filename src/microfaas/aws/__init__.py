@@ -58,6 +58,9 @@ __all__ = [
 
 EVENT_KINDS: Final = ("sqs", "sns", "kinesis", "dynamodb", "http", "function-url", "schedule", "raw")
 
+# The kinds whose events Lambda polls for: each retry is a new invocation (a new request id).
+_POLLED: Final = frozenset({"sqs", "kinesis", "dynamodb"})
+
 # What each kind takes, for the message when it gets something else.
 _TAKES: Final = {
     "sqs": "topic messages (a topic subscription)",
@@ -92,7 +95,7 @@ class LambdaFunction:
     def __call__(self, event: Any) -> Any:
         """Run the handler on ``event`` (a microfaas envelope, or an AWS event as a dict)."""
         ctx = events.context()
-        context = lambda_context(ctx, self.where)
+        context = lambda_context(ctx, self.where, polled=self.kind in _POLLED)
         apply_environment(ctx, lambda_environment(context, self.where, f"{self.__module__}.{self.__qualname__}"))
         if isinstance(event, dict) or self.kind == "raw":
             return self.handler(event, context)

@@ -5,8 +5,8 @@ invocation (the request id, the deadline, the function's ARN) and from environme
 variables the runtime sets before the handler's module is imported
 (``AWS_LAMBDA_FUNCTION_NAME``, ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, ...). Here the
 invocation is microfaas's: ``aws_request_id`` is the invocation id (the same across
-retries of one asynchronous event, as Lambda keeps it), and the remaining time comes
-from the invocation's deadline. The variables are set in the container on its first
+retries of one asynchronous event, as Lambda keeps it; a new one for each retry of a
+polled batch), and the remaining time comes from the invocation's deadline. The variables are set in the container on its first
 call, so code that reads them at import time sees them only if it is imported later.
 
 Runs inside the container: imports nothing of microfaas's but ``events``.
@@ -25,7 +25,16 @@ import attrs
 
 from .. import events
 
-__all__ = ["MAX_TIMEOUT_MS", "LambdaContext", "Placement", "apply_environment", "lambda_context", "lambda_environment"]
+__all__ = [
+    "MAX_TIMEOUT_MS",
+    "LambdaContext",
+    "Placement",
+    "apply_environment",
+    "function_version",
+    "lambda_context",
+    "lambda_environment",
+    "request_id",
+]
 
 # Lambda's longest timeout (15 minutes): the time left reported for a function without a timeout.
 MAX_TIMEOUT_MS: Final = 900_000
@@ -114,11 +123,18 @@ def function_version(ctx: events.Context) -> str:
     return "$LATEST" if version is None else str(version)
 
 
-def lambda_context(ctx: events.Context, where: Placement) -> LambdaContext:
-    """The Lambda context of the invocation ``ctx``."""
+def request_id(ctx: events.Context, *, polled: bool) -> str:
+    """The ``aws_request_id`` of the invocation ``ctx``: its invocation id, kept across the retries of
+    an asynchronous event as Lambda keeps it. Where Lambda polls (SQS, Kinesis, DynamoDB) a retry is a
+    new invocation with a new request id: attempt ``n > 1`` is ``"<invocation id>/<n>"``."""
+    return f"{ctx.invocation_id}/{ctx.attempt}" if polled and ctx.attempt > 1 else ctx.invocation_id
+
+
+def lambda_context(ctx: events.Context, where: Placement, *, polled: bool = False) -> LambdaContext:
+    """The Lambda context of the invocation ``ctx`` (``polled``: see ``request_id``)."""
     version = function_version(ctx)
     return LambdaContext(
-        aws_request_id=ctx.invocation_id,
+        aws_request_id=request_id(ctx, polled=polled),
         function_name=ctx.function_name,
         function_version=version,
         invoked_function_arn=where.arn("lambda", f"function:{ctx.function_name}"),
