@@ -42,8 +42,8 @@ from typing import Any, Final
 
 from .. import events
 from .context import LambdaContext, Placement, apply_environment, lambda_context, lambda_environment
-from .shapes import dynamodb_event, http_event, kinesis_event, message_id, schedule_event, sns_event, sqs_event, to_dynamodb
 from .replies import BatchItemsFailed, LambdaReplyError, failed_items, http_response
+from .shapes import dynamodb_event, http_event, kinesis_event, message_id, schedule_event, sns_event, sqs_event, to_dynamodb
 
 __all__ = [
     "EVENT_KINDS",
