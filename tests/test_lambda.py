@@ -462,7 +462,7 @@ def test_lambda_handler_checks_its_arguments() -> None:
     wrapped = mf.lambda_handler(raw, event="raw")
     assert isinstance(wrapped, LambdaFunction)
     assert (wrapped.__name__, wrapped.__module__) == ("raw", raw.__module__)
-    assert app.functions["raw"].name == "raw"
+    assert mf.App("names").function(wrapped).name == "raw"  # registered under the handler's name
     assert issubclass(LambdaReplyError, ValueError)
 
 
