@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .app import App, FunctionHandle
+from .aws import lambda_handler
 from .errors import (
     CallCancelled,
     ColdStartFailed,
@@ -113,6 +114,7 @@ __all__ = [
     "UnknownFunction",
     "UnknownSource",
     "context",
+    "lambda_handler",
 ]
 
 for _name in __all__:

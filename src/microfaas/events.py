@@ -193,8 +193,9 @@ def reset_context(token: contextvars.Token[Context]) -> None:
 __all__ += ["Http", "HttpRequest", "HttpResponse"]
 
 # The methods an Http trigger may name (RFC 9110 plus PATCH); HEAD is answered by GET routes.
-HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_PATH_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+# "ANY" matches every method (API Gateway's catch-all method), HEAD included.
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "ANY"})
+_PATH_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\+?\}$")
 _PATH_LITERAL = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%]+$")
 
 
@@ -211,8 +212,15 @@ class HttpRequest:
     :param path_params: values of the route's ``{name}`` segments (``{"id": "42"}``).
     :param query: query parameters; a repeated name's values are joined with ``","``
         (as Lambda's HTTP API does).
-    :param headers: header names in lower case; repeated headers are joined with ``", "``.
+    :param headers: header names in lower case; repeated headers are joined with ``", "``
+        (``cookie`` headers with ``"; "``, as RFC 9113 joins them).
     :param body: the raw request body.
+    :param route: the route that matched, as ``"GET /items/{id}"`` (empty when the request
+        did not come through the gateway).
+    :param raw_query: the query string as sent, undecoded (``"a=1&a=2"``).
+    :param source_ip: the client's address (empty when unknown).
+    :param protocol: the HTTP version, ``"HTTP/1.1"``.
+    :param received_at: wall-clock time (``time.time()``) the gateway received the request (0.0: unknown).
     """
 
     method: str
@@ -221,6 +229,11 @@ class HttpRequest:
     query: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
     headers: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
     body: bytes = b""
+    route: str = ""
+    raw_query: str = ""
+    source_ip: str = ""
+    protocol: str = "HTTP/1.1"
+    received_at: float = 0.0
 
     def json(self) -> Any:
         """The body parsed as JSON.
@@ -232,6 +245,12 @@ class HttpRequest:
     def text(self) -> str:
         """The body decoded as UTF-8 (undecodable bytes replaced)."""
         return self.body.decode("utf-8", errors="replace")
+
+
+def _cookies(value: object) -> tuple[Any, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError(f"HttpResponse: cookies must be a list of Set-Cookie values, got {value!r}")
+    return tuple(value)
 
 
 def _to_body(value: object) -> object:
@@ -253,11 +272,13 @@ class HttpResponse:
     :param status: the status code, 100-599.
     :param body: the body (a ``str`` is encoded as UTF-8).
     :param headers: response headers; ``content-type`` defaults to application/octet-stream.
+    :param cookies: ``Set-Cookie`` values, each sent as a header of its own (``"id=1; Path=/"``).
     """
 
     status: int = attrs.field(default=200)
     body: bytes = attrs.field(default=b"", converter=_to_body)
     headers: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
+    cookies: tuple[str, ...] = attrs.field(default=(), converter=_cookies)
 
     @status.validator
     def _check_status(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -274,6 +295,12 @@ class HttpResponse:
         for name, header in value.items():
             if not isinstance(name, str) or not isinstance(header, str) or "\n" in name + header or "\r" in name + header:
                 raise ValueError(f"HttpResponse: headers must map str to str without line breaks, got {name!r}: {header!r}")
+
+    @cookies.validator
+    def _check_cookies(self, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+        for cookie in value:
+            if not isinstance(cookie, str) or "\n" in cookie or "\r" in cookie:
+                raise ValueError(f"HttpResponse: cookies must be str without line breaks, got {cookie!r}")
 
     @classmethod
     def json(cls, data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -292,10 +319,13 @@ class Http(Trigger):
     """An HTTP route served by the gateway (``faas.serve_http()``): ``mf.Http("GET", "/items/{id}")``.
 
     The handler gets an ``HttpRequest``. ``{name}`` segments match one path segment
-    and arrive in ``request.path_params``. A GET route also answers HEAD.
+    and arrive in ``request.path_params``. A last segment ``{name+}`` is greedy: it
+    matches the rest of the path, one segment or more (``mf.Http("ANY", "/{proxy+}")``
+    is API Gateway's catch-all route). A GET route also answers HEAD; an ANY route
+    answers every method.
 
-    :param method: GET, POST, PUT, PATCH, DELETE or OPTIONS (any case).
-    :param path: starts with ``/``; literal segments and ``{name}`` segments.
+    :param method: GET, POST, PUT, PATCH, DELETE, OPTIONS or ANY (any case).
+    :param path: starts with ``/``; literal segments and ``{name}`` segments, the last may be ``{name+}``.
     :raises ValueError: a bad method or path (the message names the field).
     """
 
@@ -318,6 +348,8 @@ class Http(Trigger):
                 continue  # "/" or a trailing slash
             param = _PATH_PARAM.match(segment)
             if param:
+                if segment.endswith("+}") and i != len(segments) - 1:
+                    raise ValueError(f"Http: only the last segment of a path may be greedy ({{name+}}), got {value!r}")
                 names.append(param.group(1))
             elif not _PATH_LITERAL.match(segment):
                 raise ValueError(

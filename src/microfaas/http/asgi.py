@@ -27,11 +27,14 @@ class Disconnected(Exception):
 
 
 def headers(scope: Scope) -> dict[str, str]:
-    """The request's headers, names lower-cased; a repeated header's values joined with ``", "``."""
+    """The request's headers, names lower-cased; a repeated header's values joined with ``", "``
+    (``cookie`` headers with ``"; "``, as RFC 9113 section 8.2.3 joins them)."""
     found: dict[str, str] = {}
     for raw_name, raw_value in scope.get("headers", ()):
         name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-        found[name] = f"{found[name]}, {value}" if name in found else value
+        if name in found:
+            value = f"{found[name]}{'; ' if name == 'cookie' else ', '}{value}"
+        found[name] = value
     return found
 
 
@@ -69,8 +72,10 @@ async def read_body(scope: Scope, receive: Receive, max_body: int) -> bytes:
 
 
 async def send_response(send: Send, response: HttpResponse, *, head: bool) -> None:
-    """Send ``response`` (without its body for HEAD and 204); ``Content-Length`` is always ours."""
+    """Send ``response`` (without its body for HEAD and 204); ``Content-Length`` is always ours.
+    Each of ``response.cookies`` is a ``Set-Cookie`` header of its own."""
     fields = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items() if k.lower() != "content-length"]
+    fields += [(b"set-cookie", cookie.encode("latin-1")) for cookie in response.cookies]
     if response.status not in (204, 304) and not 100 <= response.status < 200:
         fields.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": fields})

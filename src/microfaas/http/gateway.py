@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Collection
 from typing import Final
 
@@ -102,6 +103,7 @@ class Gateway:
         await asgi.send_response(send, response, head=head)
 
     async def _dispatch(self, scope: asgi.Scope, receive: asgi.Receive) -> HttpResponse:
+        received_at = time.time()
         method, path = scope["method"], scope["path"]
         if path == HEALTH_PATH:
             self._allow(method, ("GET",))
@@ -116,7 +118,8 @@ class Gateway:
             params = route.match(segments)
             if params is None:
                 continue
-            if route.trigger.method == method or (method == "HEAD" and route.trigger.method == "GET"):
+            if route.allows(method):
+                client = scope.get("client")
                 request = HttpRequest(
                     method=method,
                     path=path,
@@ -124,6 +127,11 @@ class Gateway:
                     query=asgi.query(scope),
                     headers=asgi.headers(scope),
                     body=await asgi.read_body(scope, receive, self.max_body),
+                    route=route.key,
+                    raw_query=scope.get("query_string", b"").decode("latin-1"),
+                    source_ip=client[0] if client else "",
+                    protocol=f"HTTP/{scope.get('http_version', '1.1')}",
+                    received_at=received_at,
                 )
                 result = await self.platform.invoke(route.function, request)
                 return to_response(result, route.function)

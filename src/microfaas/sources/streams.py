@@ -24,6 +24,12 @@ consumer's ``max_retries`` and then dead-lettered alone (``event`` is the
 as one ``RecordBatch``. Either way the shard then moves on. Delivery is at least
 once: a retried batch may hold records its handler already processed.
 
+A handler that returns ``BatchResult(failed=[sequence numbers, as str])`` reports a
+partial failure, as Lambda's ReportBatchItemFailures does for Kinesis and DynamoDB:
+the records before the lowest listed one are done, and the rest of the batch is
+retried from it (a retry, not a bisection); a listed number not in the batch fails
+the whole batch.
+
 ``drain`` sees every record put as in flight once per consumer, until that
 consumer's checkpoint passes it. Records every consumer has checkpointed are
 trimmed from the log.
@@ -41,8 +47,8 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import PlatformClosed
-from ..events import Record, RecordBatch
+from ..errors import FaaSError, FunctionError, PlatformClosed
+from ..events import BatchResult, Record, RecordBatch
 from ..runtime.delivery import Delivery
 from ..runtime.shipping import dump_args
 from .triggers import Stream, StreamConsumer
@@ -188,7 +194,13 @@ class _Cursor:
 
 
 class _RecordDelivery(Delivery):
-    """Records of one shard, in order: bisected on error when the consumer asks, else retried whole."""
+    """Records of one shard, in order: bisected on error when the consumer asks, else retried whole.
+
+    A handler may instead return ``BatchResult(failed=[sequence numbers])``, as Lambda's
+    ReportBatchItemFailures for streams: the records before the lowest one listed are
+    done, and the batch is retried from it (not bisected). A listed number that is not
+    in the batch fails the whole batch.
+    """
 
     def __init__(self, cursor: _Cursor, runtime: SourceRuntime, records: list[Record]) -> None:
         super().__init__(cursor.function, f"stream:{cursor.stream}/{cursor.shard.index}", runtime.new_invocation_id())
@@ -196,18 +208,46 @@ class _RecordDelivery(Delivery):
         self.runtime = runtime
         self.records = records
         self.batch = RecordBatch(stream=cursor.stream, shard=cursor.shard.index, records=records)
+        self._reported = False  # the last attempt reported a partial failure: retry from it, do not bisect
 
     def payload(self, attempt: int) -> bytes:
         return dump_args(self.function, (self.batch,), {})
 
+    def settle(self, value: Any) -> FaaSError | None:
+        if not (isinstance(value, BatchResult) and value.failed):
+            return None
+        index = {r.sequence: i for i, r in enumerate(self.records)}
+        try:
+            first = min(index[int(s)] for s in value.failed)
+        except (KeyError, ValueError):
+            return self._reported_error(f"its BatchResult names sequence numbers not in the batch: {', '.join(value.failed)}")
+        done, self.records = self.records[:first], self.records[first:]
+        if done:
+            self.batch = RecordBatch(stream=self.batch.stream, shard=self.batch.shard, records=self.records)
+            self.cursor._mark_done(self.runtime, done)
+        self._reported = True
+        return self._reported_error(f"its BatchResult reports record {self.records[0].sequence} as failed")
+
+    def _reported_error(self, what: str) -> FunctionError:
+        return FunctionError(
+            f"{self.function}: {what}",
+            remote_type="microfaas.BatchResult",
+            remote_message=what,
+            remote_traceback="",
+            function_name=self.function,
+            invocation_id=self.invocation_id,
+        )
+
     def split(self) -> list[Delivery]:
-        if not (self.cursor.trigger.bisect_on_error and len(self.records) > 1):
+        reported, self._reported = self._reported, False
+        if reported or not (self.cursor.trigger.bisect_on_error and len(self.records) > 1):
             return []
         half = len(self.records) // 2
         return [_RecordDelivery(self.cursor, self.runtime, part) for part in (self.records[:half], self.records[half:])]
 
     def dead_events(self) -> list[Any]:
-        return [self.records[0] if self.cursor.trigger.bisect_on_error else self.batch]
+        # Bisected batches dead-letter record by record (more than one only when a partial failure ran out of retries).
+        return list(self.records) if self.cursor.trigger.bisect_on_error else [self.batch]
 
     def settled(self) -> None:
         self.cursor._mark_done(self.runtime, self.records)
