@@ -33,6 +33,7 @@ from .errors import (
     UnknownFunction,
 )
 from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
+from .executor import Executor
 from .keepalive import AdaptiveKeepAlive, FixedKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy, NeverUnload
 from .platform import Platform
 from .pool import LocalNodes
@@ -66,6 +67,7 @@ __all__ = [
     "Cron",
     "DeadLetter",
     "Every",
+    "Executor",
     "FaaSError",
     "FixedKeepAlive",
     "FunctionError",
