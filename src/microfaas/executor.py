@@ -49,6 +49,7 @@ import secrets
 import threading
 import time
 import traceback
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
@@ -230,10 +231,10 @@ class _Engine:
 
     def check_open(self) -> None:
         """:raises RuntimeError: the executor was shut down, or the interpreter is exiting."""
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         with self._lock:
@@ -545,11 +546,27 @@ def _chunk_results(chunks: list[concurrent.futures.Future[list[Any]]], end: floa
             future.cancel()
 
 
-def _dumps_callable(fn: object) -> bytes:
+# Functions that travel by reference (by module and name), with their pickle. Only those:
+# one travelling by value carries the values of its globals and closure, which may change.
+_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
+
+
+def _dumps_callable(fn: Any) -> bytes:
+    if type(fn) is types.FunctionType:
+        blob = _by_reference.get(fn)
+        if blob is not None:
+            return blob
     try:
-        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+        blob = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"{_name_of(fn)} could not be pickled to run in a worker: {exc!r}") from exc
+    if type(fn) is types.FunctionType and fn.__module__ != "__main__":
+        try:
+            if pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL) == blob:  # what plain pickle does: a reference
+                _by_reference[fn] = blob
+        except Exception:  # noqa: BLE001 - not by reference, then
+            pass
+    return blob  # type: ignore[no-any-return]
 
 
 def _dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn: object) -> bytes:
