@@ -17,9 +17,9 @@ import weakref
 
 import psutil
 import pytest
-from conftest import _children, pid_alive
 
 import microfaas as mf
+from conftest import _children, pid_alive
 
 
 def square(x: int) -> int:
@@ -327,7 +327,7 @@ def test_a_crash_fails_only_its_own_future_and_the_executor_keeps_serving():
 def test_a_timeout_fails_only_its_own_future(fifo):
     with mf.Executor(max_workers=2, timeout=0.5) as executor:
         stuck, fine = executor.submit(wait_for, fifo), executor.submit(square, 4)
-        with pytest.raises(mf.FunctionTimeout, match="timeout=0.5"):
+        with pytest.raises(mf.FunctionTimeout, match=r"timeout=0\.5"):
             stuck.result(timeout=60)
         assert fine.result(timeout=60) == 16
         assert executor.submit(square, 5).result(timeout=60) == 25

@@ -9,9 +9,9 @@ import threading
 
 import psutil
 import pytest
-from conftest import _children, pid_alive
 
 import microfaas as mf
+from conftest import _children, pid_alive
 from microfaas.blocking import SyncCall
 
 app = mf.App("sync")
