@@ -81,8 +81,9 @@ SHORT_TASK_S: Final = 0.001
 # Weight of the newest task in that average.
 _RUN_S_WEIGHT: Final = 0.2
 
-# A queued task: (future, the pickled callable, its pickled (args, kwargs) or chunk of args, chunked).
-_Item = tuple["concurrent.futures.Future[Any]", bytes, bytes, bool]
+# A queued task: (future, the pickled callable, its pickled (args, kwargs) or chunk of args,
+# chunked, the callable's name for error notes).
+_Item = tuple["concurrent.futures.Future[Any]", bytes, bytes, bool, str]
 # Callables a container has unpickled, by their pickle: a map's calls, or repeated submits
 # of one function, unpickle it once (and it keeps its state between calls, as in a process pool).
 _LOADED_KEPT: Final = 32
@@ -215,11 +216,11 @@ class _Engine:
 
     # -- any thread ---------------------------------------------------------------------------
 
-    def submit(self, fn_blob: bytes, call_blob: bytes, chunked: bool) -> concurrent.futures.Future[Any]:
+    def submit(self, fn_blob: bytes, call_blob: bytes, chunked: bool, name: str) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             self.check_open()
-            self._pending.append((future, fn_blob, call_blob, chunked))
+            self._pending.append((future, fn_blob, call_blob, chunked, name))
             if self._wake_scheduled:
                 return future
             self._wake_scheduled = True
@@ -323,12 +324,13 @@ class _Engine:
                 self._idle.append(waiter)
                 await waiter
                 continue
-            future, fn_blob, call_blob, chunked = item
+            future, fn_blob, call_blob, chunked, name = item
             del item
             self._running += 1
             try:
                 value, run_s = await invoke(TASK, fn_blob, call_blob, chunked)
             except FaaSError as exc:
+                exc.add_note(f"(the task was {name}, submitted to an mf.Executor)")
                 future.set_exception(exc)
                 continue
             except BaseException:
@@ -471,7 +473,7 @@ class Executor(concurrent.futures.Executor):
         except SerializationError as exc:
             self._engine.check_open()
             return _failed(exc)
-        return self._engine.submit(fn_blob, call_blob, False)
+        return self._engine.submit(fn_blob, call_blob, False, _name_of(fn))
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1) -> Iterator[T]:
         """``map(fn, *iterables)`` in the workers; results in input order.
@@ -492,7 +494,7 @@ class Executor(concurrent.futures.Executor):
             fn_blob: bytes | SerializationError = _dumps_callable(fn)  # once for every call of this map
         except SerializationError as exc:
             fn_blob = exc
-        submit = self._engine.submit
+        submit, name = self._engine.submit, _name_of(fn)
         futures: list[concurrent.futures.Future[Any]] = []
         items = zip(*iterables, strict=False)
         batches: Iterable[Any] = items if chunksize == 1 else iter(lambda: list(itertools.islice(items, chunksize)), [])
@@ -504,7 +506,7 @@ class Executor(concurrent.futures.Executor):
             except SerializationError as exc:
                 futures.append(_failed(exc))
                 continue
-            futures.append(submit(fn_blob, call_blob, chunksize > 1))
+            futures.append(submit(fn_blob, call_blob, chunksize > 1, name))
         return _results(futures, end) if chunksize == 1 else _chunk_results(futures, end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
