@@ -181,6 +181,8 @@ class PlatformThread:
             self._state = "stopped"
             self._stopped.set()
             _live.discard(self)
+        if not self._served.cancelled() and (error := self._served.exception()) is not None:
+            raise error  # the platform itself failed (a bug): say so
 
     # -- calling into the loop -----------------------------------------------------------------
 
