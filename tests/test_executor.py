@@ -325,9 +325,10 @@ def test_a_crash_fails_only_its_own_future_and_the_executor_keeps_serving():
 
 
 def test_a_timeout_fails_only_its_own_future(fifo):
-    with mf.Executor(max_workers=2, timeout=0.5) as executor:
+    # Generous: a worker's first task also imports this test module (to unpickle ``square``).
+    with mf.Executor(max_workers=2, timeout=2.0) as executor:
         stuck, fine = executor.submit(wait_for, fifo), executor.submit(square, 4)
-        with pytest.raises(mf.FunctionTimeout, match=r"timeout=0\.5"):
+        with pytest.raises(mf.FunctionTimeout, match=r"timeout=2\.0"):
             stuck.result(timeout=60)
         assert fine.result(timeout=60) == 16
         assert executor.submit(square, 5).result(timeout=60) == 25

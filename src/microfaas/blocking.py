@@ -71,7 +71,7 @@ class PlatformThread:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self._lock = threading.Lock()
-        self._state = "new"  # new -> running -> stopping -> stopped
+        self._state = "new"  # new -> starting -> running -> stopping -> stopped
         self._stopped = threading.Event()
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stop_signal: anyio.Event | None = None

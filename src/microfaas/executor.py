@@ -1,29 +1,31 @@
 """mf.Executor: a ``concurrent.futures.Executor`` whose workers are microfaas containers.
 
 How this works. An executor is an app of its own with one function, ``task``, a
-trampoline: its argument is the cloudpickled ``(fn, args, kwargs)`` of one
-submitted call (or ``fn`` and a chunk of argument tuples, for ``map``), and it
-runs any picklable callable with no decorator, lambdas, closures and ``__main__``
-functions included. The executor's settings are that function's: ``max_workers``
-is ``max_containers``, ``timeout`` and ``memory_mb`` hold for each task (each
-chunk), ``initializer(*initargs)`` is its ``init``, run once in each container.
-The trampoline catches what the callable raises and sends it back pickled, so
-``result()`` raises it as its own type, with the remote traceback attached as
-``__cause__`` (a ``FunctionError``); one that does not survive pickling arrives as
-that ``FunctionError``. A crash, a timeout or going over memory ends only the
-task's own container: its future gets ``ContainerCrashed`` / ``FunctionTimeout`` /
-``OutOfMemory``, and the next task gets a new container.
+trampoline: its arguments are the cloudpickled callable and the pickled
+``(args, kwargs)`` of one submitted call (or a chunk of argument tuples, for
+``map``), so any picklable callable runs with no decorator, lambdas, closures and
+``__main__`` functions included. The executor's settings are that function's:
+``max_workers`` is ``max_containers``, ``timeout`` and ``memory_mb`` hold for
+each task (each chunk), ``initializer(*initargs)`` is its ``init``, run once in
+each container. The trampoline catches what the callable raises and sends it back
+pickled, so ``result()`` raises it as its own type, with the remote traceback
+attached as ``__cause__`` (a ``FunctionError``); one that does not survive
+pickling arrives as that ``FunctionError``. A crash, a timeout or going over
+memory ends only the task's own container: its future gets ``ContainerCrashed`` /
+``FunctionTimeout`` / ``OutOfMemory``, and the next task gets a new container.
 
 The platform runs on its own thread (``blocking.PlatformThread``). ``submit``
 pickles the call in the caller's thread, queues it, and wakes the platform's loop
 with one ``call_soon_threadsafe`` (none while a wake-up is already on its way), so
 a burst of submits costs the loop one wake-up, not a portal round trip each. There
-``2 * max_workers`` lanes (long-lived tasks, none made per call) take queued
-tasks and invoke ``task``: a task is running (no longer cancellable) from the
-moment a lane takes it, as ProcessPoolExecutor's are once in its call queue. The
-extra lanes keep a call waiting in each busy container (the platform's
-pipelining), so a worker never idles between two tasks for a round trip. The
-lanes are the hot path and use asyncio's futures directly (DESIGN.md allows it).
+``LANES_PER_WORKER * max_workers`` lanes (long-lived tasks, none made per call)
+take queued tasks and invoke ``task``; a task is running (no longer cancellable)
+from the moment a lane takes it, as ProcessPoolExecutor's are once in its call
+queue. How many lanes may hold a task at once follows the tasks' run time, as the
+workers measure it: while tasks are short, several per worker (they wait in the
+worker's socket, the platform's pipelining, so a worker never idles for a round
+trip between two); otherwise one per worker plus one. The lanes are the hot path
+and use asyncio's futures directly (DESIGN.md allows it).
 
 Lifetime. ``shutdown`` stops intake; the lanes finish what is queued (or it is
 cancelled, with ``cancel_futures``), then the platform stops every container.
@@ -447,7 +449,11 @@ class Executor(concurrent.futures.Executor):
         _register_exit_hook()
         thread.start()
         self._engine = _Engine(thread, max_workers)
-        self._engine.start()
+        try:
+            self._engine.start()
+        except BaseException:
+            thread.stop()
+            raise
         _engines.add(self._engine)
         self._finalizer = weakref.finalize(self, self._engine.shutdown, False, False)
 
