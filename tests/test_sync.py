@@ -12,7 +12,7 @@ import pytest
 
 import microfaas as mf
 from conftest import _children, pid_alive
-from microfaas.blocking import SyncCall
+from microfaas.blocking_views import SyncCall
 
 app = mf.App("sync")
 orders = app.topic("orders")

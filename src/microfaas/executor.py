@@ -1,7 +1,7 @@
 """mf.Executor: a ``concurrent.futures.Executor`` whose workers are microfaas containers.
 
 How this works. An executor is an app of its own with one function, ``task``, a
-trampoline: its arguments are the cloudpickled callable and the pickled
+trampoline (in ``executor_task``, with what travels to and from it): its arguments are the cloudpickled callable and the pickled
 ``(args, kwargs)`` of one submitted call (or a chunk of argument tuples, for
 ``map``), so any picklable callable runs with no decorator, lambdas, closures and
 ``__main__`` functions included. The executor's settings are that function's:
@@ -46,25 +46,20 @@ import concurrent.futures
 import functools
 import itertools
 import os
-import pickle
 import secrets
 import threading
 import time
-import traceback
-import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
 import anyio
-import attrs
 import cloudpickle
 
-from . import payload
 from .app import App
 from .blocking import PlatformThread
-from .errors import FaaSError, FunctionError, PlatformClosed, SerializationError
-from .events import context
+from .errors import FaaSError, PlatformClosed, SerializationError
+from .executor_task import TASK, TaskFailure, dumps_args, dumps_callable, dumps_chunk, initialize, name_of, trampoline
 from .keepalive import NeverUnload
 from .pool import LocalNodes, _machine_memory_mb
 
@@ -72,7 +67,6 @@ __all__ = ["Executor"]
 
 T = TypeVar("T")
 
-TASK: Final = "task"  # the trampoline's name in the executor's app
 # Tasks handed out per worker at most: while tasks are short, a few wait in each worker's
 # socket behind the running one, so that no worker idles for a round trip between two.
 LANES_PER_WORKER: Final = 4
@@ -86,110 +80,6 @@ _RUN_S_WEIGHT: Final = 0.2
 # A queued task: (future, the pickled callable, its pickled (args, kwargs) or chunk of args,
 # chunked, the callable's name for error notes).
 _Item = tuple["concurrent.futures.Future[Any]", bytes, bytes, bool, str]
-# Callables a container has unpickled, by their pickle: a map's calls, or repeated submits
-# of one function, unpickle it once (and it keeps its state between calls, as in a process pool).
-_LOADED_KEPT: Final = 32
-
-
-# -- in the container ----------------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Failure:
-    """What a submitted callable raised, as it travels back: pickled (when it pickles) and described."""
-
-    error: bytes | None
-    remote_type: str
-    remote_message: str
-    remote_traceback: str
-    callable_name: str
-    invocation_id: str | None
-    container_id: str | None
-
-    @classmethod
-    def of(cls, exc: BaseException, fn: object) -> _Failure:
-        kind = type(exc)
-        tb = exc.__traceback__
-        # The trampoline's own frame is not the user's business.
-        lines = traceback.format_exception(kind, exc, tb.tb_next if tb is not None and tb.tb_next is not None else tb)
-        try:
-            blob: bytes | None = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: BLE001 - sent as a FunctionError instead
-            blob = None
-        ctx = context()
-        return cls(
-            error=blob,
-            remote_type=f"{kind.__module__}.{kind.__qualname__}",
-            remote_message=str(exc),
-            remote_traceback="".join(lines),
-            callable_name=_name_of(fn),
-            invocation_id=ctx.invocation_id,
-            container_id=ctx.container_id,
-        )
-
-    def exception(self) -> BaseException:
-        """The callable's own exception (its remote traceback as ``__cause__``), or a ``FunctionError``."""
-        remote = FunctionError(
-            f"{self.callable_name} raised {self.remote_type}: {self.remote_message} in container {self.container_id}\n\n"
-            f'Remote traceback:\n"""\n{self.remote_traceback}"""',
-            remote_type=self.remote_type,
-            remote_message=self.remote_message,
-            remote_traceback=self.remote_traceback,
-            function_name=TASK,
-            invocation_id=self.invocation_id,
-            container_id=self.container_id,
-        )
-        if self.error is not None:
-            try:
-                exc = pickle.loads(self.error)
-            except Exception:  # noqa: BLE001 - it pickled there but does not unpickle here
-                return remote
-            if isinstance(exc, BaseException):
-                exc.__cause__ = remote
-                return exc
-        return remote
-
-
-_loaded: dict[bytes, Any] = {}
-
-
-def _trampoline(fn_blob: bytes, call_blob: bytes, chunked: bool) -> tuple[Any, float]:
-    """Run one submitted call (or a chunk of calls to one callable), and time it.
-
-    Never raises what the callable raised: that comes back as a ``_Failure``.
-    """
-    started = time.perf_counter()
-    return _run(fn_blob, call_blob, chunked), time.perf_counter() - started
-
-
-def _run(fn_blob: bytes, call_blob: bytes, chunked: bool) -> Any:
-    fn: Any = None
-    try:
-        fn = _loaded.get(fn_blob)
-        if fn is None:
-            fn = pickle.loads(fn_blob)
-            if len(_loaded) >= _LOADED_KEPT:
-                _loaded.clear()
-            _loaded[fn_blob] = fn
-        if not chunked:
-            args, kwargs = pickle.loads(call_blob)
-            return fn(*args, **kwargs)
-        chunk = pickle.loads(call_blob)
-    except BaseException as exc:  # noqa: BLE001 - it goes back to the caller's future
-        return _Failure.of(exc, fn)
-    out = []
-    for args in chunk:
-        try:
-            out.append(fn(*args))
-        except BaseException as exc:  # noqa: BLE001
-            out.append(_Failure.of(exc, fn))
-            break  # map stops at the first failure; the rest of the chunk is not run
-    return out
-
-
-def _initialize(blob: bytes) -> None:
-    initializer, initargs = pickle.loads(blob)
-    initializer(*initargs)
 
 
 # -- the engine: the queue, and the lanes on the platform's loop ------------------------------------
@@ -342,7 +232,7 @@ class _Engine:
                 self._running -= 1
                 del fn_blob, call_blob
             self._ran(run_s)
-            if type(value) is _Failure:
+            if type(value) is TaskFailure:
                 future.set_exception(value.exception())
             else:
                 future.set_result(value)
@@ -437,13 +327,13 @@ class Executor(concurrent.futures.Executor):
         init = None
         if initializer is not None:
             try:
-                init = functools.partial(_initialize, cloudpickle.dumps((initializer, tuple(initargs))))
+                init = functools.partial(initialize, cloudpickle.dumps((initializer, tuple(initargs))))
             except Exception as exc:
                 raise SerializationError(f"Executor: the initializer or its initargs could not be pickled: {exc!r}") from exc
         # No limit means the machine's memory; the node then has room for exactly the workers.
         limit_mb = memory_mb if memory_mb is not None else _machine_memory_mb()
         app = App(f"executor-{secrets.token_hex(3)}")
-        app.function(name=TASK, memory_mb=limit_mb, timeout=timeout, max_containers=max_workers, idle_timeout=None, init=init)(_trampoline)
+        app.function(name=TASK, memory_mb=limit_mb, timeout=timeout, max_containers=max_workers, idle_timeout=None, init=init)(trampoline)
         nodes = LocalNodes(node_memory_mb=limit_mb * (max_workers + 1), start_method=start_method)
         thread = PlatformThread(app.run(nodes=nodes, keep_alive=NeverUnload(), queue_limit=None))
         _register_exit_hook()
@@ -474,12 +364,12 @@ class Executor(concurrent.futures.Executor):
         :raises RuntimeError: after ``shutdown()``, or while the interpreter exits.
         """
         try:
-            fn_blob = _dumps_callable(fn)
-            call_blob = _dumps_args(args, kwargs, fn)
+            fn_blob = dumps_callable(fn)
+            call_blob = dumps_args(args, kwargs, fn)
         except SerializationError as exc:
             self._engine.check_open()
             return _failed(exc)
-        return self._engine.submit(fn_blob, call_blob, False, _name_of(fn))
+        return self._engine.submit(fn_blob, call_blob, False, name_of(fn))
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1) -> Iterator[T]:
         """``map(fn, *iterables)`` in the workers; results in input order.
@@ -497,10 +387,10 @@ class Executor(concurrent.futures.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         self._engine.check_open()
         try:
-            fn_blob: bytes | SerializationError = _dumps_callable(fn)  # once for every call of this map
+            fn_blob: bytes | SerializationError = dumps_callable(fn)  # once for every call of this map
         except SerializationError as exc:
             fn_blob = exc
-        submit, name = self._engine.submit, _name_of(fn)
+        submit, name = self._engine.submit, name_of(fn)
         futures: list[concurrent.futures.Future[Any]] = []
         items = zip(*iterables, strict=False)
         batches: Iterable[Any] = items if chunksize == 1 else iter(lambda: list(itertools.islice(items, chunksize)), [])
@@ -508,7 +398,7 @@ class Executor(concurrent.futures.Executor):
             try:
                 if isinstance(fn_blob, SerializationError):
                     raise fn_blob
-                call_blob = _dumps_args(batch, {}, fn) if chunksize == 1 else _dumps_chunk(batch, fn)
+                call_blob = dumps_args(batch, {}, fn) if chunksize == 1 else dumps_chunk(batch, fn)
             except SerializationError as exc:
                 futures.append(_failed(exc))
                 continue
@@ -546,7 +436,7 @@ def _chunk_results(chunks: list[concurrent.futures.Future[list[Any]]], end: floa
     try:
         while chunks:
             for value in _wait_result(chunks.pop(), end):
-                if type(value) is _Failure:
+                if type(value) is TaskFailure:
                     raise value.exception()
                 yield value
     finally:
@@ -554,48 +444,7 @@ def _chunk_results(chunks: list[concurrent.futures.Future[list[Any]]], end: floa
             future.cancel()
 
 
-# Functions that travel by reference (by module and name), with their pickle. Only those:
-# one travelling by value carries the values of its globals and closure, which may change.
-_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
-
-
-def _dumps_callable(fn: Any) -> bytes:
-    if type(fn) is types.FunctionType:
-        blob = _by_reference.get(fn)
-        if blob is not None:
-            return blob
-    try:
-        blob = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise SerializationError(f"{_name_of(fn)} could not be pickled to run in a worker: {exc!r}") from exc
-    if type(fn) is types.FunctionType and fn.__module__ != "__main__":
-        try:
-            if pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL) == blob:  # what plain pickle does: a reference
-                _by_reference[fn] = blob
-        except Exception:  # noqa: BLE001 - not by reference, then
-            pass
-    return blob  # type: ignore[no-any-return]
-
-
-def _dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], fn: object) -> bytes:
-    try:
-        return payload.dumps_call(args, kwargs)
-    except Exception as exc:
-        raise SerializationError(f"the arguments of a call of {_name_of(fn)} could not be pickled: {exc!r}") from exc
-
-
-def _dumps_chunk(chunk: list[tuple[Any, ...]], fn: object) -> bytes:
-    try:
-        return payload.dumps(chunk)
-    except Exception as exc:
-        raise SerializationError(f"a chunk of arguments for {_name_of(fn)} could not be pickled: {exc!r}") from exc
-
-
 def _failed(error: BaseException) -> concurrent.futures.Future[Any]:
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     future.set_exception(error)
     return future
-
-
-def _name_of(fn: object) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
