@@ -10,6 +10,9 @@ Figures (contenders interleaved per round, so a noisy machine hits all alike):
   fork-and-pipe floor;
 - a 10 MiB bytes argument echoed back (p50);
 - idle worker USS/PSS;
+- mf.Executor against ProcessPoolExecutor, loky and pebble, used from blocking
+  code: submit -> result p50, and 10,000 no-ops through map with chunksize 1 and
+  64 (benchmarks/executor.py);
 - scheduler core decisions per second (benchmarks/core_decisions.py).
 Ray actors join in a phase of their own (with microfaas measured again beside
 them) when ray is installed, so Ray's daemons do not load the machine while the
@@ -28,12 +31,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 import microfaas as mf
-from benchmarks import cold, core_decisions, memory, payload, peers, report, throughput, warm
+from benchmarks import cold, core_decisions, executor, memory, payload, peers, report, throughput, warm
 from benchmarks.common import log, settle_allocator
 
-PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "psutil", "matplotlib", "ray")
+PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "pebble", "psutil", "matplotlib", "ray")
 
 
 def machine_facts() -> dict[str, Any]:
@@ -75,6 +79,7 @@ def config(quick: bool) -> dict[str, Any]:
         "cold_fork": 30 if quick else 200,
         "cold_spawn": 5 if quick else 20,
         "cold_rounds": 3 if quick else 10,
+        "executor": executor.config(quick),
         # The Ray phase (Ray is slow to call on 2 cores; --quick keeps it short).
         "ray": {
             "warm_rounds": 1 if quick else 5,
@@ -142,6 +147,13 @@ async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     log(f"cold start: fork x {cfg['cold_fork']} with the raw fork floor interleaved; spawn x {cfg['cold_spawn']}")
     results["cold_start"] = await cold.measure("fork", cfg["cold_fork"], rounds=cfg["cold_rounds"], with_floor=True)
     results["cold_start"].update(await cold.measure("spawn", cfg["cold_spawn"]))
+    ex_cfg = cfg["executor"]
+    log(
+        f"executors: submit->result x {ex_cfg['rounds'] * ex_cfg['calls_per_round']}, "
+        f"map of {executor.MAP_TASKS} x {ex_cfg['map_rounds']} rounds, chunksize {executor.CHUNKSIZES}"
+    )
+    # In a thread: the executors block, and mf.Executor runs a platform of its own.
+    results.update(await anyio.to_thread.run_sync(lambda: executor.measure(**ex_cfg)))
     log("scheduler core decisions")
     results["core_decisions"] = core_decisions.measure(quick)
     ratios = report.ratios(results)

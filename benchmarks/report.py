@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import executor
+
 # Column order of the table: microfaas first, then the floor, then each peer.
-COLUMNS = ("microfaas", "socketpair_floor", "anyio_to_process", "process_pool_executor", "loky", "mp_pool", "ray")
+COLUMNS = ("microfaas", "socketpair_floor", "anyio_to_process", "process_pool_executor", "loky", "mp_pool", "pebble", "ray")
 SHORT = {
     "microfaas": "microfaas",
     "socketpair_floor": "floor",
@@ -13,6 +15,7 @@ SHORT = {
     "process_pool_executor": "PPE",
     "loky": "loky",
     "mp_pool": "mp.Pool",
+    "pebble": "pebble",
     "ray": "ray",
 }
 
@@ -24,6 +27,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "payload_10mib_vs_ppe": ("<=", 0.7),
     "idle_container_uss_mb": ("<=", 5.0),
     "core_decisions_per_s": (">=", 200_000.0),
+    "executor_p50_vs_ppe": (">=", 1.0),
+    "executor_map_vs_ppe": (">=", 1.0),
 }
 
 
@@ -38,12 +43,15 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "payload_10mib_vs_ppe": pay["microfaas"]["p50_ms"] / pay["process_pool_executor"]["p50_ms"],
         "idle_container_uss_mb": mem["microfaas"]["uss_mb"],
         "core_decisions_per_s": results["core_decisions"]["decisions_per_s"],
+        **executor.ratios(results),  # absent from runs made before the executor figures
     }
 
 
 def target_status(ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
     out = {}
     for key, (op, target) in TARGETS.items():
+        if key not in ratios:
+            continue
         value = ratios[key]
         met = value <= target if op == "<=" else value >= target
         # How far off: the factor by which the figure must still improve (1.0 = met exactly).
@@ -105,6 +113,20 @@ def rows(results: dict[str, Any], ratio: dict[str, float]) -> list[list[str]]:
         row("idle worker USS (MiB)", per("idle_memory", "uss_mb"), "idle_container_uss_mb"),
         row("idle worker PSS (MiB)", per("idle_memory", "pss_mb")),
         row("scheduler core decisions/s", [core, *none], "core_decisions_per_s"),
+        *executor_rows(results, row, per),
+    ]
+
+
+def executor_rows(results: dict[str, Any], row: Any, per: Any) -> list[list[str]]:
+    """The rows of the executor figures (mf.Executor in the microfaas column), when the run has them."""
+    if "executor_submit_result" not in results:
+        return []
+    return [
+        row("executor submit->result p50 (us)", per("executor_submit_result", "p50_us"), "executor_p50_vs_ppe"),
+        row("executor submit->result p99 (us)", per("executor_submit_result", "p99_us")),
+        row("executor map, chunksize 1 (tasks/s)", per("executor_map_1", "tasks_per_s"), "executor_map1_vs_ppe"),
+        row("executor map, chunksize 64 (tasks/s)", per("executor_map_64", "tasks_per_s"), "executor_map64_vs_ppe"),
+        row("executor map vs PPE (the lower)", [None] * len(COLUMNS), "executor_map_vs_ppe"),
     ]
 
 

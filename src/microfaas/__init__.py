@@ -35,6 +35,7 @@ from .errors import (
     UnknownSource,
 )
 from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
+from .executor import Executor
 from .keepalive import (
     AdaptiveKeepAlive,
     FixedKeepAlive,
@@ -76,6 +77,7 @@ __all__ = [
     "Cron",
     "DeadLetter",
     "Every",
+    "Executor",
     "FaaSError",
     "FixedKeepAlive",
     "FunctionError",

@@ -20,6 +20,7 @@ from .sources.triggers import Stream, Topic
 from .spec import NAME_PATTERN, FunctionSettings, FunctionSpec, Retries
 
 if TYPE_CHECKING:
+    from .blocking import SyncPlatform
     from .keepalive import KeepAlivePolicy
     from .nodes import NodeProvider
     from .runtime.call import Call
@@ -242,6 +243,18 @@ class App:
         """
         sources = build_sources(self.functions, topics=self._topics, streams=self._streams, app_name=self.name)
         return Platform(self, nodes=nodes, keep_alive=keep_alive, queue_limit=queue_limit, sources=sources, events_kept=events_kept)
+
+    def run_sync(self, **options: Any) -> SyncPlatform:
+        """The platform for code that is not async: ``with app.run_sync() as faas``.
+
+        It runs on a thread and event loop of its own; ``faas`` has every method of the
+        async platform, blocking (see docs/sync.md). Takes the same arguments as ``run``.
+
+        :raises RuntimeError: on entering, when this thread runs an event loop (use ``async with app.run()``).
+        """
+        from .blocking import SyncPlatform
+
+        return SyncPlatform(self.run(**options))
 
     def _running(self) -> Platform:
         platform = self._platform

@@ -32,7 +32,8 @@ __all__ = ["LocalNode", "LocalNodes"]
 STOP_GRACE: Final = 1.0
 
 
-def _machine_memory_mb() -> int:
+def machine_memory_mb() -> int:
+    """This machine's physical memory in MB."""
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
 
 
@@ -83,7 +84,7 @@ class LocalNodes:
 
     def resource_manager(self) -> ResourceManager:
         return ResourceManager(
-            node_memory_mb=self.node_memory_mb or _machine_memory_mb(),
+            node_memory_mb=self.node_memory_mb or machine_memory_mb(),
             max_nodes=self.max_nodes,
             min_nodes=self.min_nodes,
             release_after=self.release_after,
