@@ -215,6 +215,7 @@ class LocalContainer(ContainerHandle):
         """
         if self._closed or _local.calls_pending != 1 or not self._pending or self._decoder.writable() is not None:
             return  # answered already, or no longer alone
+        _local.reply_polls += 1
         deadline = time.perf_counter() + self.reply_poll_s
         while True:
             try:
@@ -410,6 +411,8 @@ class _LoopLocal(threading.local):
     corked: list[LocalContainer] | None = None
     # Calls sent to these containers and not answered yet.
     calls_pending: int = 0
+    # How many times the platform began to poll for a reply (read by tests).
+    reply_polls: int = 0
 
 
 _local = _LoopLocal()
