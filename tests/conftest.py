@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import threading
 import time
 from typing import ClassVar
@@ -111,3 +113,27 @@ class HandlerLog:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+class Gate:
+    """A FIFO that handlers (in containers) block on, one byte per call, until the test lets them go.
+
+    A handler opens ``path`` and reads one byte; ``hold`` is the argument test_pipelining's handler takes for that.
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        os.mkfifo(path)
+        self.path = str(path)
+        # Held open for reading and writing, so the container's open never blocks and its read waits for a byte.
+        self._fd = os.open(path, os.O_RDWR)
+
+    @property
+    def hold(self) -> tuple[str, str]:
+        return ("hold", self.path)
+
+    def release(self, calls: int = 1) -> None:
+        """Let ``calls`` held calls go (one byte each)."""
+        os.write(self._fd, b"x" * calls)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 import microfaas as mf
+from conftest import Gate
 from microfaas import scheduler
 from microfaas.nodes.container import LocalContainer
 
@@ -41,26 +42,6 @@ def step(x: object) -> tuple[object, int, float | None, float]:
         with open(x[1], "rb", buffering=0) as fifo:
             fifo.read(1)
     return x, os.getpid(), deadline, time.time()
-
-
-class Gate:
-    """A FIFO that a ``("hold", path)`` call waits on until the test lets it go."""
-
-    def __init__(self, path: pathlib.Path) -> None:
-        os.mkfifo(path)
-        self.path = str(path)
-        # Held open for reading and writing, so the container's open never blocks and its read waits for a byte.
-        self._fd = os.open(path, os.O_RDWR)
-
-    @property
-    def hold(self) -> tuple[str, str]:
-        return ("hold", self.path)
-
-    def release(self) -> None:
-        os.write(self._fd, b"x")
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 @pytest.fixture

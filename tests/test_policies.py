@@ -7,7 +7,7 @@ import math
 import pytest
 
 from microfaas.actions import ContainerRecord
-from microfaas.keepalive import AdaptiveKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy
+from microfaas.keepalive import AdaptiveKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAlivePolicy, default_cold_start_s
 from microfaas.resources import ResourceManager
 from microfaas.scheduler import FunctionProfile, RunOn, Scheduler, StartContainer, StopContainer
 
@@ -127,7 +127,8 @@ def test_adaptive_learns_a_short_keep_alive_for_a_hot_function() -> None:
         policy.ttl_for("f", now=now + 1.0)
         now += 5.0
     ttl = policy.ttl_for("f", now=now)
-    assert 4.0 <= ttl <= 10.0  # just past the 4 s reuse time
+    # Every reuse time is 4 s (idle from 1 s after a call to the next call): kept just past it, by the 5% margin.
+    assert ttl == pytest.approx(4.0 * (1 + policy.margin))
     assert policy.prewarm_delay("f", now=now) is None
 
 
@@ -142,9 +143,12 @@ def test_adaptive_prewarms_a_periodic_function() -> None:
     policy.observe_arrival("timer", now=now)
     assert policy.ttl_for("timer", now=now + 2.0) == 0.0  # unloaded at once
     delay = policy.prewarm_delay("timer", now=now + 2.0)
-    assert delay is not None and 1600 < delay < 1798
-    keep = policy.ttl_for("timer", now=now + 2.0 + delay + 1.0)  # the pre-warmed container
-    assert delay + 1.0 + keep >= 1798.0
+    # Every reuse time is 1798 s: pre-warmed the 5% margin and a cold start before it, ...
+    cold = default_cold_start_s(1024)
+    assert delay == pytest.approx(1798.0 * (1 - policy.margin) - cold)
+    # ... and, once up, kept until the margin past it.
+    keep = policy.ttl_for("timer", now=now + 2.0 + delay + cold)  # the pre-warmed container
+    assert delay + cold + keep == pytest.approx(1798.0 * (1 + policy.margin))
 
 
 def test_adaptive_lets_a_never_reused_container_go() -> None:

@@ -71,9 +71,34 @@ def test_garbage_meta_is_a_protocol_error():
     frame = protocol.HEADER.pack(1 + 4 + len(garbage), protocol.PROTOCOL_VERSION, len(garbage)) + garbage
     decoder = protocol.FrameDecoder()
     decoder.feed(frame)
-    with pytest.raises(protocol.ProtocolError, match="does not unpickle"):
+    with pytest.raises(protocol.ProtocolError, match="does not unpickle") as info:
         decoder.next_frame()
-    assert pickle.dumps(("ok",))  # the module's pickling is unaffected
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)  # what went wrong, chained
+
+
+@pytest.mark.parametrize("meta", [(), ["call"], "call", None], ids=["empty-tuple", "list", "str", "none"])
+def test_meta_that_is_not_a_non_empty_tuple_is_a_protocol_error(meta: object) -> None:
+    meta_bytes = pickle.dumps(meta)
+    decoder = protocol.FrameDecoder()
+    decoder.feed(protocol.HEADER.pack(1 + 4 + len(meta_bytes), protocol.PROTOCOL_VERSION, len(meta_bytes)) + meta_bytes)
+    with pytest.raises(protocol.ProtocolError, match="not a non-empty tuple"):
+        decoder.next_frame()
+
+
+def test_a_meta_length_past_the_frame_is_a_protocol_error() -> None:
+    decoder = protocol.FrameDecoder()
+    decoder.feed(protocol.HEADER.pack(5, protocol.PROTOCOL_VERSION, 100))
+    with pytest.raises(protocol.ProtocolError, match="meta length 100 exceeds frame body length 5"):
+        decoder.next_frame()
+
+
+def test_a_frame_over_max_frame_is_refused_before_anything_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_FRAME", 64)
+    decoder = protocol.FrameDecoder()
+    decoder.feed(b"".join(protocol.encode(("result", "inv"), b"x" * 10)))  # under the limit: fine
+    assert decoder.next_frame() == (("result", "inv"), b"x" * 10)
+    with pytest.raises(protocol.ProtocolError, match=r"frame of \d+ bytes is over the 64-byte limit"):
+        protocol.encode(("result", "inv"), b"x" * 64)
 
 
 @given(buffers=st.lists(st.binary(max_size=64), max_size=6), data=st.data())

@@ -112,7 +112,7 @@ class SchedulerRules(RuleBasedStateMachine):
                         profile = PROFILES[rec.function]
                         assert self.sched.pipeline_depth > 0 and profile.concurrency == 1
                         assert rec.busy == rec.concurrency
-                        assert profile.max_containers is not None and len(self.sched.containers(rec.function)) >= 1
+                        assert profile.max_containers is not None and len(self.sched.containers(rec.function)) >= profile.max_containers
                 case FailRequest(request_id=rid, reason=reason):
                     self._answer(rid)
                     if reason == "closed":
