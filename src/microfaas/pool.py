@@ -169,7 +169,7 @@ class LocalNode:
         await self._setup_reply.event.wait()
         if self._setup_reply.error is not None:
             await self.stop()
-            raise StartFailed(f"node {self.id}: the zygote {self._setup_reply.error}", stage="node")
+            raise StartFailed(f"node {self.id}: the {self._setup_reply.error}", stage="node")
         failures = self._setup_reply.value  # the zygote's {module: error} (protocol frames are untyped)
         assert failures is None or isinstance(failures, dict), failures
         self.preload_failures = dict(failures or {})

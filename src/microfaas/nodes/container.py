@@ -46,6 +46,8 @@ __all__ = [
 
 # How long to wait for a process's exit status once its channel closed.
 EXIT_STATUS_WAIT: Final = 2.0
+# What a container may send once it is ready.
+_REPLY_KINDS: Final = frozenset({"result", "error", "bad_payload"})
 # sendmsg takes at most this many buffers at once (IOV_MAX on Linux).
 _MAX_IOV: Final = 1024
 
@@ -257,6 +259,8 @@ class LocalContainer(ContainerHandle):
             self._first_event.set()
             return
         kind = meta[0]
+        if kind not in _REPLY_KINDS:  # before the call is taken off the pending ones: the death fails it
+            raise protocol.ProtocolError(f"container {self.id} sent unexpected {kind!r}")
         invocation_id: str = meta[1]  # type: ignore[assignment]
         outcome = self._pending.pop(invocation_id, None)
         if outcome is None:
@@ -269,10 +273,8 @@ class LocalContainer(ContainerHandle):
             result: Outcome = Returned(blob)
         elif kind == "error":
             result = Raised(str(meta[2]), str(meta[3]), str(meta[4]))
-        elif kind == "bad_payload":
-            result = BadPayload(str(meta[2]))
         else:
-            raise protocol.ProtocolError(f"container {self.id} sent unexpected {kind!r}")
+            result = BadPayload(str(meta[2]))
         if not outcome.done():  # done: the caller gave up waiting
             outcome.set_result(result)
         if self._queued:
