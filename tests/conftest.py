@@ -6,6 +6,7 @@ import os
 import pathlib
 import threading
 import time
+from collections.abc import Callable
 from typing import ClassVar
 
 import psutil
@@ -81,6 +82,15 @@ def no_call_left_pending():
             copy["calls_pending"] = 0  # reported once, not again by every later test
     _EveryThread.copies[:] = [(thread, copy) for thread, copy in _EveryThread.copies if thread.is_alive()]
     assert not pending, f"calls still counted as in flight, by thread: {pending}"
+
+
+async def wait_until(condition: Callable[[], object], seconds: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; TimeoutError after ``seconds`` (a bound, not a synchronisation)."""
+    import anyio
+
+    with anyio.fail_after(seconds):
+        while not condition():
+            await anyio.sleep(0.005)
 
 
 def pid_alive(pid: int) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pathlib
 import select
 import signal
 import socket
@@ -15,12 +16,13 @@ import time
 
 import anyio
 import anyio.lowlevel
+import cloudpickle
 import psutil
 import pytest
 
 import microfaas as mf
 import misbehaving
-from conftest import Gate, pid_alive
+from conftest import Gate, pid_alive, wait_until
 from microfaas import pool, protocol, scheduler, worker
 from microfaas.nodes.container import LocalContainer
 from microfaas.runtime import lifecycle as ev
@@ -84,12 +86,6 @@ def size(blob: bytes) -> int:
     return len(blob)
 
 
-async def _until(condition: object, seconds: float = 30.0) -> None:
-    with anyio.fail_after(seconds):
-        while not condition():  # type: ignore[operator]
-            await anyio.sleep(0.005)
-
-
 # -- containers that break the protocol or die early ------------------------------------------
 
 
@@ -130,8 +126,6 @@ async def test_a_container_that_is_not_ready_properly_is_a_cold_start_failure(ha
 def test_a_container_refuses_a_frame_of_an_unknown_kind() -> None:
     platform_end, container_end = socket.socketpair()
     bundle = worker.Bundle(name="echo", fn=lambda x: x, init=None, memory_mb=128, concurrency=1)
-    import cloudpickle
-
     failures: list[BaseException] = []
 
     def serve() -> None:
@@ -198,10 +192,10 @@ def crash_when(x: object) -> int:
 
 
 async def test_a_large_call_being_written_to_a_container_that_dies_runs_on_the_next(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     monkeypatch.setattr(scheduler, "PIPELINE_MAX_CALL_S", 3600.0)  # the large call is queued in the busy container
-    gate = Gate(tmp_path / "gate")  # type: ignore[operator]
+    gate = Gate(tmp_path / "gate")
     try:
         async with app.run() as faas:
             assert await crash_when.invoke(b"") == 0
@@ -216,7 +210,7 @@ async def test_a_large_call_being_written_to_a_container_that_dies_runs_on_the_n
             with anyio.fail_after(60):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(one, "crash", gate.hold)
-                    await _until(lambda: faas.containers("crash_when")[0].state == mf.ContainerState.BUSY)
+                    await wait_until(lambda: faas.containers("crash_when")[0].state == mf.ContainerState.BUSY)
                     tg.start_soon(one, "large", b"x" * (32 << 20))  # far more than the socket takes while nobody reads
                     await anyio.wait_all_tasks_blocked()
                     gate.release()
@@ -253,7 +247,7 @@ async def test_a_container_that_ignores_sigterm_is_killed_when_the_platform_stop
     with anyio.fail_after(60):
         async with app.run(nodes=mf.LocalNodes(start_method="spawn")) as faas, anyio.create_task_group() as tg:
             tg.start_soon(ignores_sigterm.invoke)
-            await _until(lambda: [c.state for c in faas.containers("ignores_sigterm")] == [mf.ContainerState.BUSY])
+            await wait_until(lambda: [c.state for c in faas.containers("ignores_sigterm")] == [mf.ContainerState.BUSY])
             [info] = faas.containers("ignores_sigterm")
             tg.cancel_scope.cancel()
     assert info.pid is not None and not pid_alive(info.pid)
@@ -314,7 +308,7 @@ async def test_a_zygote_that_dies_takes_its_running_containers_with_it() -> None
                     outcome.append(exc)
 
             tg.start_soon(running)
-            await _until(lambda: [c.state for c in faas.containers("sleeps")] == [mf.ContainerState.BUSY])
+            await wait_until(lambda: [c.state for c in faas.containers("sleeps")] == [mf.ContainerState.BUSY])
             zygote.kill()
         [crash] = outcome
         assert isinstance(crash, mf.ContainerCrashed)
@@ -330,7 +324,7 @@ async def test_after_its_zygote_dies_a_node_is_replaced() -> None:
         await sleeps.invoke(0)
         [zygote] = _zygotes()
         zygote.kill()
-        await _until(lambda: faas.containers("sleeps") == [])
+        await wait_until(lambda: faas.containers("sleeps") == [])
         with anyio.fail_after(30):
             assert await sleeps.invoke(0) > 0
 
@@ -346,8 +340,8 @@ def gated(x: object) -> object:
     return x
 
 
-async def test_a_slot_given_to_a_caller_that_just_left_is_given_back(tmp_path: object) -> None:
-    gate = Gate(tmp_path / "gate")  # type: ignore[operator]
+async def test_a_slot_given_to_a_caller_that_just_left_is_given_back(tmp_path: pathlib.Path) -> None:
+    gate = Gate(tmp_path / "gate")
     try:
         async with app.run() as faas:
             assert await gated.invoke(0) == 0
@@ -355,7 +349,7 @@ async def test_a_slot_given_to_a_caller_that_just_left_is_given_back(tmp_path: o
             [handle] = [o for o in gc.get_objects() if isinstance(o, LocalContainer) and o.pid == info.pid]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(gated.invoke, gate.hold)  # takes the only slot
-                await _until(lambda: faas.containers("gated")[0].state == mf.ContainerState.BUSY)
+                await wait_until(lambda: faas.containers("gated")[0].state == mf.ContainerState.BUSY)
                 waiter = anyio.CancelScope()
 
                 async def wait_for_the_slot() -> None:

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 import microfaas as mf
-from conftest import Gate
+from conftest import Gate, wait_until
 from microfaas import scheduler
 from microfaas.nodes.container import LocalContainer
 
@@ -72,12 +72,6 @@ def queued_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return sent
 
 
-async def _until(condition: object, seconds: float = 30.0) -> None:
-    with anyio.fail_after(seconds):
-        while not condition():  # type: ignore[operator]
-            await anyio.sleep(0.005)
-
-
 async def test_a_burst_of_calls_is_pipelined_and_every_result_is_right(queued_calls: list[tuple[str, int]]) -> None:
     async with app.run() as faas:
         await step.invoke(0)  # one call finished: the function has a call duration
@@ -118,11 +112,11 @@ async def test_calls_queued_behind_a_crash_run_on_a_new_container(queued_calls: 
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(one, 0, gate.hold)  # runs until the rest are queued behind it
-            await _until(lambda: faas.containers("step")[0].state == mf.ContainerState.BUSY)
+            await wait_until(lambda: faas.containers("step")[0].state == mf.ContainerState.BUSY)
             tg.start_soon(one, 1, "crash")
             for i in range(2, 6):
                 tg.start_soon(one, i, i)
-            await _until(lambda: len(queued_calls) == 4)  # "crash" and three more; the last waits its turn
+            await wait_until(lambda: len(queued_calls) == 4)  # "crash" and three more; the last waits its turn
             gate.release()
         assert isinstance(outcomes[1], mf.ContainerCrashed)
         assert outcomes[0][:2] == (gate.hold, first_pid)  # type: ignore[index]
@@ -143,9 +137,9 @@ async def test_a_queued_calls_deadline_counts_from_when_it_starts(queued_calls: 
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(one, "first", gate.hold)
-            await _until(lambda: faas.containers("step")[0].state == mf.ContainerState.BUSY)
+            await wait_until(lambda: faas.containers("step")[0].state == mf.ContainerState.BUSY)
             tg.start_soon(one, "queued", TIMEOUT * 0.6)
-            await _until(lambda: len(queued_calls) == 1)
+            await wait_until(lambda: len(queued_calls) == 1)
             # Time passes while "queued" waits: counted from when it was sent, its timeout would
             # expire 0.6 x TIMEOUT into its own run; counted from its start, it has all of TIMEOUT.
             await anyio.sleep(TIMEOUT * 0.6)
