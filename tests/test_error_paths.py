@@ -22,7 +22,7 @@ import pytest
 
 import microfaas as mf
 import misbehaving
-from conftest import Gate, pid_alive, wait_until
+from conftest import Gate, HandlerLog, pid_alive, wait_until
 from microfaas import pool, protocol, scheduler, worker
 from microfaas.nodes.container import LocalContainer
 from microfaas.runtime import lifecycle as ev
@@ -235,21 +235,28 @@ async def test_arguments_over_the_frame_limit_are_a_serialization_error(monkeypa
 # -- stopping what does not stop when asked --------------------------------------------------
 
 
+LOG = HandlerLog("error-paths")
+
+
 @app.function(timeout=120)
 def ignores_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    LOG.write(f"ignoring SIGTERM in {os.getpid()}")
     time.sleep(120)
 
 
 async def test_a_container_that_ignores_sigterm_is_killed_when_the_platform_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     # Spawned: the container is this process's child, and no zygote kills it on the way out.
     monkeypatch.setattr(pool, "STOP_GRACE", 0.2)
+    LOG.clear()
     with anyio.fail_after(60):
         async with app.run(nodes=mf.LocalNodes(start_method="spawn")) as faas, anyio.create_task_group() as tg:
             tg.start_soon(ignores_sigterm.invoke)
-            await wait_until(lambda: [c.state for c in faas.containers("ignores_sigterm")] == [mf.ContainerState.BUSY])
+            await wait_until(lambda: LOG.lines() != [])
             [info] = faas.containers("ignores_sigterm")
+            assert LOG.lines() == [f"ignoring SIGTERM in {info.pid}"]
             tg.cancel_scope.cancel()
+    LOG.clear()
     assert info.pid is not None and not pid_alive(info.pid)
     exits = [e.detail["returncode"] for e in faas.events(kind=ev.CONTAINER_EXITED, function="ignores_sigterm")]
     assert exits == [-signal.SIGKILL]
