@@ -16,7 +16,7 @@ def always_fails(order: dict[str, int]) -> None:
     raise RuntimeError(f"cannot handle order {order['id']}")
 
 
-@app.function(retries=mf.Retries(10, initial_delay=0.5, backoff=1.0, jitter=False, max_event_age=0.8))
+@app.function(retries=mf.Retries(10, initial_delay=1.0, backoff=1.0, jitter=False, max_event_age=1.5))
 def too_old() -> None:
     raise RuntimeError("still failing")
 
@@ -59,7 +59,7 @@ async def test_max_event_age_stops_retrying_before_max_retries():
         call = await too_old.spawn()
         with pytest.raises(mf.FunctionError):
             await call.result()
-        # Retried once, 0.5 s after a quick failure (within the 0.8 s age); a second retry, 1.0 s in, would be too late.
+        # Retried once, 1 s after a quick failure (within the 1.5 s age); a second retry, 2 s in, would be too late.
         assert call.attempts == 2
         [letter] = faas.dead_letters("too_old")
         assert letter.attempts == 2
