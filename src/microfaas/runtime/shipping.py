@@ -14,7 +14,7 @@ import importlib.machinery
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import cloudpickle
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["Shipper", "dump_args", "loads_or_blob"]
 
 # Room in a frame for a call's meta (its kind, invocation id, attempt, timeout), beside the arguments.
-_CALL_META_ROOM = 4096
+_CALL_META_ROOM: Final = 4096
 
 
 class Shipper:
