@@ -195,6 +195,15 @@ async def test_a_large_call_being_written_to_a_container_that_dies_runs_on_the_n
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     monkeypatch.setattr(scheduler, "PIPELINE_MAX_CALL_S", 3600.0)  # the large call is queued in the busy container
+    queued_sizes: list[int] = []  # the arguments of each call sent to wait in a busy container
+    start_call = LocalContainer.start_call
+
+    def spy(self, outcome, invocation_id, attempt, timeout, cold_start, args_blob, *, queued=False):  # type: ignore[no-untyped-def]
+        if queued:
+            queued_sizes.append(len(args_blob))
+        return start_call(self, outcome, invocation_id, attempt, timeout, cold_start, args_blob, queued=queued)
+
+    monkeypatch.setattr(LocalContainer, "start_call", spy)
     gate = Gate(tmp_path / "gate")
     try:
         async with app.run() as faas:
@@ -214,6 +223,7 @@ async def test_a_large_call_being_written_to_a_container_that_dies_runs_on_the_n
                     tg.start_soon(one, "large", b"x" * (32 << 20))  # far more than the socket takes while nobody reads
                     await anyio.wait_all_tasks_blocked()
                     gate.release()
+            assert len(queued_sizes) == 1 and queued_sizes[0] > 32 << 20  # it was being written into the dying container
             assert isinstance(outcomes["crash"], mf.ContainerCrashed)
             assert outcomes["large"] == 32 << 20
     finally:
