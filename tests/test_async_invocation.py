@@ -16,7 +16,7 @@ def always_fails(order: dict[str, int]) -> None:
     raise RuntimeError(f"cannot handle order {order['id']}")
 
 
-@app.function(retries=mf.Retries(10, initial_delay=0.2, backoff=1.0, jitter=False, max_event_age=0.3))
+@app.function(retries=mf.Retries(10, initial_delay=1.0, backoff=1.0, jitter=False, max_event_age=1.5))
 def too_old() -> None:
     raise RuntimeError("still failing")
 
@@ -54,12 +54,16 @@ async def test_exhausted_retries_land_in_the_dead_letters_with_event_error_and_a
 
 async def test_max_event_age_stops_retrying_before_max_retries():
     async with app.run() as faas:
+        with pytest.raises(mf.FunctionError):
+            await too_old.invoke()  # its container is warm: the first attempt fails at once
         call = await too_old.spawn()
         with pytest.raises(mf.FunctionError):
             await call.result()
-        assert call.attempts < 11
+        # Retried once, 1 s after a quick failure (within the 1.5 s age); a second retry, 2 s in, would be too late.
+        assert call.attempts == 2
         [letter] = faas.dead_letters("too_old")
-        assert letter.attempts == call.attempts
+        assert letter.attempts == 2
+        assert letter.error.remote_message == "still failing"
 
 
 async def test_a_container_dying_on_the_first_attempt_loses_nothing():

@@ -114,13 +114,19 @@ async def test_a_progress_iterator_started_late_and_an_empty_batch_end_at_once()
 
 
 async def test_a_raising_progress_callback_does_not_break_the_job():
+    called: list[mf.BatchProgress] = []
+
     def boom(progress: mf.BatchProgress) -> None:
+        called.append(progress)
         raise RuntimeError("callback bug")
 
     async with app.run():
         job = await square.batch([1, 2], on_progress=boom)
         await job.wait(timeout=60)
         assert job.results() == [1, 4]
+        assert job.progress == (2, 0, 2)
+    # It raised on the first task's progress and was still called for the second.
+    assert called == [(1, 0, 2), (2, 0, 2)]
 
 
 async def test_cancel_fails_the_remaining_tasks_with_call_cancelled():

@@ -8,54 +8,74 @@ count from when it starts, not from when it was sent.
 from __future__ import annotations
 
 import os
+import pathlib
+import threading
 import time
+from collections.abc import Iterator
 
 import anyio
 import pytest
 
 import microfaas as mf
+from conftest import Gate, wait_until
+from microfaas import functions
 from microfaas.nodes.container import LocalContainer
 
 pytestmark = pytest.mark.anyio
 
 app = mf.App("pipelining")
+TIMEOUT = 2.5
 
 
-@app.function(max_containers=1, idle_timeout=None, timeout=0.5)
-def step(x: object) -> tuple[object, int, float]:
-    """``"crash"`` kills the container; a float sleeps that long. Returns the pid and the time left at the start."""
+@app.function(max_containers=1, idle_timeout=None, timeout=TIMEOUT)
+def step(x: object) -> tuple[object, int, float | None, float]:
+    """Returns ``x``, the pid, the call's deadline and when it ended.
+
+    ``"crash"`` kills the container; a float sleeps that long; ``("hold", fifo)`` waits for a byte on ``fifo``.
+    """
     if x == "crash":
         os._exit(3)
-    remaining = mf.context().remaining_time()
+    deadline = mf.context().deadline
     if isinstance(x, float):
         time.sleep(x)
-    return x, os.getpid(), remaining
+    elif isinstance(x, tuple):
+        with open(x[1], "rb", buffering=0) as fifo:
+            fifo.read(1)
+    return x, os.getpid(), deadline, time.time()
 
 
 @pytest.fixture
-def queued_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The invocations the platform sent to a full container, to wait in it."""
-    sent: list[str] = []
+def gate(tmp_path: pathlib.Path) -> Iterator[Gate]:
+    g = Gate(tmp_path / "gate")
+    yield g
+    g.close()
+
+
+@pytest.fixture(autouse=True)
+def every_call_counts_as_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelining is for short calls; here any call is short, however slowly the machine runs it."""
+    monkeypatch.setattr(functions, "PIPELINE_MAX_CALL_S", 3600.0)
+
+
+@pytest.fixture
+def queued_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """The invocations the platform sent to a full container, to wait in it (with the sending thread)."""
+    sent: list[tuple[str, int]] = []
     start_call = LocalContainer.start_call
 
     def spy(self, outcome, request, *, queued=False):  # type: ignore[no-untyped-def]
         if queued:
-            sent.append(request.invocation_id)
+            sent.append((request.invocation_id, threading.get_ident()))
         return start_call(self, outcome, request, queued=queued)
 
     monkeypatch.setattr(LocalContainer, "start_call", spy)
     return sent
 
 
-async def _make_calls_look_short(faas: mf.Platform) -> None:
-    for i in range(20):
-        await step.invoke(i)
-
-
-async def test_a_burst_of_short_calls_is_pipelined_and_every_result_is_right(queued_calls: list[str]) -> None:
+async def test_a_burst_of_calls_is_pipelined_and_every_result_is_right(queued_calls: list[tuple[str, int]]) -> None:
     async with app.run() as faas:
-        await _make_calls_look_short(faas)
-        results = [None] * 200
+        await step.invoke(0)  # one call finished: the function has a call duration
+        results: list[object] = [None] * 200
 
         async def one(i: int) -> None:
             results[i] = (await step.invoke(i))[0]
@@ -66,13 +86,21 @@ async def test_a_burst_of_short_calls_is_pipelined_and_every_result_is_right(que
         assert results == list(range(200))
         assert queued_calls, "no call was pipelined"
         stats = faas.stats("step")
-        assert stats.invocations == 220 and stats.errors == 0
-        assert stats.warm_starts == 219 and stats.cold_starts == 1
+        assert (stats.invocations, stats.errors, stats.warm_starts, stats.cold_starts) == (201, 0, 200, 1)
 
 
-async def test_calls_queued_behind_a_crash_run_on_a_new_container(queued_calls: list[str]) -> None:
+async def test_long_calls_are_not_pipelined(queued_calls: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(functions, "PIPELINE_MAX_CALL_S", 0.0)
+    async with app.run():
+        await step.invoke(0)
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(step.invoke, i)
+    assert queued_calls == []
+
+
+async def test_calls_queued_behind_a_crash_run_on_a_new_container(queued_calls: list[tuple[str, int]], gate: Gate) -> None:
     async with app.run() as faas:
-        await _make_calls_look_short(faas)
         first_pid = (await step.invoke(0))[1]
         outcomes: dict[int, object] = {}
 
@@ -83,44 +111,48 @@ async def test_calls_queued_behind_a_crash_run_on_a_new_container(queued_calls: 
                 outcomes[i] = exc
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(one, 0, 0.05)  # runs while the rest arrive
-            await anyio.sleep(0.01)
+            tg.start_soon(one, 0, gate.hold)  # runs until the rest are queued behind it
+            await wait_until(lambda: faas.containers("step")[0].state == mf.ContainerState.BUSY)
             tg.start_soon(one, 1, "crash")
             for i in range(2, 6):
                 tg.start_soon(one, i, i)
-        assert queued_calls, "no call was queued behind the crash"
+            await wait_until(lambda: len(queued_calls) == 4)  # "crash" and three more; the last waits its turn
+            gate.release()
         assert isinstance(outcomes[1], mf.ContainerCrashed)
-        assert outcomes[0][0] == 0.05 and outcomes[0][1] == first_pid
+        assert outcomes[0][:2] == (gate.hold, first_pid)  # type: ignore[index]
         for i in range(2, 6):
-            value, pid, _ = outcomes[i]
+            value, pid, _, _ = outcomes[i]  # type: ignore[misc]
             assert value == i and pid != first_pid  # not lost: run again on the replacement
         stats = faas.stats("step")
-        assert stats.crashes == 1 and stats.errors == 1
+        assert (stats.crashes, stats.errors) == (1, 1)
 
 
-async def test_a_queued_calls_timeout_counts_from_its_start(queued_calls: list[str]) -> None:
+async def test_a_queued_calls_deadline_counts_from_when_it_starts(queued_calls: list[tuple[str, int]], gate: Gate) -> None:
     async with app.run() as faas:
-        await _make_calls_look_short(faas)
+        await step.invoke(0)
+        results: dict[str, tuple[object, int, float, float]] = {}
+
+        async def one(key: str, x: object) -> None:
+            results[key] = await step.invoke(x)  # type: ignore[assignment]
+
         async with anyio.create_task_group() as tg:
-            results: dict[str, object] = {}
-
-            async def one(key: str, x: object) -> None:
-                results[key] = await step.invoke(x)
-
-            tg.start_soon(one, "slow", 0.35)
-            await anyio.sleep(0.02)
-            # Sent while "slow" runs, so queued; it runs 0.3 s of its own 0.5 s after "slow"'s 0.35 s.
-            tg.start_soon(one, "queued", 0.3)
-        assert len(queued_calls) == 1
-        _, _, remaining = results["queued"]
-        assert remaining > 0.4, f"the queued call started with {remaining:.2f}s of its 0.5s timeout left"
+            tg.start_soon(one, "first", gate.hold)
+            await wait_until(lambda: faas.containers("step")[0].state == mf.ContainerState.BUSY)
+            tg.start_soon(one, "queued", TIMEOUT * 0.6)
+            await wait_until(lambda: len(queued_calls) == 1)
+            # Time passes while "queued" waits: counted from when it was sent, its timeout would
+            # expire 0.6 x TIMEOUT into its own run; counted from its start, it has all of TIMEOUT.
+            await anyio.sleep(TIMEOUT * 0.6)
+            gate.release()
+        first_ended = results["first"][3]
+        queued_deadline = results["queued"][2]
+        # The container reads the queued call only after the first one ended.
+        assert queued_deadline >= first_ended + TIMEOUT
         assert faas.stats("step").timeouts == 0
 
 
-def test_two_platforms_in_two_threads_both_pipeline_correctly() -> None:
+def test_two_platforms_in_two_threads_both_pipeline_correctly(queued_calls: list[tuple[str, int]]) -> None:
     """Each platform on its own event loop in its own thread (write batching is per thread)."""
-    import threading
-
     failures: list[BaseException] = []
 
     def run(n: int) -> None:
@@ -129,9 +161,8 @@ def test_two_platforms_in_two_threads_both_pipeline_correctly() -> None:
 
         async def main() -> None:
             async with own.run():
-                for i in range(20):
-                    await handle.invoke(i)
-                values = [None] * 100
+                await handle.invoke(0)
+                values: list[object] = [None] * 100
 
                 async def one(i: int) -> None:
                     values[i] = (await handle.invoke(i))[0]
@@ -151,4 +182,6 @@ def test_two_platforms_in_two_threads_both_pipeline_correctly() -> None:
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a platform's thread did not finish"
     assert not failures, failures
+    assert {ident for _, ident in queued_calls} == {thread.ident for thread in threads}, "a platform pipelined nothing"

@@ -7,7 +7,14 @@ import math
 import pytest
 
 from microfaas.actions import ContainerRecord
-from microfaas.keepalive import AdaptiveKeepAlive, GreedyDualKeepAlive, HistogramKeepAlive, KeepAliveDecision, KeepAlivePolicy
+from microfaas.keepalive import (
+    AdaptiveKeepAlive,
+    GreedyDualKeepAlive,
+    HistogramKeepAlive,
+    KeepAliveDecision,
+    KeepAlivePolicy,
+    default_cold_start_s,
+)
 from microfaas.resources import ResourceManager
 from microfaas.scheduler import FunctionProfile, RunOn, Scheduler, StartContainer, StopContainer
 
@@ -127,7 +134,8 @@ def test_adaptive_learns_a_short_keep_alive_for_a_hot_function() -> None:
         policy.went_idle("f", now=now + 1.0)
         now += 5.0
     decision = policy.went_idle("f", now=now)
-    assert 4.0 <= decision.ttl <= 10.0  # just past the 4 s reuse time
+    # Every reuse time is 4 s (idle from 1 s after a call to the next call): kept just past it, by the 5% margin.
+    assert decision.ttl == pytest.approx(4.0 * (1 + policy.margin))
     assert decision.prewarm is None
 
 
@@ -143,9 +151,13 @@ def test_adaptive_prewarms_a_periodic_function() -> None:
     decision = policy.went_idle("timer", now=now + 2.0)
     assert decision.ttl == 0.0  # unloaded at once
     delay = decision.prewarm
-    assert delay is not None and 1600 < delay < 1798
-    keep = policy.went_idle("timer", now=now + 2.0 + delay + 1.0).ttl  # the pre-warmed container
-    assert delay + 1.0 + keep >= 1798.0
+    assert delay is not None
+    # Every reuse time is 1798 s: pre-warmed the 5% margin and a cold start before it, ...
+    cold = default_cold_start_s(1024)
+    assert delay == pytest.approx(1798.0 * (1 - policy.margin) - cold)
+    # ... and, once up, kept until the margin past it.
+    keep = policy.went_idle("timer", now=now + 2.0 + delay + cold).ttl  # the pre-warmed container
+    assert delay + cold + keep == pytest.approx(1798.0 * (1 + policy.margin))
 
 
 def test_adaptive_lets_a_never_reused_container_go() -> None:

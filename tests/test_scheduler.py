@@ -848,13 +848,18 @@ def test_the_running_average_of_call_durations_turns_pipelining_off_and_on() -> 
     assert sched.call_finished("c-1", now=2.0, duration_s=1.0) == []
     assert sched.request("r2", "p", now=2.0) == [run("r2", "c-1", cold=False)]
     assert sched.request("r3", "p", now=2.0) == []
-    # Short calls bring the average back down (weight 1/8 each): after ~37 of them,
+    # Short calls bring the average back down (weight 1/8 each): once it is under 1 ms,
     # a request that finds the container busy is queued in it again.
     for i in range(1, 100):
         assert sched.call_finished("c-1", now=3.0, duration_s=0.0001) == [run(f"r{i + 2}", "c-1", cold=False)]
         if sched.request(f"r{i + 3}", "p", now=3.0) == [piped(f"r{i + 3}", "c-1")]:
             break
-    assert 30 < i < 45
+    average = 0.0002 + (1.0 - 0.0002) / 8  # the warm-up call, then r1
+    short_calls = 0
+    while average >= 0.001:
+        average += (0.0001 - average) / 8
+        short_calls += 1
+    assert i == short_calls == 37
 
 
 def test_pipeline_depth_must_not_be_negative() -> None:

@@ -160,7 +160,7 @@ class LocalNode:
         done = self._setup_reply.value
         if not isinstance(done, protocol.SetupDone):
             await self.stop()
-            raise StartFailed(f"node {self.id}: the zygote {self._setup_reply.error}", stage="node")
+            raise StartFailed(f"node {self.id}: the {self._setup_reply.error}", stage="node")
         self.preload_failures = dict(done.failures)
 
     async def start_container(self, container_id: str, bundle_blob: bytes) -> LocalContainer:

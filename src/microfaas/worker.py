@@ -123,6 +123,10 @@ class Channel:
         return message
 
 
+# How many times this process began to poll for a call (tests read it from inside a container).
+polls_begun = 0
+
+
 def _poll(sock: socket.socket, seconds: float) -> bytes | None:
     """What ``sock`` receives within ``seconds`` of polling it; None if nothing came.
 
@@ -131,6 +135,8 @@ def _poll(sock: socket.socket, seconds: float) -> bytes | None:
     empty poll yields the CPU, so polling only uses a CPU that nothing else wants (the
     platform's own process, on a machine with few cores).
     """
+    global polls_begun
+    polls_begun += 1
     deadline = time.perf_counter() + seconds
     while True:
         try:

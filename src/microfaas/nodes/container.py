@@ -48,6 +48,8 @@ __all__ = [
 
 # How long to wait for a process's exit status once its channel closed.
 EXIT_STATUS_WAIT: Final = 2.0
+# What a container may send once it is ready.
+_REPLY_KINDS: Final = frozenset({"result", "error", "bad_payload"})
 # sendmsg takes at most this many buffers at once (IOV_MAX on Linux).
 _MAX_IOV: Final = 1024
 
@@ -201,6 +203,7 @@ class LocalContainer(ContainerHandle):
         """
         if self._closed or _local.calls_pending != 1 or not self._pending or self._decoder.writable() is not None:
             return  # answered already, or no longer alone
+        _local.reply_polls += 1
         deadline = time.perf_counter() + self.reply_poll_s
         while True:
             try:
@@ -393,6 +396,8 @@ class _LoopLocal(threading.local):
     corked: list[LocalContainer] | None = None
     # Calls sent to these containers and not answered yet.
     calls_pending: int = 0
+    # How many times the platform began to poll for a reply (read by tests).
+    reply_polls: int = 0
 
 
 _local = _LoopLocal()

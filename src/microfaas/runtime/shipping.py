@@ -14,11 +14,11 @@ import importlib.machinery
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import cloudpickle
 
-from .. import payload
+from .. import payload, protocol
 from ..errors import SerializationError
 from ..worker import Bundle, FunctionRef
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from ..spec import FunctionSpec
 
 __all__ = ["Shipper", "dump_args", "loads_or_blob"]
+
+# Room in a frame for a call's meta (its kind, invocation id, attempt, timeout), beside the arguments.
+_CALL_META_ROOM: Final = 4096
 
 
 class Shipper:
@@ -73,9 +76,13 @@ def dump_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
     :raises SerializationError: an argument cannot be pickled.
     """
     try:
-        return payload.dumps_call(args, kwargs)
+        blob = payload.dumps_call(args, kwargs)
     except Exception as exc:
         raise SerializationError(f"{name}: the arguments could not be pickled: {exc!r}") from exc
+    if len(blob) > protocol.MAX_FRAME - _CALL_META_ROOM:
+        limit = protocol.MAX_FRAME
+        raise SerializationError(f"{name}: the arguments pickle to {len(blob)} bytes, more than one frame carries ({limit} bytes)")
+    return blob
 
 
 def loads_or_blob(blob: bytes) -> Any:
