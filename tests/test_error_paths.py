@@ -24,8 +24,8 @@ import microfaas as mf
 import misbehaving
 from conftest import Gate, HandlerLog, pid_alive, wait_until
 from microfaas import functions, pool, protocol, worker
-from microfaas.nodes.container import LocalContainer
 from microfaas import lifecycle as ev
+from microfaas.nodes.container import LocalContainer
 
 pytestmark = pytest.mark.anyio
 
