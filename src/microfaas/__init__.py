@@ -29,6 +29,12 @@ from .errors import (
     OutOfMemory,
     PlatformClosed,
     SerializationError,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreLocked,
+    StoreReadOnly,
+    StoreVersionError,
     Throttled,
     UnknownFunction,
     UnknownSource,
@@ -39,12 +45,12 @@ from .lifecycle import LifecycleEvent
 from .platform import Platform
 from .pool import LocalNodes
 from .runtime.call import Call, CallStatus
-from .runtime.delivery import DeadLetter
 from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .spec import FunctionSpec, Retries
+from .store import DeadLetter, MemoryStore, SqliteStore, Store
 
 if TYPE_CHECKING:
     from .ray import RayNodes as RayNodes
@@ -83,6 +89,7 @@ __all__ = [
     "KeepAlivePolicy",
     "LifecycleEvent",
     "LocalNodes",
+    "MemoryStore",
     "Message",
     "NeverUnload",
     "OutOfMemory",
@@ -93,6 +100,14 @@ __all__ = [
     "RecordBatch",
     "Retries",
     "SerializationError",
+    "SqliteStore",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "StoreLocked",
+    "StoreReadOnly",
+    "StoreVersionError",
     "Stream",
     "StreamConsumer",
     "Summary",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -33,6 +34,7 @@ import anyio.abc
 import attrs
 
 from ..errors import ColdStartFailed, ContainerCrashed, FaaSError, FunctionError, FunctionTimeout, OutOfMemory, Throttled
+from ..store import DeadLetter
 from .shipping import loads_or_blob
 
 if TYPE_CHECKING:
@@ -56,30 +58,6 @@ __all__ = [
 # Errors after which an event is tried again (as Lambda retries asynchronous invocations);
 # the others (a result that would not pickle, the platform stopping, ...) would only fail again.
 RETRYABLE: Final = (FunctionError, FunctionTimeout, OutOfMemory, ContainerCrashed, ColdStartFailed, Throttled)
-
-
-@attrs.frozen(kw_only=True)
-class DeadLetter:
-    """An event that exhausted its attempts.
-
-    :param function: the function that could not handle it.
-    :param source: where it came from: ``"spawn"``, ``"topic:orders"``, ``"stream:clicks/0"``, ...
-    :param event: what the handler was given (the envelope, or ``(args, kwargs)`` for spawn).
-    :param error: the last attempt's error.
-    :param attempts: how many attempts were made.
-    :param invocation_id: the id every attempt shared.
-    :param first_attempt_at: wall-clock time (``time.time()``) of the first attempt.
-    :param failed_at: wall-clock time it was given up.
-    """
-
-    function: str
-    source: str
-    event: Any
-    error: FaaSError
-    attempts: int
-    invocation_id: str
-    first_attempt_at: float
-    failed_at: float
 
 
 def retry_delay(retries: Retries, retry: int, rng: random.Random | None = None) -> float:
@@ -251,6 +229,7 @@ class Deliverer:
                 invocation_id=delivery.invocation_id,
                 first_attempt_at=first_attempt_at,
                 failed_at=failed_at,
+                id=uuid.uuid4().hex,
             )
             self.dead_letters[delivery.function].append(letter)
             where = {"function": delivery.function, "source": delivery.source, "invocation_id": delivery.invocation_id}
