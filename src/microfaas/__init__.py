@@ -36,6 +36,7 @@ from .errors import (
     StoreReadOnly,
     StoreVersionError,
     Throttled,
+    UnknownCall,
     UnknownFunction,
     UnknownSource,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "Topic",
     "TopicSubscription",
     "Trigger",
+    "UnknownCall",
     "UnknownFunction",
     "UnknownSource",
     "context",

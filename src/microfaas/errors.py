@@ -14,6 +14,7 @@
     ├── SerializationError         an argument or result could not be pickled
     ├── UnknownFunction            no function by that name in the app
     ├── UnknownSource              no topic, stream or timer by that name in the app
+    ├── UnknownCall                no spawned call or batch job by that id (or its result expired)
     ├── PlatformClosed             the platform is not running
     └── StoreError                 the durable store cannot be used, or a write to it failed
         ├── StoreCorrupt           the file is not a microfaas store, or a row of it is damaged
@@ -47,6 +48,7 @@ __all__ = [
     "StoreReadOnly",
     "StoreVersionError",
     "Throttled",
+    "UnknownCall",
     "UnknownFunction",
     "UnknownSource",
 ]
@@ -176,6 +178,11 @@ class UnknownFunction(FaaSError, LookupError):
 class UnknownSource(FaaSError, LookupError):
     """The app has no event source of that kind and name (``faas.topic("orders")`` for an
     undeclared topic): a topic, stream or timer is not a function."""
+
+
+class UnknownCall(FaaSError, LookupError):
+    """``faas.call(id)`` or ``faas.batch_job(id)`` found nothing by that id: it was never made on this
+    store, or it finished longer than the store's ``result_ttl`` ago."""
 
 
 class PlatformClosed(FaaSError):

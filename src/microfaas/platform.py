@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .sources.streams import StreamSource
     from .sources.topics import TopicSource
     from .spec import FunctionSpec
+    from .store import Store
 
 __all__ = ["Platform"]
 
@@ -67,10 +68,18 @@ class Platform:
         queue_limit: int | None = 100_000,
         sources: Iterable[Source] = (),
         events_kept: int | None = EVENTS_KEPT,
+        store: Store | None = None,
     ) -> None:
         self.app = app
         self._runtime = Runtime(
-            app.name, app.functions, nodes=nodes, keep_alive=keep_alive, queue_limit=queue_limit, sources=sources, events_kept=events_kept
+            app.name,
+            app.functions,
+            nodes=nodes,
+            keep_alive=keep_alive,
+            queue_limit=queue_limit,
+            sources=sources,
+            events_kept=events_kept,
+            store=store,
         )
         self.nodes_config: NodeProvider = self._runtime.provider
 
@@ -98,6 +107,8 @@ class Platform:
                     raise RuntimeError("platform start was interrupted") from exc
             except BaseExceptionGroup as group:
                 raise _the_one_error(group) from None
+            finally:
+                await self._runtime.close_store()
             raise
         return self
 
@@ -106,7 +117,10 @@ class Platform:
         self._tg.cancel_scope.cancel()
         # The body's own exception propagates as it is, not wrapped in a group; only a
         # failure of the platform's own tasks (a bug) surfaces from the task group.
-        await self._tg.__aexit__(None, None, None)
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            await self._runtime.close_store()  # last: the tasks that ended above may still have written
 
     async def _stop(self) -> None:
         if self.app._platform is self:
@@ -124,8 +138,20 @@ class Platform:
         return await self._runtime.invoke(name, args, kwargs)
 
     async def spawn(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
-        """Start an invocation in the background, retried per the function's ``retries``."""
-        return self._runtime.spawn(name, args, kwargs)
+        """Start an invocation in the background, retried per the function's ``retries``.
+
+        Returns once the call is stored (with a durable store it then survives a crash).
+
+        :raises StoreError: the call could not be stored; it was not accepted.
+        """
+        return await self._runtime.spawn(name, args, kwargs)
+
+    def call(self, call_id: str) -> Call[Any]:
+        """The spawned call ``call_id`` (``call.id``): running, finished, or made before a restart on this store.
+
+        :raises UnknownCall: no call by that id (or it finished more than the store's ``result_ttl`` ago).
+        """
+        return self._runtime.call(call_id)
 
     def map(
         self, name: str, /, *iterables: Iterable[Any], return_exceptions: bool = False, max_in_flight: int | None = None
@@ -171,8 +197,22 @@ class Platform:
         return self._runtime.function(name, require_open=False)
 
     def dead_letters(self, name: str) -> list[DeadLetter]:
-        """Events for function ``name`` that failed every attempt, oldest first, with their errors."""
+        """Events for function ``name`` that failed every attempt, oldest first, with their errors
+        (kept in the store: also those from before a restart)."""
         return self._runtime.dead_letters(name)
+
+    async def redrive(self, name: str) -> int:
+        """Send function ``name``'s dead letters back into their sources; return how many went.
+
+        A topic's letters go back to the subscription that failed them; the others are
+        spawned again with the arguments their handler had. They are stored (and the
+        letters removed) before this returns. Letters that could not be loaded from the
+        store (``StoreCorrupt``) stay.
+
+        :raises UnknownFunction, PlatformClosed: as for ``invoke``.
+        :raises StoreError: they could not be stored.
+        """
+        return await self._runtime.redrive(name)
 
     async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the API asks for it
         """Wait until nothing is in flight: spawned calls, topic deliveries, stream records, batch tasks.

@@ -8,8 +8,11 @@ grace, SIGKILL) inside a shielded scope.
 
 The parts: ``Cluster`` carries out the core's decisions on the nodes, ``Invoker``
 runs one attempt of an invocation, ``Deliverer`` is the one retry / dead-letter
-loop, ``LifecycleLog`` records what happened and ``StatsRecorder`` counts it. The
-runtime is also what event sources see of the platform: ``SourceRuntime``.
+loop, ``LifecycleLog`` records what happened and ``StatsRecorder`` counts it, and
+``Durable`` keeps accepted work in the store (``store/``): opened first at start,
+closed last at stop, so a spawned call is stored before ``spawn`` returns and what
+an earlier platform left is resumed. The runtime is also what event sources see of
+the platform: ``SourceRuntime``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from ..errors import CallCancelled, FaaSError, PlatformClosed, UnknownFunction, 
 from ..lifecycle import EVENTS_KEPT
 from ..pool import LocalNodes
 from ..scheduler import ContainerState
+from ..store import MemoryStore, Snapshot, StoredCall
 from .call import Call
 from .cluster import Cluster
 from .delivery import CallDelivery, DeadLetter, Delivered, Deliverer, Delivery, InFlight
+from .durable import Durable
 from .eventlog import LifecycleLog
 from .faults import INJECTED, FaultPlan
 from .invoker import Invoker
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
     from ..keepalive import KeepAlivePolicy
     from ..nodes import NodeProvider
     from ..spec import FunctionSpec, Retries
+    from ..store import Store
     from .delivery import Source
 
 __all__ = ["Runtime"]
@@ -54,6 +60,7 @@ class Runtime:
     :param app_name: the app's name, for messages.
     :param functions: the app's functions by name.
     :param sources: the event sources to run (each with a unique ``key``).
+    :param store: where accepted work is kept (default: a new ``MemoryStore``).
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class Runtime:
         queue_limit: int | None = 100_000,
         sources: Iterable[Source] = (),
         events_kept: int | None = EVENTS_KEPT,
+        store: Store | None = None,
     ) -> None:
         self._app_name = app_name
         self.provider: NodeProvider = nodes if nodes is not None else LocalNodes()
@@ -86,7 +94,11 @@ class Runtime:
         self._in_flight = InFlight()
         self.running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
         self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
-        self.deliverer = Deliverer(self._attempt, self.lifecycle)
+        self.store: Store = store if store is not None else MemoryStore()
+        self.durable = Durable(self, self.store)
+        self.snapshot = Snapshot()  # what the store held at start; the sources take their part
+        self._store_open = False
+        self.deliverer = Deliverer(self._attempt, self.lifecycle, self.store)
         self.state = "new"
 
     # -- starting and stopping ----------------------------------------------------------------
@@ -110,15 +122,23 @@ class Runtime:
         self.invoker = Invoker(self._app_name, self.cluster, stats=self.stats, lifecycle=self.lifecycle, faults=self.faults)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        """Bring up the cluster's minimum, then every event source, in ``tg`` (the platform's task group)."""
+        """Open the store, bring up the cluster's minimum, resume what the store held, then start
+        every event source, in ``tg`` (the platform's task group).
+
+        :raises StoreError: the store cannot be opened (the message names it and why).
+        """
         if not hasattr(self, "cluster"):
             self.prepare()
-        self.state = "running"
         self._tg = tg
+        self.snapshot = await self.store.open()
+        self._store_open = True
+        self.state = "running"
         self.invoker.open = True
         await self.cluster.start(tg)
+        self.durable.resume(self.snapshot)
         for source in self.sources.values():
             await tg.start(source.run, self)
+        tg.start_soon(self.durable.prune)
 
     async def stop(self) -> None:
         """Stop intake and every container and node; shielded, so it completes under cancellation."""
@@ -130,6 +150,13 @@ class Runtime:
                 self.invoker.open = False
                 await self.cluster.stop()
             self.lifecycle.close()
+
+    async def close_store(self) -> None:
+        """Commit what is left and give the store up: once the platform's tasks have all ended."""
+        if self._store_open:
+            self._store_open = False
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
 
     # -- what event sources may ask (SourceRuntime) -------------------------------------------
 
@@ -190,13 +217,13 @@ class Runtime:
             finally:
                 if not call.done():
                     if self.state == "closed":
-                        error = PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished")
-                        call._fail(error)
-                        if retries is not None:
-                            self.deliverer.dead_letter(delivery, error, attempts=max(call.attempts, 1), first_attempt_at=time.time())
+                        # Cut short by the stop: not dead-lettered; a stored call resumes on the next run.
+                        call._fail(PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished"))
                     else:
                         call._fail(CallCancelled(f"call {call.id} of {call.function_name} was cancelled"), cancelled=True)
                 self.running_calls.pop(call.id, None)
+                if retries is not None:
+                    self.durable.finished(call, delivery)
                 self._in_flight.finished()
 
     # -- the API ---------------------------------------------------------------------------------
@@ -205,11 +232,17 @@ class Runtime:
         self.function(name)
         return await self.invoker.invoke(name, dump_args(name, args, kwargs), self.new_invocation_id(), 1)
 
-    def spawn(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
-        spec = self.function(name)
+    async def spawn(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
+        self.function(name)
         blob = dump_args(name, args, kwargs)
-        call: Call[Any] = Call(self.new_invocation_id(), name)
-        self._tg.start_soon(self.run_call, call, CallDelivery(name, "spawn", call.id, blob), spec.retries)
+        row = StoredCall(id=self.new_invocation_id(), function=name, source="spawn", args=blob, accepted_at=time.time())
+        await self.store.put_call(row)  # accepted once stored
+        if self.state != "running":
+            raise PlatformClosed(
+                f"app {self._app_name!r} stopped while call {row.id} of {name} was being stored; it runs when the store is opened again"
+            )
+        call: Call[Any] = Call(row.id, name)
+        self.durable.start(row, call)
         return call
 
     async def map(
@@ -278,8 +311,16 @@ class Runtime:
         return infos
 
     def dead_letters(self, name: str) -> list[DeadLetter]:
-        self.function(name, require_open=False)
+        if name not in self.deliverer.dead_letters:
+            self.function(name, require_open=False)
         return list(self.deliverer.dead_letters.get(name, ()))
+
+    def call(self, call_id: str) -> Call[Any]:
+        return self.durable.call(call_id)
+
+    async def redrive(self, name: str) -> int:
+        self.function(name)
+        return await self.durable.redrive(name, self.sources)
 
     def add_batch_job(self, job: Any) -> None:
         self.batch_jobs = [j for j in self.batch_jobs if not j.done()]

@@ -1,0 +1,165 @@
+"""A platform on a store resumes what an earlier one left: spawned calls (attempts keep counting),
+results found by id, dead letters kept and redriven; a store that cannot be used is refused at start.
+
+Each test runs twice: on one ``MemoryStore`` opened by two platforms in turn, and on a SQLite
+file. (tests/test_durability_kill.py kills a real platform process instead of stopping it.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import microfaas as mf
+from conftest import HandlerLog
+
+pytestmark = pytest.mark.anyio
+
+LOG = HandlerLog("durability")
+FIXED = HandlerLog("durability-fixed")  # a line here makes `flaky` succeed
+
+app = mf.App("durability")
+
+
+@app.function(timeout=60)
+def slow_first(x: int) -> dict[str, int]:
+    """Hangs on its first attempt (the test stops the platform under it); returns on the next."""
+    ctx = mf.context()
+    LOG.write(f"slow_first {x} attempt {ctx.attempt}")
+    if ctx.attempt == 1:
+        time.sleep(60)
+    return {"x": x, "attempt": ctx.attempt}
+
+
+@app.function
+def double(x: int) -> int:
+    return 2 * x
+
+
+@app.function(retries=mf.Retries(1, initial_delay=0.01))
+def flaky(x: int) -> int:
+    LOG.write(f"flaky {x}")
+    if not FIXED.lines():
+        raise RuntimeError(f"cannot handle {x} yet")
+    return x
+
+
+@app.function(retries=mf.Retries(0, max_event_age=0.5), timeout=60)
+def short_lived(x: int) -> None:
+    time.sleep(60)
+
+
+@pytest.fixture(autouse=True)
+def clean_logs() -> None:
+    LOG.clear()
+    FIXED.clear()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    """A store for each platform in turn: the same MemoryStore, or the same SQLite file."""
+    if request.param == "memory":
+        shared = mf.MemoryStore()
+        return lambda: shared
+    return lambda: mf.SqliteStore(tmp_path / "faas.db")
+
+
+async def started(faas: mf.Platform, function: str) -> None:
+    """Wait until a call of ``function`` has got its container."""
+    with faas.subscribe_events(("cold_start", "warm_start"), function=function, replay=True) as events:
+        async for _ in events:
+            return
+
+
+async def test_a_call_cut_short_by_a_stop_runs_again_on_the_next_platform_with_its_attempt_counting(store: Callable[[], Any]) -> None:
+    async with app.run(store=store()) as faas:
+        call = await slow_first.spawn(7)
+        await started(faas, "slow_first")
+    with pytest.raises(mf.PlatformClosed):
+        await call.result()
+    async with app.run(store=store()) as faas:
+        again = faas.call(call.id)  # the same id, found on the new platform
+        assert await again.result(timeout=60) == {"x": 7, "attempt": 2}
+        assert faas.dead_letters("slow_first") == []
+    # Attempt 1 may have been stopped before its handler began; attempt 2 ran once.
+    assert [line for line in LOG.lines() if "attempt 1" not in line] == ["slow_first 7 attempt 2"]
+
+
+async def test_results_of_calls_from_before_a_restart_are_found_by_id(store: Callable[[], Any]) -> None:
+    async with app.run(store=store()) as faas:
+        calls = [await double.spawn(i) for i in range(3)]
+        assert [await c.result(timeout=60) for c in calls] == [0, 2, 4]
+    async with app.run(store=store()) as faas:
+        found = [faas.call(c.id) for c in calls]
+        assert [c.status for c in found] == ["succeeded"] * 3
+        assert [await c.result() for c in found] == [0, 2, 4]
+        with pytest.raises(mf.UnknownCall, match="no call 'nope'"):
+            faas.call("nope")
+
+
+async def test_dead_letters_are_kept_and_redrive_sends_them_back(store: Callable[[], Any]) -> None:
+    async with app.run(store=store()) as faas:
+        calls = [await flaky.spawn(i) for i in (1, 2)]
+        for c in calls:
+            with pytest.raises(mf.FunctionError, match="cannot handle"):
+                await c.result(timeout=60)
+        assert len(faas.dead_letters("flaky")) == 2
+    async with app.run(store=store()) as faas:
+        letters = faas.dead_letters("flaky")
+        assert sorted(letter.event for letter in letters) == [((1,), {}), ((2,), {})]
+        assert {letter.invocation_id for letter in letters} == {c.id for c in calls}
+        assert all(letter.attempts == 2 and isinstance(letter.error, mf.FunctionError) for letter in letters)
+        FIXED.write("fixed")
+        assert await faas.redrive("flaky") == 2
+        assert faas.dead_letters("flaky") == []
+        await faas.drain(timeout=60)
+        assert await faas.redrive("flaky") == 0
+    async with app.run(store=store()) as faas:
+        assert faas.dead_letters("flaky") == []  # removed from the store too
+    assert sorted(LOG.lines()) == ["flaky 1", "flaky 1", "flaky 1", "flaky 2", "flaky 2", "flaky 2"]
+
+
+async def test_a_call_past_its_max_event_age_at_restart_goes_to_the_dead_letters(store: Callable[[], Any]) -> None:
+    async with app.run(store=store()) as faas:
+        call = await short_lived.spawn(3)
+        await started(faas, "short_lived")
+    await anyio.sleep(0.6)  # past max_event_age=0.5 by the restart
+    async with app.run(store=store()) as faas:
+        [letter] = faas.dead_letters("short_lived")
+        assert letter.invocation_id == call.id and letter.event == ((3,), {})
+        assert isinstance(letter.error, mf.PlatformClosed)
+        assert "past max_event_age=0.5s" in str(letter.error)
+        with pytest.raises(mf.PlatformClosed):
+            await faas.call(call.id).result()
+
+
+async def test_a_call_of_a_function_the_app_no_longer_has_goes_to_the_dead_letters(store: Callable[[], Any]) -> None:
+    before = mf.App("durability")
+    gone = before.function(name="gone", timeout=60)(slow_first.spec.fn)
+    async with before.run(store=store()) as faas:
+        call = await gone.spawn(1)
+        await started(faas, "gone")
+    async with app.run(store=store()) as faas:
+        [letter] = faas.dead_letters("gone")
+        assert isinstance(letter.error, mf.UnknownFunction) and letter.invocation_id == call.id
+        assert faas.call(call.id).status == "failed"
+
+
+async def test_a_store_that_cannot_be_used_is_refused_when_the_platform_starts(tmp_path: Path) -> None:
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("hello")
+    with pytest.raises(mf.StoreCorrupt, match=r"notes\.txt is not a microfaas store"):
+        async with app.run(store=str(not_a_store)):
+            pass
+    async with app.run(store=tmp_path / "faas.db"):
+        other = mf.App("other")
+        with pytest.raises(mf.StoreLocked, match="open in another platform"):
+            async with other.run(store=tmp_path / "faas.db"):
+                pass
+    with pytest.raises(ValueError, match="store must be a path"):
+        app.run(store=42)  # type: ignore[arg-type]
