@@ -24,6 +24,7 @@ LOG = HandlerLog("durability")
 FIXED = HandlerLog("durability-fixed")  # a line here makes `flaky` succeed
 
 app = mf.App("durability")
+orders = app.topic("orders")
 
 
 @app.function(timeout=60)
@@ -52,6 +53,22 @@ def flaky(x: int) -> int:
 @app.function(retries=mf.Retries(0, max_event_age=0.5), timeout=60)
 def short_lived(x: int) -> None:
     time.sleep(60)
+
+
+@app.function(triggers=[orders.subscribe(batch_size=2, batch_window=0.05)], timeout=60)
+def ship(batch: list[mf.Message]) -> None:
+    """Hangs on attempt 1 of a batch holding message 0 (the test stops the platform under it)."""
+    for msg in batch:
+        LOG.write(f"ship {msg.data} attempt {msg.attempt}")
+    if any(msg.data == 0 and msg.attempt == 1 for msg in batch):
+        time.sleep(60)
+
+
+@app.function(triggers=[orders.subscribe(max_retries=0)])
+def bill(msg: mf.Message) -> None:
+    LOG.write(f"bill {msg.data}")
+    if not FIXED.lines():
+        raise RuntimeError(f"cannot bill {msg.data} yet")
 
 
 @pytest.fixture(autouse=True)
@@ -163,3 +180,44 @@ async def test_a_store_that_cannot_be_used_is_refused_when_the_platform_starts(t
                 pass
     with pytest.raises(ValueError, match="store must be a path"):
         app.run(store=42)  # type: ignore[arg-type]
+
+
+async def test_topic_messages_not_yet_handled_are_delivered_by_the_next_platform(store: Callable[[], Any]) -> None:
+    async with app.run(store=store()) as faas:
+        with faas.subscribe_events("dead_letter", function="bill") as letters:
+            for i in range(3):
+                await faas.topic("orders").publish(i)
+            await started(faas, "ship")
+            with anyio.fail_after(60):
+                for _ in range(3):  # bill fails every message at once; ship hangs on message 0
+                    await letters.receive()
+    shipped_before = {line for line in LOG.lines() if line.startswith("ship") and "attempt 1" not in line}
+    async with app.run(store=store()) as faas:
+        await faas.drain(timeout=60)
+        shipped = sorted(line for line in LOG.lines() if line.startswith("ship") and line not in shipped_before)
+        # Message 0 was cut short in attempt 1; it (and whatever was still waiting) is delivered again.
+        assert "ship 0 attempt 2" in shipped
+        assert {int(line.split()[1]) for line in LOG.lines() if line.startswith("ship")} == {0, 1, 2}
+        letters = faas.dead_letters("bill")  # kept from the first platform
+        assert sorted(letter.event.data for letter in letters) == [0, 1, 2]
+        assert all(letter.source == "topic:orders" for letter in letters)
+        FIXED.write("fixed")
+        assert await faas.redrive("bill") == 3
+        await faas.drain(timeout=60)
+        assert faas.dead_letters("bill") == []
+    assert sorted(line for line in LOG.lines() if line.startswith("bill")) == [f"bill {i}" for i in (0, 0, 1, 1, 2, 2)]
+
+
+async def test_messages_of_a_subscription_the_app_no_longer_has_go_to_the_dead_letters(store: Callable[[], Any]) -> None:
+    before = mf.App("durability")
+    topic = before.topic("orders")
+    before.function(name="audit", triggers=[topic.subscribe()], timeout=60)(slow_first.spec.fn)
+    async with before.run(store=store()) as faas:
+        await faas.topic("orders").publish(5)
+        await started(faas, "audit")
+    async with app.run(store=store()) as faas:
+        [letter] = faas.dead_letters("audit")
+        assert isinstance(letter.error, mf.UnknownFunction) and letter.event.data == 5
+        await faas.drain(timeout=60)
+    async with app.run(store=store()) as faas:
+        assert len(faas.dead_letters("audit")) == 1  # dead-lettered once, not again on every start

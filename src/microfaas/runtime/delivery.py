@@ -45,7 +45,7 @@ from .shipping import loads_or_blob
 
 if TYPE_CHECKING:
     from ..spec import FunctionSpec, Retries
-    from ..store import Store
+    from ..store import Snapshot, Store
     from .call import Call
     from .eventlog import LifecycleLog
 
@@ -326,6 +326,20 @@ class SourceRuntime(Protocol):
         ...
 
     def new_invocation_id(self) -> str: ...
+
+    @property
+    def store(self) -> Store:
+        """Where accepted events are kept: a source stores each before accepting it returns."""
+        ...
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """What the store held when the platform started (a source resumes its own part of it)."""
+        ...
+
+    def dead_letter(self, delivery: Delivery, error: FaaSError, *, attempts: int, first_attempt_at: float) -> None:
+        """Keep ``delivery``'s events as dead letters with ``error``, without attempting them."""
+        ...
 
     async def deliver(self, delivery: Delivery, retries: Retries) -> Delivered:
         """Attempt ``delivery`` until it is handled or dead-lettered (``Deliverer.deliver``)."""

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import anyio
 
-from ..errors import FaaSError, PlatformClosed, StoreCorrupt, UnknownCall, UnknownFunction
+from ..errors import FaaSError, PlatformClosed, StoreCorrupt, UnknownCall, UnknownFunction, UnknownSource
 from ..events import BatchTask, Record, RecordBatch
 from ..store import StoredCall
 from .call import Call
-from .delivery import CallDelivery, expired_at_restart
+from .delivery import CallDelivery, Delivery, expired_at_restart
 from .shipping import dump_args
 
 if TYPE_CHECKING:
@@ -44,8 +44,8 @@ PRUNE_EVERY: Final = 60.0
 class Redrivable(Protocol):
     """A source that takes its dead letters back (a topic: into the subscription that failed them)."""
 
-    async def redrive(self, letters: list[DeadLetter]) -> None:
-        """Accept these letters' events again, durably, before returning."""
+    async def redrive(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        """Accept these letters' events again, durably, before returning; the letters it took."""
         ...
 
 
@@ -64,6 +64,14 @@ class Durable:
             runtime.deliverer.dead_letters[letter.function].append(letter)
         for row in snapshot.calls:
             self.start(row, Call(row.id, row.function), resumed=True)
+        for pending in snapshot.messages:
+            if f"topic:{pending.topic}" not in runtime.sources:  # the others resume with their topic
+                error = UnknownSource(
+                    f"app {runtime.app_name!r} has no topic {pending.topic!r} any more; message {pending.message.id} was not delivered"
+                )
+                leftover = _Leftover(pending.function, f"topic:{pending.topic}", pending.message.id, pending.message)
+                runtime.deliverer.dead_letter(leftover, error, attempts=pending.attempt, first_attempt_at=pending.message.published_at)
+                self.store.messages_done(pending.topic, pending.function, [pending.message.id])
 
     def start(self, row: StoredCall, call: Call[Any], *, resumed: bool = False, event: Any = None) -> None:
         """Run the stored call ``row`` (whose caller, if any, holds ``call``) in the platform's task group."""
@@ -147,20 +155,32 @@ class Durable:
         writes: list[Awaitable[None]] = [self.store.put_call(row) for row, _ in rows]
         for write in writes:
             await write
+        taken = [letter for _, letter in rows]
         for key, group in by_source.items():
-            await sources[key].redrive(group)
-        await self.store.remove_dead_letters([letter.id for letter in letters])
-        redriven = {id(letter) for letter in letters}
+            taken += await sources[key].redrive(group)
+        await self.store.remove_dead_letters([letter.id for letter in taken])
+        redriven = {id(letter) for letter in taken}
         runtime.deliverer.dead_letters[name] = [kept for kept in runtime.deliverer.dead_letters[name] if id(kept) not in redriven]
         for row, letter in rows:
             self.start(row, Call(row.id, name), event=letter.event if not isinstance(letter.event, tuple) else None)
-        return len(letters)
+        return len(taken)
 
     async def prune(self) -> None:
         """Drop what is past its time from the store, now and every ``PRUNE_EVERY`` seconds (until cancelled)."""
         while True:
             self.store.prune(time.time())
             await anyio.sleep(PRUNE_EVERY)
+
+
+class _Leftover(Delivery):
+    """An event a source no longer in the app left in the store: it goes straight to the dead letters."""
+
+    def __init__(self, function: str, source: str, invocation_id: str, event: Any) -> None:
+        super().__init__(function, source, invocation_id)
+        self.event = event
+
+    def dead_events(self) -> list[Any]:
+        return [self.event]
 
 
 def _cut_short(call: Call[Any]) -> bool:

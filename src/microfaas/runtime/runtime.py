@@ -96,7 +96,7 @@ class Runtime:
         self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
         self.store: Store = store if store is not None else MemoryStore()
         self.durable = Durable(self, self.store)
-        self.snapshot = Snapshot()  # what the store held at start; the sources take their part
+        self.snapshot: Snapshot = Snapshot()  # what the store held at start; the sources take their part
         self._store_open = False
         self.deliverer = Deliverer(self._attempt, self.lifecycle, self.store)
         self.state = "new"
@@ -190,6 +190,9 @@ class Runtime:
 
     async def deliver(self, delivery: Delivery, retries: Retries) -> Delivered:
         return await self.deliverer.deliver(delivery, retries)
+
+    def dead_letter(self, delivery: Delivery, error: FaaSError, *, attempts: int, first_attempt_at: float) -> None:
+        self.deliverer.dead_letter(delivery, error, attempts=attempts, first_attempt_at=first_attempt_at)
 
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         self._tg.start_soon(func, *args)
