@@ -25,6 +25,7 @@ FIXED = HandlerLog("durability-fixed")  # a line here makes `flaky` succeed
 
 app = mf.App("durability")
 orders = app.topic("orders")
+clicks = app.stream("clicks", shards=2)
 
 
 @app.function(timeout=60)
@@ -69,6 +70,15 @@ def bill(msg: mf.Message) -> None:
     LOG.write(f"bill {msg.data}")
     if not FIXED.lines():
         raise RuntimeError(f"cannot bill {msg.data} yet")
+
+
+@app.function(triggers=[clicks.consume(batch_size=1)], timeout=60)
+def count(batch: mf.RecordBatch) -> None:
+    """Hangs on value 5 until FIXED has a line (the test stops the platform under it first)."""
+    for r in batch:
+        LOG.write(f"count {r.key} {r.shard} {r.sequence} {r.value}")
+        if r.value == 5 and not FIXED.lines():
+            time.sleep(60)
 
 
 @pytest.fixture(autouse=True)
@@ -221,3 +231,47 @@ async def test_messages_of_a_subscription_the_app_no_longer_has_go_to_the_dead_l
         await faas.drain(timeout=60)
     async with app.run(store=store()) as faas:
         assert len(faas.dead_letters("audit")) == 1  # dead-lettered once, not again on every start
+
+
+async def test_stream_consumers_resume_after_their_checkpoint_in_put_order(store: Callable[[], Any]) -> None:
+    async with app.run(store=store()) as faas:
+        stream = faas.stream("clicks")
+        with faas.subscribe_events(("cold_start", "warm_start"), function="count") as starts:
+            records = [await stream.put(i, key="k") for i in range(10)]  # one key: one shard, in order
+            with anyio.fail_after(60):
+                for _ in range(6):  # batches of one: the sixth is value 5, which hangs
+                    await starts.receive()
+        [shard] = {r.shard for r in records}
+        assert stream.checkpoints("count")[shard] == 4
+    FIXED.write("fixed")
+    async with app.run(store=store()) as faas:
+        stream = faas.stream("clicks")
+        assert stream.checkpoints("count")[shard] == 4  # where the last platform had got to
+        await faas.drain(timeout=60)
+        assert stream.checkpoints("count")[shard] == 9
+        again = await stream.put(10, key="k")
+        assert again.sequence == 10  # the shard's numbering goes on
+        await faas.drain(timeout=60)
+    values = [int(line.split()[4]) for line in LOG.lines()]
+    assert values[:5] == [0, 1, 2, 3, 4]  # before the stop, in order, once each
+    assert values[-6:] == [5, 6, 7, 8, 9, 10]  # after: from the checkpoint on, in order
+    assert values.count(4) == 1 and 1 <= values.count(5) <= 2
+
+
+async def test_an_event_the_store_cannot_take_fails_its_caller_and_is_not_delivered(tmp_path: Path) -> None:
+    big = b"x" * 400_000  # does not fit a store capped at 0.25 MB
+    async with app.run(store=mf.SqliteStore(tmp_path / "small.db", max_size_mb=0.25)) as faas:
+        with pytest.raises(mf.StoreFull):
+            await double.spawn(big)  # type: ignore[arg-type]
+        with pytest.raises(mf.StoreFull):
+            await faas.topic("orders").publish(big)
+        stream = faas.stream("clicks")
+        with pytest.raises(mf.StoreFull):
+            await stream.put(big, key="k")
+        after = await stream.put(1, key="k")  # the consumer steps over the gap the failed put left
+        assert await (await double.spawn(21)).result(timeout=60) == 42
+        FIXED.write("fixed")
+        await faas.drain(timeout=60)
+        assert stream.checkpoints("count")[after.shard] == after.sequence
+    assert [line.split()[4] for line in LOG.lines() if line.startswith("count")] == ["1"]
+    assert not [line for line in LOG.lines() if line.startswith(("ship", "bill"))]
