@@ -81,6 +81,15 @@ def count(batch: mf.RecordBatch) -> None:
             time.sleep(60)
 
 
+@app.function
+def square(x: int) -> int:
+    """Hangs on 3 until FIXED has a line."""
+    LOG.write(f"square {x}")
+    if x == 3 and not FIXED.lines():
+        time.sleep(60)
+    return x * x
+
+
 @pytest.fixture(autouse=True)
 def clean_logs() -> None:
     LOG.clear()
@@ -275,3 +284,27 @@ async def test_an_event_the_store_cannot_take_fails_its_caller_and_is_not_delive
         assert stream.checkpoints("count")[after.shard] == after.sequence
     assert [line.split()[4] for line in LOG.lines() if line.startswith("count")] == ["1"]
     assert not [line for line in LOG.lines() if line.startswith(("ship", "bill"))]
+
+
+async def test_a_batch_job_resumes_on_the_next_platform_and_is_found_by_id(store: Callable[[], Any]) -> None:
+    async with app.run(store=store()) as faas:
+        job = await square.batch(range(6), max_parallel=2)
+        with anyio.fail_after(60):
+            async for done, _, _ in job.progress_updates():
+                if done >= 3:  # 0, 1, 2 done; 3 hangs
+                    break
+    FIXED.write("fixed")
+    async with app.run(store=store()) as faas:
+        again = faas.batch_job(job.id)
+        await again.wait(timeout=60)
+        assert again.results() == [x * x for x in range(6)]
+        assert again.progress == (6, 0, 6)
+    async with app.run(store=store()) as faas:
+        finished = faas.batch_job(job.id)  # from the store: a finished job of an earlier platform
+        assert finished.done() and finished.results() == [x * x for x in range(6)]
+        with pytest.raises(mf.UnknownCall, match="no batch job 'nope'"):
+            faas.batch_job("nope")
+        assert await faas.call(f"{job.id}.4").result() == 16  # a task is a call
+    handled = [int(line.split()[1]) for line in LOG.lines()]
+    assert sorted(set(handled)) == list(range(6))
+    assert all(handled.count(x) == 1 for x in (0, 1, 2))  # finished before the stop: not run again

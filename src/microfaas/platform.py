@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import FaaSError
+from .errors import FaaSError, UnknownCall
 from .http import serve
 from .lifecycle import EVENTS_KEPT
 from .runtime.runtime import Runtime
 from .runtime.stats import ContainerInfo
-from .sources.batch import start_batch
+from .sources.batch import BatchJob, resume_batches, start_batch
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .runtime.call import Call
     from .runtime.delivery import DeadLetter, Source
     from .runtime.stats import FunctionStats, PlatformUsage
-    from .sources.batch import BatchJob, BatchProgress
+    from .sources.batch import BatchProgress
     from .sources.streams import StreamSource
     from .sources.topics import TopicSource
     from .spec import FunctionSpec
@@ -99,6 +99,8 @@ class Platform:
         await self._tg.__aenter__()
         try:
             await self._runtime.start(self._tg)
+            for job in resume_batches(self._runtime):
+                self._runtime.add_batch_job(job)
         except BaseException as exc:
             await self._stop()
             self._tg.cancel_scope.cancel()
@@ -172,6 +174,21 @@ class Platform:
         job = await start_batch(self._runtime, name, items, max_parallel=max_parallel, on_progress=on_progress)
         self._runtime.add_batch_job(job)
         return job
+
+    def batch_job(self, job_id: str) -> BatchJob[Any]:
+        """The batch job ``job_id`` (``job.id``): running, finished, or started before a restart on this store.
+
+        :raises UnknownCall: no batch job by that id (or it finished more than the store's ``result_ttl`` ago).
+        """
+        job = self._runtime.recent_jobs.get(job_id)
+        if job is not None:
+            return job  # type: ignore[no-any-return]
+        stored = self._runtime.store.get_job(job_id)
+        if stored is None:
+            raise UnknownCall(
+                f"no batch job {job_id!r} on this platform's store (never started here, or finished more than result_ttl ago)"
+            )
+        return BatchJob.from_stored(stored)
 
     def stats(self, name: str) -> FunctionStats:
         """What has happened to function ``name`` so far."""

@@ -37,7 +37,7 @@ from ..store import MemoryStore, Snapshot, StoredCall
 from .call import Call
 from .cluster import Cluster
 from .delivery import CallDelivery, DeadLetter, Delivered, Deliverer, Delivery, InFlight
-from .durable import Durable
+from .durable import RECENT_CALLS, Durable
 from .eventlog import LifecycleLog
 from .faults import INJECTED, FaultPlan
 from .invoker import Invoker
@@ -94,6 +94,7 @@ class Runtime:
         self._in_flight = InFlight()
         self.running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
         self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
+        self.recent_jobs: collections.OrderedDict[str, Any] = collections.OrderedDict()  # BatchJobs by id, newest last
         self.store: Store = store if store is not None else MemoryStore()
         self.durable = Durable(self, self.store)
         self.snapshot: Snapshot = Snapshot()  # what the store held at start; the sources take their part
@@ -328,6 +329,9 @@ class Runtime:
     def add_batch_job(self, job: Any) -> None:
         self.batch_jobs = [j for j in self.batch_jobs if not j.done()]
         self.batch_jobs.append(job)
+        self.recent_jobs[job.id] = job
+        while len(self.recent_jobs) > RECENT_CALLS // 10:
+            self.recent_jobs.popitem(last=False)
 
     # -- waiting and testing -----------------------------------------------------------------------
 
