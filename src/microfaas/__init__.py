@@ -46,6 +46,7 @@ from .lifecycle import LifecycleEvent
 from .platform import Platform
 from .pool import LocalNodes
 from .runtime.call import Call, CallStatus
+from .runtime.deploy import Deployment
 from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
@@ -73,6 +74,7 @@ __all__ = [
     "Context",
     "Cron",
     "DeadLetter",
+    "Deployment",
     "Every",
     "FaaSError",
     "FixedKeepAlive",

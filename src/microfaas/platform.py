@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import FaaSError, UnknownCall
+from .errors import FaaSError, UnknownCall, UnknownFunction
 from .http import serve
 from .lifecycle import EVENTS_KEPT
 from .runtime.runtime import Runtime
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .nodes import NodeProvider
     from .runtime.call import Call
     from .runtime.delivery import DeadLetter, Source
+    from .runtime.deploy import Deployment
     from .runtime.stats import FunctionStats, PlatformUsage
     from .sources.batch import BatchProgress
     from .sources.streams import StreamSource
@@ -203,8 +204,41 @@ class Platform:
         return self._runtime.containers(name)
 
     def function_names(self) -> list[str]:
-        """The names of the functions this platform serves."""
-        return list(self._runtime.specs)
+        """The names of the functions this platform serves: the declared and the deployed ones."""
+        return list(self._runtime.functions)
+
+    async def deploy(self, fn: Callable[..., Any], /, **settings: Any) -> Deployment:
+        """Deploy ``fn`` while the platform runs: a new function, or a new version of a deployed one.
+
+        Takes the settings of ``@app.function`` (``name=`` defaults to ``fn.__name__``).
+        Calls that start after it returns run the new version; running ones finish on
+        theirs; idle containers of the old version are retired. With a durable store the
+        deployment is kept, and a restart serves it again.
+
+        :raises ValueError: a bad setting, triggers, a name declared with ``@app.function``,
+            or it fits no node; nothing changed.
+        :raises SerializationError: ``fn`` (or its init) will not pickle; nothing changed.
+        :raises StoreError: the deployment could not be stored; nothing changed.
+        """
+        return await self._runtime.deployer.deploy(fn, settings)
+
+    async def undeploy(self, name: str) -> None:
+        """Take deployed function ``name`` away (its running calls finish; its containers go).
+
+        :raises UnknownFunction: no deployed function by that name.
+        :raises ValueError: ``name`` is declared with ``@app.function``.
+        """
+        await self._runtime.deployer.undeploy(name)
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of deployed function ``name``, oldest first (also those kept in the store from before).
+
+        :raises UnknownFunction: ``name`` was never deployed here.
+        """
+        versions = self._runtime.deployer.versions.get(name)
+        if not versions:
+            raise UnknownFunction(f"app {self.app.name!r} has no deployed function {name!r}")
+        return list(versions)
 
     def function(self, name: str) -> FunctionSpec:
         """The settings of function ``name``.

@@ -81,10 +81,10 @@ class Durable:
         if resumed:
             delivery.attempts_made = call.attempts = row.attempt
             delivery.not_before = row.not_before
-        spec = runtime.specs.get(row.function)
+        spec = runtime.functions.get(row.function)
         error: FaaSError | None = None
         if spec is None:  # the function is no longer in the app
-            known = ", ".join(sorted(runtime.specs)) or "none"
+            known = ", ".join(sorted(runtime.functions)) or "none"
             error = UnknownFunction(
                 f"app {runtime.app_name!r} has no function {row.function!r} any more (it has: {known}); call {row.id} was not run"
             )

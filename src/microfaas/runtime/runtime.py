@@ -34,9 +34,11 @@ from ..lifecycle import EVENTS_KEPT
 from ..pool import LocalNodes
 from ..scheduler import ContainerState
 from ..store import MemoryStore, Snapshot, StoredCall
+from ..usage import Usage
 from .call import Call
 from .cluster import Cluster
 from .delivery import CallDelivery, DeadLetter, Delivered, Deliverer, Delivery, InFlight
+from .deploy import Deployer
 from .durable import RECENT_CALLS, Durable
 from .eventlog import LifecycleLog
 from .faults import INJECTED, FaultPlan
@@ -81,7 +83,10 @@ class Runtime:
         self.clock: Callable[[], float] = time.monotonic
         self.lifecycle = LifecycleLog(self.clock, limit=events_kept)
         self.faults = FaultPlan()
-        self.specs: dict[str, FunctionSpec] = dict(functions)
+        self.specs: dict[str, FunctionSpec] = dict(functions)  # by scheduler name (a deployed version: "resize@v2")
+        self.functions: dict[str, FunctionSpec] = dict(functions)  # what callers invoke, by name
+        self.routes: dict[str, str] = {name: name for name in functions}  # name -> the scheduler name that serves it
+        self.declared = frozenset(functions)
         self.stats = {name: StatsRecorder(name) for name in self.specs}
         self.sources: dict[str, Source] = {}
         for source in sources:
@@ -100,6 +105,7 @@ class Runtime:
         self.snapshot: Snapshot = Snapshot()  # what the store held at start; the sources take their part
         self._store_open = False
         self.deliverer = Deliverer(self._attempt, self.lifecycle, self.store)
+        self.deployer = Deployer(self)
         self.state = "new"
 
     # -- starting and stopping ----------------------------------------------------------------
@@ -136,6 +142,7 @@ class Runtime:
         self.state = "running"
         self.invoker.open = True
         await self.cluster.start(tg)
+        self.deployer.restore(self.snapshot)
         self.durable.resume(self.snapshot)
         for source in self.sources.values():
             await tg.start(source.run, self)
@@ -178,13 +185,26 @@ class Runtime:
         if require_open and self.state != "running":
             raise PlatformClosed(f"app {self._app_name!r} is not running; call functions inside `async with app.run() as faas:`")
         try:
-            return self.specs[name]
+            return self.functions[name]
         except KeyError:
-            known = ", ".join(sorted(self.specs)) or "none"
+            known = ", ".join(sorted(self.functions)) or "none"
             raise UnknownFunction(f"app {self._app_name!r} has no function {name!r}; it has: {known}") from None
 
+    def function_names(self) -> list[str]:
+        """The functions callers may invoke now: the declared ones and the deployed ones.
+
+        :raises PlatformClosed: the platform is not running.
+        """
+        if self.state != "running":
+            raise PlatformClosed(f"app {self._app_name!r} is not running; deploy inside `async with app.run() as faas:`")
+        return list(self.functions)
+
     async def _attempt(self, name: str, blob: bytes, invocation_id: str, attempt: int) -> Any:
-        return await self.invoker.invoke(name, blob, invocation_id, attempt)
+        # Each attempt goes to the version serving ``name`` now (a retry after a deploy runs the new one).
+        target = self.routes.get(name)
+        if target is None:
+            self.function(name)  # raises: the function was undeployed
+        return await self.invoker.invoke(target or name, blob, invocation_id, attempt)
 
     def new_invocation_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
@@ -208,7 +228,7 @@ class Runtime:
                 if retries is None:
                     call.attempts = 1
                     try:
-                        call._succeed(await self.invoker.invoke(call.function_name, delivery.blob, call.id, 1))
+                        call._succeed(await self._attempt(call.function_name, delivery.blob, call.id, 1))
                     except FaaSError as exc:
                         call._fail(exc)
                 else:
@@ -234,7 +254,7 @@ class Runtime:
 
     async def invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.function(name)
-        return await self.invoker.invoke(name, dump_args(name, args, kwargs), self.new_invocation_id(), 1)
+        return await self.invoker.invoke(self.routes[name], dump_args(name, args, kwargs), self.new_invocation_id(), 1)
 
     async def spawn(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
         self.function(name)
@@ -274,12 +294,20 @@ class Runtime:
     # -- reading ---------------------------------------------------------------------------------
 
     def function_stats(self, name: str) -> FunctionStats:
-        self.function(name, require_open=False)
+        self._known(name)
         sched = self.cluster.sched
-        by_state = collections.Counter(str(rec.state) for rec in sched.containers(name))
+        names = self.deployer.scheduler_names(name)
+        by_state = collections.Counter(str(rec.state) for n in names for rec in sched.containers(n))
         live_states = [state for state in ContainerState if state is not ContainerState.STOPPED]
-        usage = sched.usage_at(name, now=self.clock())
+        now = self.clock()
+        usages = [sched.usage_at(n, now=now) for n in names]
+        usage = usages[0] if len(usages) == 1 else _summed(usages)
         return self.stats[name].snapshot({str(state): by_state.get(str(state), 0) for state in live_states}, usage)
+
+    def _known(self, name: str) -> None:
+        """:raises UnknownFunction: ``name`` is neither served now nor was it ever deployed here."""
+        if name not in self.stats:
+            self.function(name, require_open=False)
 
     def usage(self) -> PlatformUsage:
         now = self.clock()
@@ -294,14 +322,15 @@ class Runtime:
 
     def containers(self, name: str | None) -> list[ContainerInfo]:
         if name is not None:
-            self.function(name, require_open=False)
+            self._known(name)
+        names = self.deployer.scheduler_names(name) if name is not None else [None]
         infos = []
-        for rec in self.cluster.sched.containers(name):
+        for rec in (rec for n in names for rec in self.cluster.sched.containers(n)):
             container = self.cluster.containers.get(rec.id)
             infos.append(
                 ContainerInfo(
                     id=rec.id,
-                    function=rec.function,
+                    function=rec.function.partition("@")[0],
                     state=rec.state,
                     node=rec.node_id,
                     pinned=rec.pinned,
@@ -377,6 +406,13 @@ class Runtime:
             kind, _, name = key.partition(":")
             known = ", ".join(sorted(k.partition(":")[2] for k in self.sources if k.startswith(kind + ":"))) or "none"
             raise UnknownSource(f"app {self._app_name!r} has no {kind} {name!r}; it has: {known}") from None
+
+
+def _summed(usages: list[Usage]) -> Usage:
+    seconds: collections.Counter[str] = collections.Counter()
+    for usage in usages:
+        seconds.update(usage.container_seconds)
+    return Usage(container_seconds=dict(seconds), idle_memory_mb_s=sum(u.idle_memory_mb_s for u in usages))
 
 
 async def _map_result(call: Call[Any], return_exceptions: bool) -> Any:
