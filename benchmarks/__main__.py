@@ -10,7 +10,9 @@ Figures (contenders interleaved per round, so a noisy machine hits all alike):
   fork-and-pipe floor;
 - a 10 MiB bytes argument echoed back (p50);
 - idle worker USS/PSS;
-- scheduler core decisions per second (benchmarks/core_decisions.py).
+- scheduler core decisions per second (benchmarks/core_decisions.py);
+- durable spawns: spawn -> done and accept latency on a SQLite store, against the memory
+  store and SqliteHuey (benchmarks/durable.py; Huey needs the bench extra).
 Ray actors join in a phase of their own (with microfaas measured again beside
 them) when ray is installed, so Ray's daemons do not load the machine while the
 other peers are measured; without ray the phase is skipped with a note.
@@ -30,10 +32,10 @@ from typing import Any
 import anyio
 
 import microfaas as mf
-from benchmarks import cold, core_decisions, memory, payload, peers, report, throughput, warm
+from benchmarks import cold, core_decisions, durable, memory, payload, peers, report, throughput, warm
 from benchmarks.common import log, settle_allocator
 
-PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "psutil", "matplotlib", "ray")
+PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "psutil", "matplotlib", "ray", "huey")
 
 
 def machine_facts() -> dict[str, Any]:
@@ -144,6 +146,9 @@ async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     results["cold_start"].update(await cold.measure("spawn", cfg["cold_spawn"]))
     log("scheduler core decisions")
     results["core_decisions"] = core_decisions.measure(quick)
+    log("durable spawns: SQLite store vs memory store vs SqliteHuey")
+    results["durable"] = await durable.measure(quick)
+    notes += results["durable"]["notes"]
     ratios = report.ratios(results)
     return {
         "machine": machine_facts(),
