@@ -13,7 +13,9 @@ Figures (contenders interleaved per round, so a noisy machine hits all alike):
 - mf.Executor against ProcessPoolExecutor, loky and pebble, used from blocking
   code: submit -> result p50, and 10,000 no-ops through map with chunksize 1 and
   64 (benchmarks/executor.py);
-- scheduler core decisions per second (benchmarks/core_decisions.py).
+- scheduler core decisions per second (benchmarks/core_decisions.py);
+- durable spawns: spawn -> done and accept latency on a SQLite store, against the memory
+  store and SqliteHuey (benchmarks/durable.py; Huey needs the bench extra).
 Ray actors join in a phase of their own (with microfaas measured again beside
 them) when ray is installed, so Ray's daemons do not load the machine while the
 other peers are measured; without ray the phase is skipped with a note.
@@ -34,10 +36,10 @@ import anyio
 import anyio.to_thread
 
 import microfaas as mf
-from benchmarks import cold, core_decisions, executor, memory, payload, peers, report, throughput, warm
+from benchmarks import cold, core_decisions, durable, executor, memory, payload, peers, report, throughput, warm
 from benchmarks.common import log, settle_allocator
 
-PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "pebble", "psutil", "matplotlib", "ray")
+PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "pebble", "psutil", "matplotlib", "ray", "huey")
 
 
 def machine_facts() -> dict[str, Any]:
@@ -156,6 +158,9 @@ async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     results.update(await anyio.to_thread.run_sync(lambda: executor.measure(**ex_cfg)))
     log("scheduler core decisions")
     results["core_decisions"] = core_decisions.measure(quick)
+    log("durable spawns: SQLite store vs memory store vs SqliteHuey")
+    results["durable"] = await durable.measure(quick)
+    notes += results["durable"]["notes"]
     ratios = report.ratios(results)
     return {
         "machine": machine_facts(),

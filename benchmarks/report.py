@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks import durable
+
 from . import executor
 
 # Column order of the table: microfaas first, then the floor, then each peer.
@@ -29,6 +31,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "core_decisions_per_s": (">=", 200_000.0),
     "executor_p50_vs_ppe": (">=", 1.0),
     "executor_map_vs_ppe": (">=", 1.0),
+    "durable_spawn_vs_memory": (">=", 0.5),
+    "durable_spawn_vs_huey": (">=", 3.0),
+    "durable_accept_p50_ms": ("<=", 1.0),
 }
 
 
@@ -44,13 +49,14 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "idle_container_uss_mb": mem["microfaas"]["uss_mb"],
         "core_decisions_per_s": results["core_decisions"]["decisions_per_s"],
         **executor.ratios(results),  # absent from runs made before the executor figures
+        **(durable.ratios(results["durable"]) if results.get("durable") else {}),
     }
 
 
 def target_status(ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
     out = {}
     for key, (op, target) in TARGETS.items():
-        if key not in ratios:
+        if key not in ratios:  # a figure this run did not measure (no huey, or the durable phase left out)
             continue
         value = ratios[key]
         met = value <= target if op == "<=" else value >= target
@@ -114,6 +120,7 @@ def rows(results: dict[str, Any], ratio: dict[str, float]) -> list[list[str]]:
         row("idle worker PSS (MiB)", per("idle_memory", "pss_mb")),
         row("scheduler core decisions/s", [core, *none], "core_decisions_per_s"),
         *executor_rows(results, row, per),
+        *_durable_rows(results.get("durable"), ratio, row),
     ]
 
 
@@ -128,6 +135,22 @@ def executor_rows(results: dict[str, Any], row: Any, per: Any) -> list[list[str]
         row("executor map, chunksize 64 (tasks/s)", per("executor_map_64", "tasks_per_s"), "executor_map64_vs_ppe"),
         row("executor map vs PPE (the lower)", [None] * len(COLUMNS), "executor_map_vs_ppe"),
     ]
+
+
+def _durable_rows(figures: dict[str, Any] | None, ratio: dict[str, float], row: Any) -> list[list[str]]:
+    """The durable-spawn rows: the SQLite store in the microfaas column, the memory store and Huey named in the label."""
+    if not figures:
+        return []
+    none = [None] * (len(COLUMNS) - 1)
+    sqlite, memory, huey = figures["sqlite"], figures["memory"], figures.get("huey")
+    throughput = [sqlite["calls_per_s"], *none]
+    rows = [
+        row(f"durable spawn->done, SQLite (calls/s; memory store {_fmt(memory['calls_per_s'])})", throughput, "durable_spawn_vs_memory"),
+        row("durable spawn accept p50 (ms)", [sqlite["accept_p50_ms"], *none], "durable_accept_p50_ms"),
+    ]
+    if huey is not None and "durable_spawn_vs_huey" in ratio:
+        rows.insert(1, row(f"  vs SqliteHuey ({_fmt(huey['calls_per_s'])} calls/s)", throughput, "durable_spawn_vs_huey"))
+    return rows
 
 
 HEADER = ["figure", *(SHORT[c] for c in COLUMNS), "ratio", "target", "met?"]

@@ -30,7 +30,14 @@ from .errors import (
     OutOfMemory,
     PlatformClosed,
     SerializationError,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreLocked,
+    StoreReadOnly,
+    StoreVersionError,
     Throttled,
+    UnknownCall,
     UnknownFunction,
     UnknownSource,
 )
@@ -49,12 +56,13 @@ from .lifecycle import LifecycleEvent
 from .platform import Platform
 from .pool import LocalNodes
 from .runtime.call import Call, CallStatus
-from .runtime.delivery import DeadLetter
+from .runtime.deploy import Deployment
 from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .spec import FunctionSpec, Retries
+from .store import DeadLetter, MemoryStore, SqliteStore, Store
 
 if TYPE_CHECKING:
     from .ray import RayNodes as RayNodes
@@ -76,6 +84,7 @@ __all__ = [
     "Context",
     "Cron",
     "DeadLetter",
+    "Deployment",
     "Every",
     "Executor",
     "FaaSError",
@@ -95,6 +104,7 @@ __all__ = [
     "KeepAlivePolicy",
     "LifecycleEvent",
     "LocalNodes",
+    "MemoryStore",
     "Message",
     "NeverUnload",
     "OutOfMemory",
@@ -105,6 +115,14 @@ __all__ = [
     "RecordBatch",
     "Retries",
     "SerializationError",
+    "SqliteStore",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "StoreLocked",
+    "StoreReadOnly",
+    "StoreVersionError",
     "Stream",
     "StreamConsumer",
     "Summary",
@@ -113,6 +131,7 @@ __all__ = [
     "Topic",
     "TopicSubscription",
     "Trigger",
+    "UnknownCall",
     "UnknownFunction",
     "UnknownSource",
     "context",

@@ -8,6 +8,7 @@ it raises ``PlatformClosed``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
@@ -18,6 +19,7 @@ from .platform import Platform
 from .sources import build_sources
 from .sources.triggers import Stream, Topic
 from .spec import NAME_PATTERN, FunctionSettings, FunctionSpec, Retries
+from .store import as_store
 
 if TYPE_CHECKING:
     from .blocking import SyncPlatform
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from .nodes import NodeProvider
     from .runtime.call import Call
     from .sources.batch import BatchJob, BatchProgress
+    from .store import Store
 
 __all__ = ["App", "FunctionHandle", "FunctionSpec", "Retries"]
 
@@ -230,6 +233,7 @@ class App:
         keep_alive: KeepAlivePolicy | None = None,
         queue_limit: int | None = 100_000,
         events_kept: int | None = EVENTS_KEPT,
+        store: Store | str | os.PathLike[str] | None = None,
     ) -> Platform:
         """The platform for this app; start it with ``async with app.run() as faas``.
 
@@ -239,10 +243,23 @@ class App:
         :param queue_limit: requests that may wait for a container at once; past it
             calls raise ``Throttled`` (None: no limit).
         :param events_kept: lifecycle events kept for ``faas.events()`` (None: all of them).
-        :raises ValueError: a trigger names a topic or stream the app did not declare.
+        :param store: where accepted work is kept: a path (a SQLite file, as
+            ``mf.SqliteStore(path)``), a store object, or None for a new ``mf.MemoryStore()``.
+            With a durable store a restart on the same store resumes what was left
+            (docs/durability.md). It is opened by ``async with``, which raises a ``StoreError``
+            when it cannot be (not a store, a newer schema, read-only, full, or open elsewhere).
+        :raises ValueError: a trigger names a topic or stream the app did not declare; a bad ``store``.
         """
         sources = build_sources(self.functions, topics=self._topics, streams=self._streams, app_name=self.name)
-        return Platform(self, nodes=nodes, keep_alive=keep_alive, queue_limit=queue_limit, sources=sources, events_kept=events_kept)
+        return Platform(
+            self,
+            nodes=nodes,
+            keep_alive=keep_alive,
+            queue_limit=queue_limit,
+            sources=sources,
+            events_kept=events_kept,
+            store=as_store(store),
+        )
 
     def run_sync(self, **options: Any) -> SyncPlatform:
         """The platform for code that is not async: ``with app.run_sync() as faas``.

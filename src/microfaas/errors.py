@@ -14,7 +14,14 @@
     ├── SerializationError         an argument or result could not be pickled
     ├── UnknownFunction            no function by that name in the app
     ├── UnknownSource              no topic, stream or timer by that name in the app
-    └── PlatformClosed             the platform is not running
+    ├── UnknownCall                no spawned call or batch job by that id (or its result expired)
+    ├── PlatformClosed             the platform is not running
+    └── StoreError                 the durable store cannot be used, or a write to it failed
+        ├── StoreCorrupt           the file is not a microfaas store, or a row of it is damaged
+        ├── StoreVersionError      the store was written by a newer microfaas (a later schema)
+        ├── StoreReadOnly          the store's file (or its folder) cannot be written
+        ├── StoreFull              the disk (or the store's size limit) is full
+        └── StoreLocked            another platform has the store open
 
 Foreign exceptions (``EOFError``, ``BrokenPipeError``, anyio's stream errors) are
 translated into these at one boundary in ``pool.py`` and chained with ``from``.
@@ -34,7 +41,14 @@ __all__ = [
     "OutOfMemory",
     "PlatformClosed",
     "SerializationError",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "StoreLocked",
+    "StoreReadOnly",
+    "StoreVersionError",
     "Throttled",
+    "UnknownCall",
     "UnknownFunction",
     "UnknownSource",
 ]
@@ -166,5 +180,43 @@ class UnknownSource(FaaSError, LookupError):
     undeclared topic): a topic, stream or timer is not a function."""
 
 
+class UnknownCall(FaaSError, LookupError):
+    """``faas.call(id)`` or ``faas.batch_job(id)`` found nothing by that id: it was never made on this
+    store, or it finished longer than the store's ``result_ttl`` ago."""
+
+
 class PlatformClosed(FaaSError):
     """The platform is not running: open one with ``async with app.run()``."""
+
+
+class StoreError(FaaSError):
+    """The durable store (``app.run(store=...)``) cannot be used, or a write to it failed.
+
+    Raised by ``async with app.run(store=...)`` when the store cannot be opened, and
+    by the call that accepted an event (``spawn``, ``publish``, ``put``, ``batch``)
+    when that event could not be stored: it was then not accepted.
+    """
+
+
+class StoreCorrupt(StoreError):
+    """The file is not a microfaas store, or one of its rows cannot be read.
+
+    A damaged row does not stop a platform: its event goes to the dead letters with
+    this error, and the rest loads.
+    """
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer microfaas (its schema version is later than this one knows)."""
+
+
+class StoreReadOnly(StoreError):
+    """The store's file, or the folder that holds it, cannot be written."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the store (or the store's own size limit) is full."""
+
+
+class StoreLocked(StoreError):
+    """Another platform has this store open; two at once would deliver every event twice."""

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import FaaSError
+from .errors import FaaSError, UnknownCall, UnknownFunction
 from .http import serve
 from .lifecycle import EVENTS_KEPT
 from .runtime.runtime import Runtime
 from .runtime.stats import ContainerInfo
-from .sources.batch import start_batch
+from .sources.batch import BatchJob, resume_batches, start_batch
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -28,11 +28,13 @@ if TYPE_CHECKING:
     from .nodes import NodeProvider
     from .runtime.call import Call
     from .runtime.delivery import DeadLetter, Source
+    from .runtime.deploy import Deployment
     from .runtime.stats import FunctionStats, PlatformUsage
-    from .sources.batch import BatchJob, BatchProgress
+    from .sources.batch import BatchProgress
     from .sources.streams import StreamSource
     from .sources.topics import TopicSource
     from .spec import FunctionSpec
+    from .store import Store
 
 __all__ = ["Platform"]
 
@@ -67,10 +69,18 @@ class Platform:
         queue_limit: int | None = 100_000,
         sources: Iterable[Source] = (),
         events_kept: int | None = EVENTS_KEPT,
+        store: Store | None = None,
     ) -> None:
         self.app = app
         self._runtime = Runtime(
-            app.name, app.functions, nodes=nodes, keep_alive=keep_alive, queue_limit=queue_limit, sources=sources, events_kept=events_kept
+            app.name,
+            app.functions,
+            nodes=nodes,
+            keep_alive=keep_alive,
+            queue_limit=queue_limit,
+            sources=sources,
+            events_kept=events_kept,
+            store=store,
         )
         self.nodes_config: NodeProvider = self._runtime.provider
 
@@ -90,6 +100,8 @@ class Platform:
         await self._tg.__aenter__()
         try:
             await self._runtime.start(self._tg)
+            for job in resume_batches(self._runtime):
+                self._runtime.add_batch_job(job)
         except BaseException as exc:
             await self._stop()
             self._tg.cancel_scope.cancel()
@@ -98,6 +110,8 @@ class Platform:
                     raise RuntimeError("platform start was interrupted") from exc
             except BaseExceptionGroup as group:
                 raise _the_one_error(group) from None
+            finally:
+                await self._runtime.close_store()
             raise
         return self
 
@@ -106,7 +120,10 @@ class Platform:
         self._tg.cancel_scope.cancel()
         # The body's own exception propagates as it is, not wrapped in a group; only a
         # failure of the platform's own tasks (a bug) surfaces from the task group.
-        await self._tg.__aexit__(None, None, None)
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            await self._runtime.close_store()  # last: the tasks that ended above may still have written
 
     async def _stop(self) -> None:
         if self.app._platform is self:
@@ -124,8 +141,20 @@ class Platform:
         return await self._runtime.invoke(name, args, kwargs)
 
     async def spawn(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
-        """Start an invocation in the background, retried per the function's ``retries``."""
-        return self._runtime.spawn(name, args, kwargs)
+        """Start an invocation in the background, retried per the function's ``retries``.
+
+        Returns once the call is stored (with a durable store it then survives a crash).
+
+        :raises StoreError: the call could not be stored; it was not accepted.
+        """
+        return await self._runtime.spawn(name, args, kwargs)
+
+    def call(self, call_id: str) -> Call[Any]:
+        """The spawned call ``call_id`` (``call.id``): running, finished, or made before a restart on this store.
+
+        :raises UnknownCall: no call by that id (or it finished more than the store's ``result_ttl`` ago).
+        """
+        return self._runtime.call(call_id)
 
     def map(
         self, name: str, /, *iterables: Iterable[Any], return_exceptions: bool = False, max_in_flight: int | None = None
@@ -147,6 +176,21 @@ class Platform:
         self._runtime.add_batch_job(job)
         return job
 
+    def batch_job(self, job_id: str) -> BatchJob[Any]:
+        """The batch job ``job_id`` (``job.id``): running, finished, or started before a restart on this store.
+
+        :raises UnknownCall: no batch job by that id (or it finished more than the store's ``result_ttl`` ago).
+        """
+        job = self._runtime.recent_jobs.get(job_id)
+        if job is not None:
+            return job  # type: ignore[no-any-return]
+        stored = self._runtime.store.get_job(job_id)
+        if stored is None:
+            raise UnknownCall(
+                f"no batch job {job_id!r} on this platform's store (never started here, or finished more than result_ttl ago)"
+            )
+        return BatchJob.from_stored(stored)
+
     def stats(self, name: str) -> FunctionStats:
         """What has happened to function ``name`` so far."""
         return self._runtime.function_stats(name)
@@ -160,8 +204,41 @@ class Platform:
         return self._runtime.containers(name)
 
     def function_names(self) -> list[str]:
-        """The names of the functions this platform serves."""
-        return list(self._runtime.specs)
+        """The names of the functions this platform serves: the declared and the deployed ones."""
+        return list(self._runtime.functions)
+
+    async def deploy(self, fn: Callable[..., Any], /, **settings: Any) -> Deployment:
+        """Deploy ``fn`` while the platform runs: a new function, or a new version of a deployed one.
+
+        Takes the settings of ``@app.function`` (``name=`` defaults to ``fn.__name__``).
+        Calls that start after it returns run the new version; running ones finish on
+        theirs; idle containers of the old version are retired. With a durable store the
+        deployment is kept, and a restart serves it again.
+
+        :raises ValueError: a bad setting, triggers, a name declared with ``@app.function``,
+            or it fits no node; nothing changed.
+        :raises SerializationError: ``fn`` (or its init) will not pickle; nothing changed.
+        :raises StoreError: the deployment could not be stored; nothing changed.
+        """
+        return await self._runtime.deployer.deploy(fn, settings)
+
+    async def undeploy(self, name: str) -> None:
+        """Take deployed function ``name`` away (its running calls finish; its containers go).
+
+        :raises UnknownFunction: no deployed function by that name.
+        :raises ValueError: ``name`` is declared with ``@app.function``.
+        """
+        await self._runtime.deployer.undeploy(name)
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of deployed function ``name``, oldest first (also those kept in the store from before).
+
+        :raises UnknownFunction: ``name`` was never deployed here.
+        """
+        versions = self._runtime.deployer.versions.get(name)
+        if not versions:
+            raise UnknownFunction(f"app {self.app.name!r} has no deployed function {name!r}")
+        return list(versions)
 
     def function(self, name: str) -> FunctionSpec:
         """The settings of function ``name``.
@@ -171,8 +248,22 @@ class Platform:
         return self._runtime.function(name, require_open=False)
 
     def dead_letters(self, name: str) -> list[DeadLetter]:
-        """Events for function ``name`` that failed every attempt, oldest first, with their errors."""
+        """Events for function ``name`` that failed every attempt, oldest first, with their errors
+        (kept in the store: also those from before a restart)."""
         return self._runtime.dead_letters(name)
+
+    async def redrive(self, name: str) -> int:
+        """Send function ``name``'s dead letters back into their sources; return how many went.
+
+        A topic's letters go back to the subscription that failed them; the others are
+        spawned again with the arguments their handler had. They are stored (and the
+        letters removed) before this returns. Letters that could not be loaded from the
+        store (``StoreCorrupt``) stay.
+
+        :raises UnknownFunction, PlatformClosed: as for ``invoke``.
+        :raises StoreError: they could not be stored.
+        """
+        return await self._runtime.redrive(name)
 
     async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the API asks for it
         """Wait until nothing is in flight: spawned calls, topic deliveries, stream records, batch tasks.

@@ -61,6 +61,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import attrs
+
 from .actions import Action, ContainerRecord, ContainerState, FailRequest, FunctionProfile, RunOn, StartContainer, StopContainer
 from .containers import ContainerBook, CoreMisuse, Fact, next_state
 from .functions import PIPELINE_MAX_CALL_S, FunctionState
@@ -147,6 +149,30 @@ class Scheduler:
             )
         self._functions[profile.name] = FunctionState(profile)
         self.keep_alive.function_added(profile.name, memory_mb=profile.memory_mb)
+
+    def function_deployed(self, profile: FunctionProfile, *, now: float) -> list[Action]:
+        """A function was added while running (``faas.deploy``): register it and start its pinned containers.
+
+        :raises ValueError: as ``add_function``.
+        """
+        self.add_function(profile)
+        return self._replenish_pinned(self._functions[profile.name], now)
+
+    def retire_function(self, function: str, *, now: float) -> list[Action]:
+        """``function`` takes no new requests (a newer version replaced it): stop its idle containers,
+        pinned ones too, and keep none for it. The shell calls this again after each later fact about
+        one of its containers (a call finished, a start completed) until it has none; requests already
+        waiting for it are still served."""
+        fn = self._functions[function]
+        if fn.profile.min_containers:
+            fn.profile = attrs.evolve(fn.profile, min_containers=0)
+        self._wakes.cancel_timers(function)
+        actions: list[Action] = [
+            self._book.stop(rec, "retired", now) for rec in list(fn.containers.values()) if rec.state is ContainerState.IDLE
+        ]
+        if actions and self._capacity_queue:
+            actions += self._placement.drain(now)
+        return actions
 
     def profile(self, function: str) -> FunctionProfile:
         return self._functions[function].profile

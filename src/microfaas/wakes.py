@@ -121,6 +121,11 @@ class Wakes:
                 return kind, function
         return None
 
+    def cancel_timers(self, function: str) -> None:
+        """Cancel the pinned retry and the pre-warm of ``function`` (it was retired)."""
+        self._pin_at.pop(function, None)
+        self._prewarm_at.pop(function, None)
+
     def clear_timers(self) -> None:
         """Cancel every pinned retry and pre-warm (shutdown)."""
         self._pin_at.clear()

@@ -95,6 +95,7 @@ class Cluster:
         self.call_started: Callable[[str], None] = _unwired
         self.deadline_passed: Callable[[Container, str], None] = _unwired
         self.container_gone: Callable[[Container], None] = _unwired
+        self.retired: set[str] = set()  # functions (old versions) whose containers go once idle
         self._pending_starts: dict[str, anyio.Event] = {}
         self._pending_nodes: dict[str, anyio.Event] = {}
         self._timer_target = math.inf
@@ -160,6 +161,18 @@ class Cluster:
     def call_finished(self, container_id: str) -> None:
         """A call's slot in ``container_id`` is free again (its caller is gone, or it never ran)."""
         self.apply(self.sched.call_finished(container_id, now=self.clock()))
+        if self.retired:
+            self._retire_idle(container_id)
+
+    def retire(self, function: str) -> None:
+        """``function`` (an old version) takes no new calls: its containers go as they become idle."""
+        self.retired.add(function)
+        self.apply(self.sched.retire_function(function, now=self.clock()))
+
+    def _retire_idle(self, container_id: str) -> None:
+        record = self.sched.container(container_id)
+        if record is not None and record.function in self.retired:
+            self.apply(self.sched.retire_function(record.function, now=self.clock()))
 
     async def _start_container(self, action: StartContainer) -> None:
         container_id = action.container_id
@@ -190,6 +203,8 @@ class Cluster:
                 return
             self.lifecycle.container_started(action.function, container, pinned=action.pinned)
             self.apply(self.sched.container_started(container_id, now=self.clock()))
+            if self.retired:
+                self._retire_idle(container_id)
         finally:
             event = self._pending_starts.pop(container_id, None)
             if event is not None:
@@ -237,6 +252,8 @@ class Cluster:
 
     def _call_done(self, container: Container) -> None:
         self.apply(self.sched.call_finished(container.id, now=self.clock(), duration_s=container.last_call_s))
+        if self.retired:
+            self._retire_idle(container.id)
 
     async def _acquire_node(self, node_id: str) -> None:
         try:

@@ -17,7 +17,13 @@ itself instead of retrying (a stream batch bisected on error, as Lambda's
 BisectBatchOnFunctionError: each half is a new delivery whose attempts start at 1).
 
 This is the one place where an accepted event is handled or dead-lettered, so it
-is where a durable store records both.
+is where a durable store records both: before it waits to retry, the loop tells the
+delivery its next attempt (``attempted``), which a stored one writes down, and every
+dead letter goes to the store. A delivery resumed after a restart (``attempts_made``
+> 0) runs its next attempt at once, after ``not_before``, unless it is already past
+``max_event_age``; its attempt numbers keep counting and its retries are not renewed.
+An attempt cut short because the platform stopped (``PlatformClosed``) is neither
+retried nor dead-lettered: the event stays accepted, for the next platform on the store.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import collections
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -32,11 +39,13 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import ColdStartFailed, ContainerCrashed, FaaSError, FunctionError, FunctionTimeout, OutOfMemory, Throttled
+from ..errors import ColdStartFailed, ContainerCrashed, FaaSError, FunctionError, FunctionTimeout, OutOfMemory, PlatformClosed, Throttled
+from ..store import DeadLetter
 from .shipping import loads_or_blob
 
 if TYPE_CHECKING:
     from ..spec import FunctionSpec, Retries
+    from ..store import Snapshot, Store
     from .call import Call
     from .eventlog import LifecycleLog
 
@@ -50,36 +59,13 @@ __all__ = [
     "InFlight",
     "Source",
     "SourceRuntime",
+    "expired_at_restart",
     "retry_delay",
 ]
 
 # Errors after which an event is tried again (as Lambda retries asynchronous invocations);
 # the others (a result that would not pickle, the platform stopping, ...) would only fail again.
 RETRYABLE: Final = (FunctionError, FunctionTimeout, OutOfMemory, ContainerCrashed, ColdStartFailed, Throttled)
-
-
-@attrs.frozen(kw_only=True)
-class DeadLetter:
-    """An event that exhausted its attempts.
-
-    :param function: the function that could not handle it.
-    :param source: where it came from: ``"spawn"``, ``"topic:orders"``, ``"stream:clicks/0"``, ...
-    :param event: what the handler was given (the envelope, or ``(args, kwargs)`` for spawn).
-    :param error: the last attempt's error.
-    :param attempts: how many attempts were made.
-    :param invocation_id: the id every attempt shared.
-    :param first_attempt_at: wall-clock time (``time.time()``) of the first attempt.
-    :param failed_at: wall-clock time it was given up.
-    """
-
-    function: str
-    source: str
-    event: Any
-    error: FaaSError
-    attempts: int
-    invocation_id: str
-    first_attempt_at: float
-    failed_at: float
 
 
 def retry_delay(retries: Retries, retry: int, rng: random.Random | None = None) -> float:
@@ -126,7 +112,14 @@ class Delivery:
     :param function: the function that handles it.
     :param source: where it came from (``"spawn"``, ``"topic:orders"``, ...), as its dead letter says.
     :param invocation_id: the id every attempt shares.
+
+    A delivery resumed from a store sets ``attempts_made`` (the attempts that may have
+    started before the restart), ``not_before`` and ``first_attempt_at`` (wall clock).
     """
+
+    attempts_made = 0
+    not_before = 0.0
+    first_attempt_at: float | None = None
 
     def __init__(self, function: str, source: str, invocation_id: str) -> None:
         self.function = function
@@ -156,18 +149,29 @@ class Delivery:
     def settled(self) -> None:
         """The delivery was handled or dead-lettered (split ones settle each part instead)."""
 
+    def attempted(self, attempt: int, not_before: float) -> None:
+        """Attempt ``attempt`` may start from wall-clock time ``not_before``: a stored delivery writes it down."""
+
 
 class CallDelivery(Delivery):
     """A call with fixed arguments: a spawned call, a batch task, a timer's tick.
 
     :param blob: the pickled ``(args, kwargs)``, made when the call was accepted.
     :param event: what its dead letter records (None: the call's ``(args, kwargs)``).
+    :param store: where the call is kept (None: it is not), to count its attempts there.
     """
 
-    def __init__(self, function: str, source: str, invocation_id: str, blob: bytes, event: Any = None) -> None:
+    def __init__(
+        self, function: str, source: str, invocation_id: str, blob: bytes, event: Any = None, *, store: Store | None = None
+    ) -> None:
         super().__init__(function, source, invocation_id)
         self.blob = blob
         self.event = event
+        self.store = store
+
+    def attempted(self, attempt: int, not_before: float) -> None:
+        if self.store is not None:
+            self.store.call_attempted(self.invocation_id, attempt, not_before)
 
     def payload(self, attempt: int) -> bytes:
         return self.blob
@@ -194,17 +198,30 @@ class Deliverer:
 
     :param invoke: runs one attempt: ``(function, args blob, invocation id, attempt)`` -> value.
     :param lifecycle: where retries and dead letters are reported.
+    :param store: where dead letters are kept (None: only here).
     """
 
-    def __init__(self, invoke: Invoke, lifecycle: LifecycleLog) -> None:
+    def __init__(self, invoke: Invoke, lifecycle: LifecycleLog, store: Store | None = None) -> None:
         self._invoke = invoke
         self._lifecycle = lifecycle
+        self.store = store
         self.dead_letters: dict[str, list[DeadLetter]] = collections.defaultdict(list)
 
     async def deliver(self, delivery: Delivery, retries: Retries, *, first_attempt_at: float | None = None) -> Delivered:
         """Attempt ``delivery`` until it is handled or dead-lettered, per ``retries``."""
+        if first_attempt_at is None:
+            first_attempt_at = delivery.first_attempt_at
         first = time.time() if first_attempt_at is None else first_attempt_at
-        attempt = 0
+        attempt = delivery.attempts_made
+        if attempt:
+            expired = expired_at_restart(delivery, retries, first)
+            if expired is not None:
+                self.dead_letter(delivery, expired, attempts=attempt, first_attempt_at=first)
+                delivery.settled()
+                return Delivered(None, expired, attempt)
+            if delivery.not_before > time.time():
+                await anyio.sleep(delivery.not_before - time.time())
+            delivery.attempted(attempt + 1, time.time())
         while True:
             attempt += 1
             try:
@@ -217,6 +234,8 @@ class Deliverer:
                     delivery.settled()
                     return Delivered(value, None, attempt)
             assert error is not None
+            if isinstance(error, PlatformClosed):
+                return Delivered(None, error, attempt)  # interrupted: it stays accepted, for the next run
             parts = delivery.split()
             if parts:
                 for part in parts:
@@ -225,6 +244,7 @@ class Deliverer:
             delay = retry_delay(retries, attempt)
             if not (isinstance(error, RETRYABLE) and may_retry(retries, attempt, first, delay)):
                 break
+            delivery.attempted(attempt + 1, time.time() + delay)
             self._lifecycle.retry(
                 error,
                 function=delivery.function,
@@ -251,10 +271,24 @@ class Deliverer:
                 invocation_id=delivery.invocation_id,
                 first_attempt_at=first_attempt_at,
                 failed_at=failed_at,
+                id=uuid.uuid4().hex,
             )
             self.dead_letters[delivery.function].append(letter)
+            if self.store is not None:
+                self.store.put_dead_letter(letter)
             where = {"function": delivery.function, "source": delivery.source, "invocation_id": delivery.invocation_id}
             self._lifecycle.dead_letter(error, **where, attempts=attempts)
+
+
+def expired_at_restart(delivery: Delivery, retries: Retries, first_attempt_at: float) -> FaaSError | None:
+    """The error a resumed delivery is dead-lettered with when it is past its max event age (else None)."""
+    age = time.time() - first_attempt_at
+    if retries.max_event_age is None or age <= retries.max_event_age:
+        return None
+    return PlatformClosed(
+        f"{delivery.function}: {delivery.invocation_id} was cut short when the platform stopped (after attempt "
+        f"{delivery.attempts_made}); when it restarted the event was {age:.0f}s old, past max_event_age={retries.max_event_age}s"
+    )
 
 
 def may_retry(retries: Retries, attempt: int, first_attempt_at: float, delay: float) -> bool:
@@ -292,6 +326,20 @@ class SourceRuntime(Protocol):
         ...
 
     def new_invocation_id(self) -> str: ...
+
+    @property
+    def store(self) -> Store:
+        """Where accepted events are kept: a source stores each before accepting it returns."""
+        ...
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """What the store held when the platform started (a source resumes its own part of it)."""
+        ...
+
+    def dead_letter(self, delivery: Delivery, error: FaaSError, *, attempts: int, first_attempt_at: float) -> None:
+        """Keep ``delivery``'s events as dead letters with ``error``, without attempting them."""
+        ...
 
     async def deliver(self, delivery: Delivery, retries: Retries) -> Delivered:
         """Attempt ``delivery`` until it is handled or dead-lettered (``Deliverer.deliver``)."""

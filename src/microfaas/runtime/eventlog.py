@@ -71,7 +71,10 @@ def _kinds(kind: str | Iterable[str] | None) -> frozenset[str] | None:
 
 
 def _matches(event: LifecycleEvent, kinds: frozenset[str] | None, function: str | None) -> bool:
-    return (kinds is None or event.kind in kinds) and (function is None or event.function == function)
+    # A deployed function's events name its version ("resize@v2"); asking for "resize" gets them too.
+    if kinds is not None and event.kind not in kinds:
+        return False
+    return function is None or event.function == function or (event.function or "").startswith(function + "@")
 
 
 # The kind of event for an invocation that failed with each error (other errors make none:

@@ -8,8 +8,11 @@ grace, SIGKILL) inside a shielded scope.
 
 The parts: ``Cluster`` carries out the core's decisions on the nodes, ``Invoker``
 runs one attempt of an invocation, ``Deliverer`` is the one retry / dead-letter
-loop, ``LifecycleLog`` records what happened and ``StatsRecorder`` counts it. The
-runtime is also what event sources see of the platform: ``SourceRuntime``.
+loop, ``LifecycleLog`` records what happened and ``StatsRecorder`` counts it, and
+``Durable`` keeps accepted work in the store (``store/``): opened first at start,
+closed last at stop, so a spawned call is stored before ``spawn`` returns and what
+an earlier platform left is resumed. The runtime is also what event sources see of
+the platform: ``SourceRuntime``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ from ..errors import CallCancelled, FaaSError, PlatformClosed, UnknownFunction, 
 from ..lifecycle import EVENTS_KEPT
 from ..pool import LocalNodes
 from ..scheduler import ContainerState
+from ..store import MemoryStore, Snapshot, StoredCall
+from ..usage import Usage
 from .call import Call
 from .cluster import Cluster
 from .delivery import CallDelivery, DeadLetter, Delivered, Deliverer, Delivery, InFlight
+from .deploy import Deployer
+from .durable import RECENT_CALLS, Durable
 from .eventlog import LifecycleLog
 from .faults import INJECTED, FaultPlan
 from .invoker import Invoker
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
     from ..keepalive import KeepAlivePolicy
     from ..nodes import NodeProvider
     from ..spec import FunctionSpec, Retries
+    from ..store import Store
     from .delivery import Source
 
 __all__ = ["Runtime"]
@@ -54,6 +62,7 @@ class Runtime:
     :param app_name: the app's name, for messages.
     :param functions: the app's functions by name.
     :param sources: the event sources to run (each with a unique ``key``).
+    :param store: where accepted work is kept (default: a new ``MemoryStore``).
     """
 
     def __init__(
@@ -66,6 +75,7 @@ class Runtime:
         queue_limit: int | None = 100_000,
         sources: Iterable[Source] = (),
         events_kept: int | None = EVENTS_KEPT,
+        store: Store | None = None,
     ) -> None:
         self._app_name = app_name
         self.provider: NodeProvider = nodes if nodes is not None else LocalNodes()
@@ -73,7 +83,10 @@ class Runtime:
         self.clock: Callable[[], float] = time.monotonic
         self.lifecycle = LifecycleLog(self.clock, limit=events_kept)
         self.faults = FaultPlan()
-        self.specs: dict[str, FunctionSpec] = dict(functions)
+        self.specs: dict[str, FunctionSpec] = dict(functions)  # by scheduler name (a deployed version: "resize@v2")
+        self.functions: dict[str, FunctionSpec] = dict(functions)  # what callers invoke, by name
+        self.routes: dict[str, str] = {name: name for name in functions}  # name -> the scheduler name that serves it
+        self.declared = frozenset(functions)
         self.stats = {name: StatsRecorder(name) for name in self.specs}
         self.sources: dict[str, Source] = {}
         for source in sources:
@@ -86,7 +99,13 @@ class Runtime:
         self._in_flight = InFlight()
         self.running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
         self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
-        self.deliverer = Deliverer(self._attempt, self.lifecycle)
+        self.recent_jobs: collections.OrderedDict[str, Any] = collections.OrderedDict()  # BatchJobs by id, newest last
+        self.store: Store = store if store is not None else MemoryStore()
+        self.durable = Durable(self, self.store)
+        self.snapshot: Snapshot = Snapshot()  # what the store held at start; the sources take their part
+        self._store_open = False
+        self.deliverer = Deliverer(self._attempt, self.lifecycle, self.store)
+        self.deployer = Deployer(self)
         self.state = "new"
 
     # -- starting and stopping ----------------------------------------------------------------
@@ -110,15 +129,24 @@ class Runtime:
         self.invoker = Invoker(self._app_name, self.cluster, stats=self.stats, lifecycle=self.lifecycle, faults=self.faults)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        """Bring up the cluster's minimum, then every event source, in ``tg`` (the platform's task group)."""
+        """Open the store, bring up the cluster's minimum, resume what the store held, then start
+        every event source, in ``tg`` (the platform's task group).
+
+        :raises StoreError: the store cannot be opened (the message names it and why).
+        """
         if not hasattr(self, "cluster"):
             self.prepare()
-        self.state = "running"
         self._tg = tg
+        self.snapshot = await self.store.open()
+        self._store_open = True
+        self.state = "running"
         self.invoker.open = True
         await self.cluster.start(tg)
+        self.deployer.restore(self.snapshot)
+        self.durable.resume(self.snapshot)
         for source in self.sources.values():
             await tg.start(source.run, self)
+        tg.start_soon(self.durable.prune)
 
     async def stop(self) -> None:
         """Stop intake and every container and node; shielded, so it completes under cancellation."""
@@ -130,6 +158,13 @@ class Runtime:
                 self.invoker.open = False
                 await self.cluster.stop()
             self.lifecycle.close()
+
+    async def close_store(self) -> None:
+        """Commit what is left and give the store up: once the platform's tasks have all ended."""
+        if self._store_open:
+            self._store_open = False
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
 
     # -- what event sources may ask (SourceRuntime) -------------------------------------------
 
@@ -150,19 +185,35 @@ class Runtime:
         if require_open and self.state != "running":
             raise PlatformClosed(f"app {self._app_name!r} is not running; call functions inside `async with app.run() as faas:`")
         try:
-            return self.specs[name]
+            return self.functions[name]
         except KeyError:
-            known = ", ".join(sorted(self.specs)) or "none"
+            known = ", ".join(sorted(self.functions)) or "none"
             raise UnknownFunction(f"app {self._app_name!r} has no function {name!r}; it has: {known}") from None
 
+    def function_names(self) -> list[str]:
+        """The functions callers may invoke now: the declared ones and the deployed ones.
+
+        :raises PlatformClosed: the platform is not running.
+        """
+        if self.state != "running":
+            raise PlatformClosed(f"app {self._app_name!r} is not running; deploy inside `async with app.run() as faas:`")
+        return list(self.functions)
+
     async def _attempt(self, name: str, blob: bytes, invocation_id: str, attempt: int) -> Any:
-        return await self.invoker.invoke(name, blob, invocation_id, attempt)
+        # Each attempt goes to the version serving ``name`` now (a retry after a deploy runs the new one).
+        target = self.routes.get(name)
+        if target is None:
+            self.function(name)  # raises: the function was undeployed
+        return await self.invoker.invoke(target or name, blob, invocation_id, attempt)
 
     def new_invocation_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
 
     async def deliver(self, delivery: Delivery, retries: Retries) -> Delivered:
         return await self.deliverer.deliver(delivery, retries)
+
+    def dead_letter(self, delivery: Delivery, error: FaaSError, *, attempts: int, first_attempt_at: float) -> None:
+        self.deliverer.dead_letter(delivery, error, attempts=attempts, first_attempt_at=first_attempt_at)
 
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         self._tg.start_soon(func, *args)
@@ -177,7 +228,7 @@ class Runtime:
                 if retries is None:
                     call.attempts = 1
                     try:
-                        call._succeed(await self.invoker.invoke(call.function_name, delivery.blob, call.id, 1))
+                        call._succeed(await self._attempt(call.function_name, delivery.blob, call.id, 1))
                     except FaaSError as exc:
                         call._fail(exc)
                 else:
@@ -190,26 +241,32 @@ class Runtime:
             finally:
                 if not call.done():
                     if self.state == "closed":
-                        error = PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished")
-                        call._fail(error)
-                        if retries is not None:
-                            self.deliverer.dead_letter(delivery, error, attempts=max(call.attempts, 1), first_attempt_at=time.time())
+                        # Cut short by the stop: not dead-lettered; a stored call resumes on the next run.
+                        call._fail(PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished"))
                     else:
                         call._fail(CallCancelled(f"call {call.id} of {call.function_name} was cancelled"), cancelled=True)
                 self.running_calls.pop(call.id, None)
+                if retries is not None:
+                    self.durable.finished(call, delivery)
                 self._in_flight.finished()
 
     # -- the API ---------------------------------------------------------------------------------
 
     async def invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.function(name)
-        return await self.invoker.invoke(name, dump_args(name, args, kwargs), self.new_invocation_id(), 1)
+        return await self.invoker.invoke(self.routes[name], dump_args(name, args, kwargs), self.new_invocation_id(), 1)
 
-    def spawn(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
-        spec = self.function(name)
+    async def spawn(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
+        self.function(name)
         blob = dump_args(name, args, kwargs)
-        call: Call[Any] = Call(self.new_invocation_id(), name)
-        self._tg.start_soon(self.run_call, call, CallDelivery(name, "spawn", call.id, blob), spec.retries)
+        row = StoredCall(id=self.new_invocation_id(), function=name, source="spawn", args=blob, accepted_at=time.time())
+        await self.store.put_call(row)  # accepted once stored
+        if self.state != "running":
+            raise PlatformClosed(
+                f"app {self._app_name!r} stopped while call {row.id} of {name} was being stored; it runs when the store is opened again"
+            )
+        call: Call[Any] = Call(row.id, name)
+        self.durable.start(row, call)
         return call
 
     async def map(
@@ -237,12 +294,20 @@ class Runtime:
     # -- reading ---------------------------------------------------------------------------------
 
     def function_stats(self, name: str) -> FunctionStats:
-        self.function(name, require_open=False)
+        self._known(name)
         sched = self.cluster.sched
-        by_state = collections.Counter(str(rec.state) for rec in sched.containers(name))
+        names = self.deployer.scheduler_names(name)
+        by_state = collections.Counter(str(rec.state) for n in names for rec in sched.containers(n))
         live_states = [state for state in ContainerState if state is not ContainerState.STOPPED]
-        usage = sched.usage_at(name, now=self.clock())
+        now = self.clock()
+        usages = [sched.usage_at(n, now=now) for n in names]
+        usage = usages[0] if len(usages) == 1 else _summed(usages)
         return self.stats[name].snapshot({str(state): by_state.get(str(state), 0) for state in live_states}, usage)
+
+    def _known(self, name: str) -> None:
+        """:raises UnknownFunction: ``name`` is neither served now nor was it ever deployed here."""
+        if name not in self.stats:
+            self.function(name, require_open=False)
 
     def usage(self) -> PlatformUsage:
         now = self.clock()
@@ -257,14 +322,15 @@ class Runtime:
 
     def containers(self, name: str | None) -> list[ContainerInfo]:
         if name is not None:
-            self.function(name, require_open=False)
+            self._known(name)
+        names = self.deployer.scheduler_names(name) if name is not None else [None]
         infos = []
-        for rec in self.cluster.sched.containers(name):
+        for rec in (rec for n in names for rec in self.cluster.sched.containers(n)):
             container = self.cluster.containers.get(rec.id)
             infos.append(
                 ContainerInfo(
                     id=rec.id,
-                    function=rec.function,
+                    function=rec.function.partition("@")[0],
                     state=rec.state,
                     node=rec.node_id,
                     pinned=rec.pinned,
@@ -278,12 +344,23 @@ class Runtime:
         return infos
 
     def dead_letters(self, name: str) -> list[DeadLetter]:
-        self.function(name, require_open=False)
+        if name not in self.deliverer.dead_letters:
+            self.function(name, require_open=False)
         return list(self.deliverer.dead_letters.get(name, ()))
+
+    def call(self, call_id: str) -> Call[Any]:
+        return self.durable.call(call_id)
+
+    async def redrive(self, name: str) -> int:
+        self.function(name)
+        return await self.durable.redrive(name, self.sources)
 
     def add_batch_job(self, job: Any) -> None:
         self.batch_jobs = [j for j in self.batch_jobs if not j.done()]
         self.batch_jobs.append(job)
+        self.recent_jobs[job.id] = job
+        while len(self.recent_jobs) > RECENT_CALLS // 10:
+            self.recent_jobs.popitem(last=False)
 
     # -- waiting and testing -----------------------------------------------------------------------
 
@@ -329,6 +406,13 @@ class Runtime:
             kind, _, name = key.partition(":")
             known = ", ".join(sorted(k.partition(":")[2] for k in self.sources if k.startswith(kind + ":"))) or "none"
             raise UnknownSource(f"app {self._app_name!r} has no {kind} {name!r}; it has: {known}") from None
+
+
+def _summed(usages: list[Usage]) -> Usage:
+    seconds: collections.Counter[str] = collections.Counter()
+    for usage in usages:
+        seconds.update(usage.container_seconds)
+    return Usage(container_seconds=dict(seconds), idle_memory_mb_s=sum(u.idle_memory_mb_s for u in usages))
 
 
 async def _map_result(call: Call[Any], return_exceptions: bool) -> Any:

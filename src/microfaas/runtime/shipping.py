@@ -25,7 +25,7 @@ from ..worker import Bundle, FunctionRef
 if TYPE_CHECKING:
     from ..spec import FunctionSpec
 
-__all__ = ["Shipper", "dump_args", "loads_or_blob"]
+__all__ = ["Shipper", "dump_args", "dumps_by_value", "loads_or_blob"]
 
 # Room in a frame for a call's meta (its kind, invocation id, attempt, timeout), beside the arguments.
 _CALL_META_ROOM: Final = 4096
@@ -38,6 +38,7 @@ class Shipper:
         self._specs = specs
         self._bundles: dict[str, bytes] = {}
         self._by_value: set[str] = set()
+        self._functions_by_value: set[str] = set()  # deployed functions: their code as deployed, not as imported now
 
     def modules_to_preload(self) -> tuple[str, ...]:
         """The modules defining the app's functions that a zygote can import ahead of time."""
@@ -54,8 +55,13 @@ class Shipper:
         self._by_value.update(modules)
         self._bundles.clear()
 
+    def ship_function_by_value(self, name: str) -> None:
+        """Send function ``name`` (a deployed version) by value, with the code it was deployed with."""
+        self._functions_by_value.add(name)
+        self._bundles.pop(name, None)
+
     def bundle(self, name: str) -> bytes:
-        """The pickled ``Bundle`` of function ``name``.
+        """The pickled ``Bundle`` of function ``name`` (its scheduler name: ``resize@v2`` for a deployed version).
 
         :raises SerializationError: the function or its init cannot be pickled.
         """
@@ -63,11 +69,21 @@ class Shipper:
         if blob is None:
             spec = self._specs[name]
             modules = {getattr(f, "__module__", None) for f in (spec.fn, spec.init) if f is not None}
-            by_value = [sys.modules[m] for m in modules if m and m in sys.modules and (m in self._by_value or not _importable(m))]
+            forced = name in self._functions_by_value
+            by_value = [sys.modules[m] for m in modules if m and m in sys.modules and (forced or m in self._by_value or not _importable(m))]
             fn = spec.fn if getattr(spec.fn, "__module__", None) in {m.__name__ for m in by_value} else _reference(spec.fn)
-            bundle = Bundle(name=name, fn=fn, init=spec.init, memory_mb=spec.memory_mb, concurrency=spec.concurrency)
+            bundle = Bundle(name=spec.name, fn=fn, init=spec.init, memory_mb=spec.memory_mb, concurrency=spec.concurrency)
             blob = self._bundles[name] = _dumps_by_value(bundle, by_value, name)
         return blob
+
+
+def dumps_by_value(obj: object, functions: Iterable[Callable[..., Any] | None], name: str) -> bytes:
+    """``obj`` pickled with the modules of ``functions`` by value (what a deployment keeps).
+
+    :raises SerializationError: naming ``name``.
+    """
+    modules = {getattr(f, "__module__", None) for f in functions if f is not None}
+    return _dumps_by_value(obj, [sys.modules[m] for m in modules if m and m in sys.modules and m != "__main__"], name)
 
 
 def dump_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

@@ -18,23 +18,34 @@ Accounting. Every task counts in ``runtime.in_flight`` from ``batch()`` until it
 ends, so ``drain`` waits for the whole job. Tasks that never started because the job
 was cancelled (``CallCancelled``) or the platform stopped (``PlatformClosed``) fail
 with that error and are not dead-lettered: they were never attempted.
+
+Durability. ``batch()`` returns once the job and every task are stored; each task
+is a stored call (``<job id>.<index>``) whose outcome is written when it ends, and
+the job is marked finished once every task has. A platform that starts on the store
+resumes each unfinished job (``resume_batches``): finished tasks keep their
+results, the others run (a task that had started goes on counting its attempts),
+and ``faas.batch_job(id)`` finds the job, or a finished one from before, by id.
+An ``on_progress`` callback does not survive a restart.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
 import anyio.abc
 
-from ..errors import CallCancelled, FaaSError, PlatformClosed, SerializationError
+from .. import payload
+from ..errors import CallCancelled, FaaSError, PlatformClosed, SerializationError, UnknownFunction
 from ..events import BatchTask
 from ..runtime.call import Call, CallStatus
 from ..runtime.delivery import CallDelivery
 from ..runtime.shipping import dump_args
+from ..store import StoredCall, StoredJob
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -42,7 +53,7 @@ if TYPE_CHECKING:
     from ..runtime.delivery import SourceRuntime
     from ..spec import Retries
 
-__all__ = ["BatchJob", "BatchProgress", "start_batch"]
+__all__ = ["BatchJob", "BatchProgress", "resume_batches", "start_batch"]
 
 logger = logging.getLogger("microfaas.batch")
 
@@ -108,6 +119,34 @@ class BatchJob(Generic[R]):
         self._done = anyio.Event()
         self._scope = anyio.CancelScope()
         self._subscribers: set[MemoryObjectSendStream[BatchProgress]] = set()
+        self._to_run = list(range(len(items)))  # indices of the tasks still to start
+        self._attempts: dict[int, int] = {}  # attempts a resumed task made before the restart
+        self._runtime: SourceRuntime | None = None
+
+    @classmethod
+    def from_stored(cls, stored: StoredJob) -> BatchJob[Any]:
+        """The job as the store has it: finished tasks with their outcomes, the others still to run."""
+        tasks = {task.index: task for task in stored.tasks if task.index is not None}
+        blobs: list[bytes | None] = [tasks[i].args if i in tasks else None for i in range(stored.total)]
+        job: BatchJob[Any] = cls(
+            stored.id, stored.function, [_item(b) for b in blobs], blobs, max_parallel=stored.max_parallel, on_progress=None
+        )
+        job._to_run = []
+        for index in range(stored.total):
+            task = tasks.get(index)
+            if task is None:  # pragma: no cover - a store never loses one task of a job
+                job._record(index, None, CallCancelled(f"task {index} of batch job {stored.id} is missing from the store"))
+            elif task.state == "succeeded":
+                job._record(index, task.outcome, None)
+            elif task.state == "failed":
+                job._record(index, None, task.outcome)
+            else:
+                job._to_run.append(index)
+                job._attempts[index] = task.attempt
+        job._unstarted = len(job._to_run)
+        if stored.finished_at is not None or not job._to_run:
+            job._finish()
+        return job
 
     def __repr__(self) -> str:
         done, failed, total = self.progress
@@ -177,11 +216,12 @@ class BatchJob(Generic[R]):
     # -- for start_batch -----------------------------------------------------------------
 
     async def _run(self, runtime: SourceRuntime, retries: Retries) -> None:
+        self._runtime = runtime
         limiter = anyio.Semaphore(self.max_parallel)
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
-                    for index in range(len(self._items)):
+                    for index in self._to_run:
                         await limiter.acquire()
                         tg.start_soon(self._task, runtime, retries, limiter, index)
         finally:
@@ -201,17 +241,23 @@ class BatchJob(Generic[R]):
             self._finish()
 
     async def _task(self, runtime: SourceRuntime, retries: Retries, limiter: anyio.Semaphore, index: int) -> None:
-        call: Call[Any] = Call(runtime.new_invocation_id(), self.function_name)
+        call: Call[Any] = Call(f"{self.id}.{index}", self.function_name)
         blob = self._blobs[index]
         self._blobs[index] = None
         assert blob is not None
         event = BatchTask(job_id=self.id, index=index, item=self._items[index])
+        delivery = CallDelivery(self.function_name, f"batch:{self.id}", call.id, blob, event, store=runtime.store)
+        attempts = self._attempts.pop(index, 0)
+        if attempts:
+            delivery.attempts_made = call.attempts = attempts
+        else:
+            runtime.store.call_attempted(call.id, 1, time.time())  # from now on a restart counts this attempt
         # Hand the task's in-flight count over to run_call, which counts the call itself
         # (nothing awaits in between; drain re-checks the count after a checkpoint).
         self._unstarted -= 1
         runtime.in_flight.finished()
         try:
-            await runtime.run_call(call, CallDelivery(self.function_name, f"batch:{self.id}", call.id, blob, event), retries)
+            await runtime.run_call(call, delivery, retries)
         finally:
             limiter.release()
             if call.done():
@@ -250,6 +296,9 @@ class BatchJob(Generic[R]):
         if self._done.is_set():
             return
         self._done.set()
+        runtime = self._runtime
+        if runtime is not None and not runtime.closed:  # a job the stop cut short resumes on the next run
+            runtime.store.job_finished(self.id, time.time())
         for send in list(self._subscribers):
             send.close()
         self._subscribers.clear()
@@ -286,9 +335,56 @@ async def start_batch(
     job: BatchJob[Any] = BatchJob(
         runtime.new_invocation_id(), name, materialised, blobs, max_parallel=max_parallel, on_progress=on_progress
     )
+    now = time.time()
+    stored = StoredJob(id=job.id, function=name, total=len(blobs), max_parallel=max_parallel, created_at=now)
+    tasks = [
+        StoredCall(
+            id=f"{job.id}.{i}", function=name, source=f"batch:{job.id}", args=blob, accepted_at=now, attempt=0, job_id=job.id, index=i
+        )
+        for i, blob in enumerate(blobs)
+        if blob is not None
+    ]
+    await runtime.store.put_job(stored, tasks)  # accepted once stored
     if not materialised:
+        job._runtime = runtime
         job._finish()
         return job
     runtime.in_flight.started(len(materialised))
     runtime.start_soon(job._run, runtime, spec.retries)
     return job
+
+
+def resume_batches(runtime: SourceRuntime) -> list[BatchJob[Any]]:
+    """Start again every batch job the store held unfinished (``runtime.snapshot.jobs``).
+
+    The tasks of a job whose function the app no longer has fail with ``UnknownFunction``.
+    """
+    jobs = []
+    for stored in runtime.snapshot.jobs:
+        job = BatchJob.from_stored(stored)
+        job._runtime = runtime
+        try:
+            spec = runtime.function(stored.function)
+        except UnknownFunction as exc:
+            for index in job._to_run:
+                runtime.store.call_finished(f"{job.id}.{index}", succeeded=False, outcome=exc, finished_at=time.time())
+                job._record(index, None, exc)
+            job._to_run = []
+        if job._to_run:
+            runtime.in_flight.started(len(job._to_run))
+            runtime.start_soon(job._run, runtime, spec.retries)
+        else:  # every task had finished (or cannot run): only the job's end was not written
+            job._finish()
+            runtime.store.job_finished(job.id, time.time())
+        jobs.append(job)
+    return jobs
+
+
+def _item(blob: bytes | None) -> Any:
+    """A task's item, from its pickled ``((item,), {})``."""
+    if blob is None:
+        return None
+    try:
+        return payload.loads(blob)[0][0]
+    except Exception:  # noqa: BLE001 - the task runs with its blob as it is; only its dead letter would show it
+        return blob

@@ -33,6 +33,17 @@ the whole batch.
 ``drain`` sees every record put as in flight once per consumer, until that
 consumer's checkpoint passes it. Records every consumer has checkpointed are
 trimmed from the log.
+
+Durability. ``put`` takes the record's sequence at once but returns only once the
+record is stored, and the record joins the shard's log then, in sequence order
+(a write that finished early waits for the earlier ones). A put whose write failed
+leaves a gap that the consumers step over. Every checkpoint that advances is
+written down, and so is each consumer's starting point. A platform that starts on
+the store resumes every shard where the store left it: its records and next
+sequence, and each consumer after its checkpoint (records handled above a gap in
+the checkpoint are handled again: at least once, in per-key order). The stream
+retention of the store drops records nobody handled in time. A shard no consumer
+reads keeps nothing, and stores nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import hashlib
 import itertools
 import time
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -51,16 +62,21 @@ from ..errors import FaaSError, FunctionError, PlatformClosed
 from ..events import BatchResult, Record, RecordBatch
 from ..runtime.delivery import Delivery
 from ..runtime.shipping import dump_args
+from ..store import StoredStream
 from .triggers import Stream, StreamConsumer
 
 if TYPE_CHECKING:
     from ..runtime.delivery import SourceRuntime
     from ..spec import Retries
+    from ..store import Store
 
 __all__ = ["StreamSource", "shard_for_key"]
 
 # Trim a shard's log once this many leading records are checkpointed by every consumer.
 _TRIM_EVERY = 1024
+
+
+_EMPTY: Final = StoredStream()
 
 
 def shard_for_key(key: str, shards: int) -> int:
@@ -74,28 +90,53 @@ def _lane_hash(key: str) -> int:
 
 
 class _Shard:
-    """One shard: an append-only log of records, the oldest checkpointed ones trimmed."""
+    """One shard: an append-only log of records, the oldest checkpointed ones trimmed.
 
-    def __init__(self, index: int) -> None:
+    ``log[i]`` is the record of sequence ``base + i``, or None where a put's write failed.
+    """
+
+    def __init__(self, stream: str, index: int) -> None:
+        self.stream = stream
         self.index = index
-        self.log: list[Record] = []
+        self.log: list[Record | None] = []
         self.lane_hashes: list[int] = []  # parallel to log
         self.base = 0  # the sequence of log[0]
-        self.next_sequence = 0
+        self.next_sequence = 0  # of the next record to join the log
+        self.next_reserved = 0  # of the next record put
         self.cursors: list[_Cursor] = []
+        self.store: Store | None = None  # set when the platform runs
+        self._stored: dict[int, Record | None] = {}  # written, waiting for earlier sequences
         self._grew: anyio.Event | None = None
 
-    def append(self, key: str | None, value: Any) -> Record:
-        record = Record(key=key, value=value, sequence=self.next_sequence, shard=self.index, put_at=time.time())
-        self.log.append(record)
-        self.lane_hashes.append(_lane_hash(key) if key is not None else record.sequence)
-        self.next_sequence += 1
+    def reserve(self, key: str | None, value: Any) -> Record:
+        """The next record of this shard (it joins the log with ``resolve``)."""
+        record = Record(key=key, value=value, sequence=self.next_reserved, shard=self.index, put_at=time.time())
+        self.next_reserved += 1
+        return record
+
+    def resolve(self, sequence: int, record: Record | None) -> None:
+        """Record ``sequence`` was stored (None: its write failed); join the log in sequence order."""
+        self._stored[sequence] = record
+        while self.next_sequence in self._stored:
+            entry = self._stored.pop(self.next_sequence)
+            self.log.append(entry)
+            self.lane_hashes.append(_lane_hash(entry.key) if entry is not None and entry.key is not None else self.next_sequence)
+            self.next_sequence += 1
         if self._grew is not None:
             self._grew.set()
             self._grew = None
         if not self.cursors:
             self.trim()  # nobody will read it
-        return record
+
+    def restore(self, stored: StoredStream) -> None:
+        """Start from what the store kept of this shard: its records (gaps as None) and next sequence."""
+        records = stored.records.get(self.index, ())
+        top = max(stored.next_sequence.get(self.index, 0), records[-1].sequence + 1 if records else 0)
+        self.base = records[0].sequence if records else top
+        by_sequence = {r.sequence: r for r in records}
+        self.log = [by_sequence.get(sequence) for sequence in range(self.base, top)]
+        self.lane_hashes = [_lane_hash(r.key) if r is not None and r.key is not None else self.base + i for i, r in enumerate(self.log)]
+        self.next_sequence = self.next_reserved = top
 
     async def wait_beyond(self, sequence: int) -> None:
         """Wait until a record with ``sequence`` (or a later one) has been put."""
@@ -111,6 +152,8 @@ class _Shard:
             del self.log[:count]
             del self.lane_hashes[:count]
             self.base = low
+            if self.store is not None and self.cursors:
+                self.store.trim_records(self.stream, self.index, low)
 
 
 class _Cursor:
@@ -125,17 +168,24 @@ class _Cursor:
         self.checkpoint = -1  # every record up to this sequence is done
         self._done: set[int] = set()  # done records above the checkpoint
         self._started = False
+        self._runtime: SourceRuntime | None = None
 
     @property
     def lag(self) -> int:
         return self.shard.next_sequence - 1 - self.checkpoint
 
-    def begin(self, runtime: SourceRuntime) -> None:
-        """Fix where this consumer starts, and count what it has to do as in flight."""
+    def begin(self, runtime: SourceRuntime, checkpoint: int | None = None) -> None:
+        """Fix where this consumer starts (after ``checkpoint``, the one the store kept, if any),
+        write it down, and count what it has to do as in flight."""
         shard = self.shard
-        self.start = shard.next_sequence if self.trigger.start == "latest" else shard.base
+        if checkpoint is not None:
+            self.start = max(checkpoint + 1, shard.base)
+        else:
+            self.start = shard.next_sequence if self.trigger.start == "latest" else shard.base
+            runtime.store.set_checkpoint(self.stream, self.function, shard.index, self.start - 1)
         self.checkpoint = self.start - 1
         self._started = True
+        self._runtime = runtime
         runtime.in_flight.started(shard.next_sequence - self.start)
 
     async def serve(self, runtime: SourceRuntime) -> None:
@@ -155,11 +205,18 @@ class _Cursor:
         """Append this lane's records from ``scan`` on to ``batch``; the next sequence to scan."""
         shard, size, lanes = self.shard, self.trigger.batch_size, self.trigger.parallelization
         scan = max(scan, shard.base)  # records below base are done by everyone, so none is this lane's
+        gaps = []
         while scan < shard.next_sequence and len(batch) < size:
             i = scan - shard.base
             if lanes == 1 or shard.lane_hashes[i] % lanes == lane:
-                batch.append(shard.log[i])
+                record = shard.log[i]
+                if record is None:
+                    gaps.append(scan)
+                else:
+                    batch.append(record)
             scan += 1
+        if gaps and self._runtime is not None:
+            self._mark_done(self._runtime, gaps)  # nothing to handle: a put whose write failed
         return scan
 
     async def _collect(self, lane: int, scan: int) -> tuple[list[Record], int]:
@@ -181,8 +238,8 @@ class _Cursor:
         """Deliver one batch until every record in it is handled or dead-lettered."""
         await runtime.deliver(_RecordDelivery(self, runtime, records), retries)
 
-    def _mark_done(self, runtime: SourceRuntime, records: list[Record]) -> None:
-        self._done.update(r.sequence for r in records)
+    def _mark_done(self, runtime: SourceRuntime, sequences: list[int]) -> None:
+        self._done.update(sequences)
         advanced = 0
         while self.checkpoint + 1 in self._done:
             self.checkpoint += 1
@@ -190,6 +247,7 @@ class _Cursor:
             advanced += 1
         if advanced:
             runtime.in_flight.finished(advanced)
+            runtime.store.set_checkpoint(self.stream, self.function, self.shard.index, self.checkpoint)
             self.shard.trim()
 
 
@@ -224,7 +282,7 @@ class _RecordDelivery(Delivery):
         done, self.records = self.records[:first], self.records[first:]
         if done:
             self.batch = RecordBatch(stream=self.batch.stream, shard=self.batch.shard, records=self.records)
-            self.cursor._mark_done(self.runtime, done)
+            self.cursor._mark_done(self.runtime, [r.sequence for r in done])
         self._reported = True
         return self._reported_error(f"its BatchResult reports record {self.records[0].sequence} as failed")
 
@@ -250,7 +308,7 @@ class _RecordDelivery(Delivery):
         return list(self.records) if self.cursor.trigger.bisect_on_error else [self.batch]
 
     def settled(self) -> None:
-        self.cursor._mark_done(self.runtime, self.records)
+        self.cursor._mark_done(self.runtime, [r.sequence for r in self.records])
 
 
 class StreamSource:
@@ -260,7 +318,7 @@ class StreamSource:
         self.name = stream.name
         self.key = f"stream:{stream.name}"
         self.shards = stream.shards
-        self._shards = [_Shard(i) for i in range(stream.shards)]
+        self._shards = [_Shard(stream.name, i) for i in range(stream.shards)]
         self._cursors: list[_Cursor] = []
         for function, trigger in consumers:
             for shard in self._shards:
@@ -275,12 +333,36 @@ class StreamSource:
         return f"<stream {self.name!r} with {self.shards} shards, consumed by {functions}>"
 
     async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        stored = runtime.snapshot.streams.get(self.name)
+        early = [r for shard in self._shards for r in shard.log if r is not None]  # put before the platform ran
+        for shard in self._shards:
+            shard.store = runtime.store
+            if stored is not None:
+                shard.restore(stored)
+            else:
+                shard.restore(_EMPTY)  # the early records are put again below, stored this time
+        for record in early:  # stored now, after what the store kept
+            await self._store(runtime, self._shards[record.shard].reserve(record.key, record.value))
         self._runtime = runtime
+        checkpoints = stored.checkpoints if stored is not None else {}
         async with anyio.create_task_group() as tg:
             for cursor in self._cursors:
-                cursor.begin(runtime)
+                cursor.begin(runtime, checkpoints.get((cursor.function, cursor.shard.index)))
                 tg.start_soon(cursor.serve, runtime)
             task_status.started()
+
+    async def _store(self, runtime: SourceRuntime, record: Record) -> None:
+        """Store ``record`` (reserved on its shard), then let it join the log; a failed write leaves a gap."""
+        shard = self._shards[record.shard]
+        if not shard.cursors:
+            shard.resolve(record.sequence, record)  # nobody reads this shard: nothing to keep
+            return
+        try:
+            await runtime.store.put_record(self.name, record)
+        except BaseException:
+            shard.resolve(record.sequence, None)
+            raise
+        shard.resolve(record.sequence, record)
 
     def shard_for(self, key: str | None) -> int:
         """The shard a record put with ``key`` goes to (keyless: the next in round robin)."""
@@ -295,10 +377,14 @@ class StreamSource:
         handled in put order. Records without a key go round robin over the shards.
         A stream takes records from the moment ``app.run()`` returns its platform, so
         records may be put before ``async with`` starts the consumers: ``start="earliest"``
-        consumers get them, ``start="latest"`` ones do not. Never waits (the log is
-        in memory and unbounded).
+        consumers get them, ``start="latest"`` ones do not; they are stored when the
+        platform starts (after what the store kept, so their sequences may then move).
+        Inside ``async with`` it returns once the record is stored; it never waits for
+        the consumers (the log is unbounded).
 
         :raises PlatformClosed: the platform has stopped.
+        :raises StoreError: the record could not be stored; it was not put.
+        :raises SerializationError: ``value`` would not pickle for the store.
         """
         runtime = self._runtime
         if runtime is not None and runtime.closed:
@@ -306,9 +392,12 @@ class StreamSource:
         if key is not None and not isinstance(key, str):
             key = str(key)
         shard = self._shards[self.shard_for(key)]
-        record = shard.append(key, value)
-        if runtime is not None:
-            runtime.in_flight.started(len(shard.cursors))
+        record = shard.reserve(key, value)
+        if runtime is None:
+            shard.resolve(record.sequence, record)  # stored when the platform starts
+            return record
+        runtime.in_flight.started(len(shard.cursors))  # the record, or its gap, is done by each consumer
+        await self._store(runtime, record)
         return record
 
     def lag(self) -> dict[int, int]:

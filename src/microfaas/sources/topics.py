@@ -10,6 +10,13 @@ them when the invocation raised, only those named in a returned
 ``BatchResult(failed=[...])`` otherwise -- with the function's backoff, up to the
 subscription's ``max_retries``; what is left goes to the dead letters.
 Delivery is at least once: a retried batch may hold messages already handled.
+
+Durability. ``publish`` stores the message for every subscription before it
+returns; a subscription's delivery marks its messages done in the store once they
+are handled or dead-lettered, and writes down each next attempt. A platform that
+starts on the store delivers what its subscriptions had not finished first, in
+publish order, batched by the attempt each message had reached (which keeps
+counting). Messages of a subscription the app no longer has go to the dead letters.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import FaaSError, FunctionError, PlatformClosed
+from ..errors import FaaSError, FunctionError, PlatformClosed, UnknownFunction
 from ..events import BatchResult, Message
 from ..runtime.delivery import Delivery
 from ..runtime.shipping import dump_args
@@ -31,6 +38,7 @@ from .triggers import Topic, TopicSubscription
 if TYPE_CHECKING:
     from ..runtime.delivery import SourceRuntime
     from ..spec import Retries
+    from ..store import DeadLetter, PendingMessage, Store
 
 __all__ = ["TopicSource"]
 
@@ -43,6 +51,7 @@ class _Subscription:
         self.send, self.receive = anyio.create_memory_object_stream[Message](trigger.buffer_size)
         self.in_delivery = 0
         self.in_hand = 0  # taken from the buffer, not yet handed to a delivery
+        self.resumed: list[PendingMessage] = []  # left by an earlier platform on the store
 
     def buffered(self) -> int:
         return self.send.statistics().current_buffer_used
@@ -53,6 +62,11 @@ class _Subscription:
         limit = self.trigger.max_concurrency
         limiter = anyio.Semaphore(limit) if limit is not None else None
         async with anyio.create_task_group() as tg:
+            for batch, attempts_made in self._resumed_batches():
+                if limiter is not None:
+                    await limiter.acquire()
+                self.in_delivery += len(batch)
+                tg.start_soon(self._deliver, runtime, batch, retries, limiter, attempts_made)
             while True:
                 batch = await self._collect()
                 if limiter is not None:
@@ -78,10 +92,31 @@ class _Subscription:
                     self.in_hand = len(batch)
         return batch
 
-    async def _deliver(self, runtime: SourceRuntime, batch: list[Message], retries: Retries, limiter: anyio.Semaphore | None) -> None:
+    def _resumed_batches(self) -> list[tuple[list[Message], int]]:
+        """The messages an earlier platform left, in publish order, in batches of one attempt count."""
+        batches: list[tuple[list[Message], int]] = []
+        for pending in self.resumed:
+            if batches and batches[-1][1] == pending.attempt and len(batches[-1][0]) < self.trigger.batch_size:
+                batches[-1][0].append(pending.message)
+            else:
+                batches.append(([pending.message], pending.attempt))
+        self.resumed = []
+        return batches
+
+    async def _deliver(
+        self, runtime: SourceRuntime, batch: list[Message], retries: Retries, limiter: anyio.Semaphore | None, attempts_made: int = 0
+    ) -> None:
         delivery = _MessageDelivery(
-            self.function, f"topic:{self.topic}", runtime.new_invocation_id(), batch, batched=self.trigger.batch_size > 1
+            self.function,
+            f"topic:{self.topic}",
+            runtime.new_invocation_id(),
+            batch,
+            batched=self.trigger.batch_size > 1,
+            store=runtime.store,
         )
+        if attempts_made:
+            delivery.attempts_made = attempts_made
+            delivery.first_attempt_at = min(m.published_at for m in batch)
         try:
             await runtime.deliver(delivery, retries)
         finally:
@@ -94,10 +129,15 @@ class _Subscription:
 class _MessageDelivery(Delivery):
     """A batch of messages (one, unless the subscription batches): each attempt sends those not yet handled."""
 
-    def __init__(self, function: str, source: str, invocation_id: str, messages: list[Message], *, batched: bool) -> None:
+    def __init__(
+        self, function: str, source: str, invocation_id: str, messages: list[Message], *, batched: bool, store: Store | None = None
+    ) -> None:
         super().__init__(function, source, invocation_id)
         self.remaining = messages
+        self.ids = [m.id for m in messages]
         self.batched = batched
+        self.store = store
+        self.topic = source.removeprefix("topic:")
 
     def payload(self, attempt: int) -> bytes:
         self.remaining = [attrs.evolve(m, attempt=attempt) for m in self.remaining]
@@ -123,6 +163,14 @@ class _MessageDelivery(Delivery):
     def dead_events(self) -> list[Any]:
         return list(self.remaining)
 
+    def attempted(self, attempt: int, not_before: float) -> None:
+        if self.store is not None:
+            self.store.messages_attempted(self.topic, self.function, [m.id for m in self.remaining], attempt)
+
+    def settled(self) -> None:
+        if self.store is not None:
+            self.store.messages_done(self.topic, self.function, self.ids)
+
 
 class TopicSource:
     """A running topic: ``faas.topic(name)``. Publish to it; every subscription gets each message."""
@@ -138,33 +186,79 @@ class TopicSource:
 
     async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._runtime = runtime
+        self._resume(runtime)
         async with anyio.create_task_group() as tg:
             for subscription in self._subscriptions:
                 tg.start_soon(subscription.serve, runtime)
             task_status.started()
 
+    def _resume(self, runtime: SourceRuntime) -> None:
+        """Hand each subscription what it left unfinished; dead-letter what no subscription takes any more."""
+        by_function = {s.function: s for s in self._subscriptions}
+        for pending in runtime.snapshot.messages:
+            if pending.topic != self.name:
+                continue
+            subscription = by_function.get(pending.function)
+            if subscription is not None:
+                subscription.resumed.append(pending)
+                runtime.in_flight.started()
+                continue
+            error = UnknownFunction(
+                f"topic {self.name!r} has no subscription of {pending.function!r} any more; message {pending.message.id} was not delivered"
+            )
+            delivery = _MessageDelivery(
+                pending.function, self.key, pending.message.id, [pending.message], batched=False, store=runtime.store
+            )
+            runtime.dead_letter(delivery, error, attempts=pending.attempt, first_attempt_at=pending.message.published_at)
+            delivery.settled()
+
     async def publish(self, data: Any, attributes: dict[str, str] | None = None) -> str:
         """Publish ``data`` to every subscription and return the message id.
 
-        Waits while a subscription's buffer is full (backpressure); never drops.
+        Returns once the message is stored for every subscription; waits while a
+        subscription's buffer is full (backpressure); never drops.
+
+        :raises StoreError: the message could not be stored; it was not published.
+        :raises SerializationError: ``data`` would not pickle for the store.
         """
         runtime = self._runtime
         if runtime is None or runtime.closed:
             raise PlatformClosed(f"topic {self.name!r} is not running; publish inside `async with app.run()`")
         message = Message(id=uuid.uuid4().hex, topic=self.name, data=data, attributes=attributes or {}, published_at=time.time())
-        for subscription in self._subscriptions:
+        if self._subscriptions:
+            await runtime.store.put_message(message, [s.function for s in self._subscriptions])
+        await self._send(runtime, message, self._subscriptions)
+        return message.id
+
+    async def _send(self, runtime: SourceRuntime, message: Message, subscriptions: list[_Subscription]) -> None:
+        for subscription in subscriptions:
             runtime.in_flight.started()
             try:
                 await subscription.send.send(message)
             except BaseException:
                 runtime.in_flight.finished()
                 raise
-        return message.id
+
+    async def redrive(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        """Publish the letters' messages again, each to the subscription that failed it (attempt 1);
+        the letters taken (those of a function that no longer subscribes stay)."""
+        runtime = self._runtime
+        if runtime is None or runtime.closed:
+            raise PlatformClosed(f"topic {self.name!r} is not running; redrive inside `async with app.run()`")
+        by_function = {s.function: s for s in self._subscriptions}
+        taken = [letter for letter in letters if letter.function in by_function and isinstance(letter.event, Message)]
+        messages = [attrs.evolve(letter.event, attempt=1) for letter in taken]
+        writes = [runtime.store.put_message(m, [letter.function]) for m, letter in zip(messages, taken, strict=True)]
+        for write in writes:
+            await write
+        for message, letter in zip(messages, taken, strict=True):
+            await self._send(runtime, message, [by_function[letter.function]])
+        return taken
 
     def pending(self) -> list[str]:
         out = []
         for s in self._subscriptions:
-            waiting = s.buffered() + s.in_hand + s.in_delivery
+            waiting = s.buffered() + s.in_hand + s.in_delivery + len(s.resumed)
             if waiting:
                 out.append(f"{waiting} message(s) of topic {self.name!r} for {s.function}")
         return out

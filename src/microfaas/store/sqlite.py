@@ -1,0 +1,502 @@
+"""SqliteStore: a platform's accepted work in one SQLite file (the standard library's sqlite3).
+
+How this works. The file is in WAL mode. Writes never run on the event loop: each
+write method turns its record into SQL parameters (pickling payloads there, so a
+payload that will not pickle fails the call that made it) and appends them to the
+current group; the first write of a loop iteration schedules the group's hand-off
+for the next iteration, so every write made in one iteration shares one group.
+One writer thread, holding its own connection, takes every group waiting and runs
+them in one transaction (group commit: the busier the loop, the more each commit
+carries), then resolves each group's future from the loop. A write's awaitable is
+that future: awaiting it returns once the transaction holding it has committed, or
+raises the ``StoreError`` it failed with (the whole transaction is rolled back).
+
+Reads (``get_call``, ``get_job``) run on the loop, on a second connection, and see
+what has been committed (WAL readers never wait for the writer).
+
+Durability. ``synchronous="normal"`` (the default) makes a committed write survive
+a crash of the process (kill -9, an OOM kill): that is what WAL promises. Only a
+power loss or an OS crash may lose the last commits; ``synchronous="full"`` syncs
+every commit to the disk as well, at the price of a disk flush per group.
+
+The file holds pickles: open only stores you trust (docs/durability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Awaitable, Sequence
+from typing import Any, Final
+
+import anyio
+import attrs
+
+from ..errors import StoreError, StoreLocked
+from ..events import Message, Record
+from .base import (
+    RESULT_TTL,
+    STREAM_RETENTION,
+    DeadLetter,
+    PendingMessage,
+    Snapshot,
+    StoredCall,
+    StoredDeployment,
+    StoredJob,
+    StoredStream,
+    check_retention,
+)
+from .rows import (
+    CALL_COLUMNS,
+    Damaged,
+    call_from_row,
+    call_params,
+    decode_all,
+    deployment_from_row,
+    dump,
+    job_from_row,
+    letter_from_row,
+    letter_params,
+    message_from_row,
+    record_from_row,
+)
+from .schema import FileLock, check_header, migrate, store_error
+
+__all__ = ["SqliteStore"]
+
+logger = logging.getLogger("microfaas.store")
+
+_SYNCHRONOUS: Final = ("normal", "full")
+_PAGE_SIZE: Final = 4096
+
+Statement = tuple[str, tuple[Any, ...]]
+
+_PUT_CALL: Final = f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ATTEMPTED: Final = "UPDATE calls SET attempt = ?, not_before = ? WHERE id = ?"
+_FINISHED: Final = "UPDATE calls SET state = ?, outcome = ?, finished_at = ? WHERE id = ? AND state = 'pending'"
+_PUT_MESSAGE: Final = "INSERT OR REPLACE INTO messages (topic, function, id, message, attempt) VALUES (?, ?, ?, ?, 1)"
+_PUT_RECORD: Final = "INSERT OR REPLACE INTO records (stream, shard, sequence, key, value, put_at) VALUES (?, ?, ?, ?, ?, ?)"
+_MARK: Final = (
+    "INSERT INTO shards (stream, shard, next_sequence) VALUES (?, ?, ?) "
+    "ON CONFLICT (stream, shard) DO UPDATE SET next_sequence = max(next_sequence, excluded.next_sequence)"
+)
+_PUT_LETTER: Final = (
+    "INSERT OR REPLACE INTO dead_letters (id, function, source, event, error, attempts, invocation_id, first_attempt_at, failed_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class SqliteStore:
+    """Keeps a platform's accepted work in a SQLite file, so a restart resumes it.
+
+    ``app.run(store="faas.db")`` is ``app.run(store=mf.SqliteStore("faas.db"))``.
+
+    :param path: the database file (created when missing; its folder must exist).
+    :param result_ttl: seconds a finished call's result (and a finished batch job) is kept.
+    :param stream_retention: seconds a stream record is kept, handled or not.
+    :param synchronous: ``"normal"`` (survives a crash of the process) or ``"full"``
+        (also a power loss; every commit waits for the disk).
+    :param max_size_mb: refuse to grow the file past this size (``StoreFull``); None: no limit.
+    :raises ValueError: a bad setting (the message names it).
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        result_ttl: float = RESULT_TTL,
+        stream_retention: float = STREAM_RETENTION,
+        synchronous: str = "normal",
+        max_size_mb: float | None = None,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise ValueError(f"SqliteStore: path must be a file path (str or os.PathLike), got {path!r}")
+        check_retention("SqliteStore", result_ttl=result_ttl, stream_retention=stream_retention)
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(f"SqliteStore: synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
+        if max_size_mb is not None:
+            check_retention("SqliteStore", max_size_mb=max_size_mb)
+        self.path = os.fspath(path)
+        self.result_ttl = float(result_ttl)
+        self.stream_retention = float(stream_retention)
+        self.synchronous = synchronous
+        self.max_size_mb = max_size_mb
+        self._lock = FileLock(self.path)
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._thread: threading.Thread | None = None
+        self._queue: queue.SimpleQueue[tuple[list[Statement], asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._group: list[Statement] | None = None
+        self._future: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path!r}{' open' if self._thread is not None else ''}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    async def open(self) -> Snapshot:
+        if self._thread is not None:
+            raise StoreLocked(f"{self.path} is already open in a running platform; stop that one first")
+        self._loop = asyncio.get_running_loop()
+        snapshot = await anyio.to_thread.run_sync(self._open)
+        self._thread = threading.Thread(target=self._write_loop, name=f"microfaas-store-{os.path.basename(self.path)}", daemon=True)
+        self._thread.start()
+        return snapshot
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        if self.max_size_mb is not None:
+            conn.execute(f"PRAGMA max_page_count = {max(1, int(self.max_size_mb * 2**20) // _PAGE_SIZE)}")
+        return conn
+
+    def _open(self) -> Snapshot:
+        path = self.path
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise store_error(PermissionError(13, "the file is read-only"), path, "open")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise StoreError(f"could not open store {path}: its folder {folder} does not exist; create it first")
+        check_header(path)
+        self._lock.acquire(path)
+        try:
+            try:
+                writer = self._connect()
+                if writer.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                    raise StoreError(f"could not open store {path}: SQLite would not put it in WAL mode")
+                migrate(writer, path)
+                snapshot, fixes = self._load(writer)
+                self._run(writer, fixes)
+                self._writer = writer
+                self._reader = self._connect()
+            except (sqlite3.Error, OSError) as exc:
+                raise store_error(exc, path, "open") from exc
+        except BaseException:
+            for conn in (self._writer, self._reader):
+                if conn is not None:
+                    conn.close()
+            self._writer = self._reader = None
+            self._lock.release()
+            raise
+        return snapshot
+
+    async def close(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._flush()
+        self._queue.put(None)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(thread.join)
+        self._thread = None
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                conn.close()
+        self._writer = self._reader = None
+        self._lock.release()
+
+    # -- loading --------------------------------------------------------------------------
+
+    def _load(self, conn: sqlite3.Connection) -> tuple[Snapshot, list[Statement]]:
+        damaged: list[Damaged] = []
+        select = f"SELECT rowid, {CALL_COLUMNS} FROM calls"
+        pending = conn.execute(f"{select} WHERE state = 'pending' AND job_id IS NULL ORDER BY accepted_at, rowid").fetchall()
+        calls = decode_all(pending, call_from_row, damaged)
+        jobs = []
+        unfinished = conn.execute("SELECT rowid, * FROM jobs WHERE finished_at IS NULL ORDER BY created_at, rowid").fetchall()
+        for job in decode_all(unfinished, job_from_row, damaged):
+            tasks = []
+            for row in conn.execute(f"{select} WHERE job_id = ? ORDER BY idx", (job.id,)).fetchall():
+                try:
+                    tasks.append(call_from_row(row))
+                except Damaged as bad:  # the task failed for good, with the reason; the job goes on
+                    damaged.append(bad)
+                    if isinstance(row["idx"], int):
+                        tasks.append(_failed_task(row, job, bad.letter))
+            jobs.append(attrs.evolve(job, tasks=tuple(tasks)))
+        rows = conn.execute("SELECT rowid, * FROM messages ORDER BY rowid").fetchall()
+        messages = [
+            PendingMessage(topic=topic, function=function, message=message, attempt=attempt)
+            for topic, function, message, attempt in decode_all(rows, message_from_row, damaged)
+        ]
+        streams = self._load_streams(conn, damaged)
+        letters = decode_all(conn.execute("SELECT rowid, * FROM dead_letters ORDER BY rowid").fetchall(), letter_from_row, damaged)
+        deployments = decode_all(
+            conn.execute("SELECT rowid, * FROM deployments ORDER BY name, version").fetchall(), deployment_from_row, damaged
+        )
+        fixes: list[Statement] = []
+        for row_damage in damaged:
+            logger.warning("store %s: %s", self.path, row_damage.letter.error)
+            fixes += row_damage.fix
+            fixes.append((_PUT_LETTER, letter_params(row_damage.letter)))
+            letters.append(row_damage.letter)
+        snapshot = Snapshot(
+            calls=tuple(calls),
+            jobs=tuple(jobs),
+            messages=tuple(messages),
+            streams=streams,
+            dead_letters=tuple(letters),
+            deployments=tuple(deployments),
+        )
+        return snapshot, fixes
+
+    def _load_streams(self, conn: sqlite3.Connection, damaged: list[Damaged]) -> dict[str, StoredStream]:
+        next_sequence: dict[str, dict[int, int]] = {}
+        records: dict[str, dict[int, list[Record]]] = {}
+        checkpoints: dict[str, dict[tuple[str, int], int]] = {}
+        for row in conn.execute("SELECT stream, shard, next_sequence FROM shards"):
+            next_sequence.setdefault(row[0], {})[row[1]] = row[2]
+        rows = conn.execute("SELECT * FROM records ORDER BY stream, shard, sequence").fetchall()
+        for stream, record in decode_all(rows, record_from_row, damaged):
+            records.setdefault(stream, {}).setdefault(record.shard, []).append(record)
+            marks = next_sequence.setdefault(stream, {})
+            marks[record.shard] = max(marks.get(record.shard, 0), record.sequence + 1)
+        for row in conn.execute("SELECT stream, function, shard, sequence FROM checkpoints"):
+            checkpoints.setdefault(row[0], {})[(row[1], row[2])] = row[3]
+            marks = next_sequence.setdefault(row[0], {})
+            marks[row[2]] = max(marks.get(row[2], 0), row[3] + 1)
+        names = set(next_sequence) | set(checkpoints)
+        return {
+            name: StoredStream(
+                next_sequence=next_sequence.get(name, {}),
+                records={shard: tuple(rs) for shard, rs in records.get(name, {}).items()},
+                checkpoints=checkpoints.get(name, {}),
+            )
+            for name in names
+        }
+
+    # -- the writer ------------------------------------------------------------------------
+
+    def _write(self, *statements: Statement) -> asyncio.Future[None]:
+        group = self._group
+        if group is None:
+            loop = self._loop
+            if self._thread is None or loop is None:
+                raise StoreError(f"store {self.path} is not open; it opens with `async with app.run(store=...)`")
+            group = self._group = []
+            self._future = loop.create_future()
+            loop.call_soon(self._flush)
+        group.extend(statements)
+        assert self._future is not None
+        return self._future
+
+    def _flush(self) -> None:
+        group, future = self._group, self._future
+        if group is None or future is None:
+            return
+        self._group = self._future = None
+        self._queue.put((group, future))
+
+    def _write_loop(self) -> None:
+        conn, loop = self._writer, self._loop
+        assert conn is not None and loop is not None
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            groups = []
+            while item is not None:
+                groups.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stopping = True
+            if not groups:
+                continue
+            error: StoreError | None = None
+            try:
+                self._run(conn, [statement for group, _ in groups for statement in group])
+            except BaseException as exc:  # noqa: BLE001 - every failure goes to the writers
+                error = store_error(exc, self.path, "write to")
+                logger.error("%s (%d writes were not stored)", error, sum(len(g) for g, _ in groups))
+            try:
+                loop.call_soon_threadsafe(_settle, [future for _, future in groups], error)
+            except RuntimeError:  # pragma: no cover - the loop is closed: nobody waits any more
+                pass
+
+    @staticmethod
+    def _run(conn: sqlite3.Connection, statements: list[Statement]) -> None:
+        """Run ``statements`` in one transaction; runs of one statement go through ``executemany``."""
+        if not statements:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            i, n = 0, len(statements)
+            while i < n:
+                sql = statements[i][0]
+                j = i + 1
+                while j < n and statements[j][0] is sql:
+                    j += 1
+                if j - i == 1:
+                    conn.execute(sql, statements[i][1])
+                else:
+                    conn.executemany(sql, [params for _, params in statements[i:j]])
+                i = j
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- calls and batch jobs ----------------------------------------------------------------
+
+    def put_call(self, call: StoredCall) -> Awaitable[None]:
+        return self._write((_PUT_CALL, call_params(call)))
+
+    def call_attempted(self, call_id: str, attempt: int, not_before: float) -> Awaitable[None]:
+        return self._write((_ATTEMPTED, (attempt, not_before, call_id)))
+
+    def call_finished(self, call_id: str, *, succeeded: bool, outcome: Any, finished_at: float) -> Awaitable[None]:
+        blob = dump(outcome, f"the outcome of call {call_id}")
+        return self._write((_FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)))
+
+    def put_job(self, job: StoredJob, tasks: Sequence[StoredCall]) -> Awaitable[None]:
+        statement = (
+            "INSERT OR REPLACE INTO jobs (id, function, total, max_parallel, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (job.id, job.function, job.total, job.max_parallel, job.created_at, job.finished_at),
+        )
+        return self._write(statement, *((_PUT_CALL, call_params(task)) for task in tasks))
+
+    def job_finished(self, job_id: str, finished_at: float) -> Awaitable[None]:
+        return self._write(("UPDATE jobs SET finished_at = ? WHERE id = ? AND finished_at IS NULL", (finished_at, job_id)))
+
+    # -- topics and streams ---------------------------------------------------------------------
+
+    def put_message(self, message: Message, functions: Sequence[str]) -> Awaitable[None]:
+        blob = dump(message, f"message {message.id} of topic {message.topic!r}")
+        return self._write(*((_PUT_MESSAGE, (message.topic, function, message.id, blob)) for function in functions))
+
+    def messages_attempted(self, topic: str, function: str, ids: Sequence[str], attempt: int) -> Awaitable[None]:
+        sql = "UPDATE messages SET attempt = ? WHERE topic = ? AND function = ? AND id = ?"
+        return self._write(*((sql, (attempt, topic, function, message_id)) for message_id in ids))
+
+    def messages_done(self, topic: str, function: str, ids: Sequence[str]) -> Awaitable[None]:
+        sql = "DELETE FROM messages WHERE topic = ? AND function = ? AND id = ?"
+        return self._write(*((sql, (topic, function, message_id)) for message_id in ids))
+
+    def put_record(self, stream: str, record: Record) -> Awaitable[None]:
+        blob = dump(record.value, f"a record of stream {stream!r}")
+        return self._write((_PUT_RECORD, (stream, record.shard, record.sequence, record.key, blob, record.put_at)))
+
+    def set_checkpoint(self, stream: str, function: str, shard: int, sequence: int) -> Awaitable[None]:
+        sql = (
+            "INSERT INTO checkpoints (stream, function, shard, sequence) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (stream, function, shard) DO UPDATE SET sequence = excluded.sequence"
+        )
+        return self._write((sql, (stream, function, shard, sequence)))
+
+    def trim_records(self, stream: str, shard: int, below: int) -> Awaitable[None]:
+        if below <= 0:
+            return self._write()
+        return self._write(
+            (_MARK, (stream, shard, below)),
+            ("DELETE FROM records WHERE stream = ? AND shard = ? AND sequence < ?", (stream, shard, below)),
+        )
+
+    # -- dead letters and deployments ---------------------------------------------------------
+
+    def put_dead_letter(self, letter: DeadLetter) -> Awaitable[None]:
+        return self._write((_PUT_LETTER, letter_params(letter)))
+
+    def remove_dead_letters(self, ids: Sequence[str]) -> Awaitable[None]:
+        return self._write(*(("DELETE FROM dead_letters WHERE id = ?", (letter_id,)) for letter_id in ids))
+
+    def put_deployment(self, deployment: StoredDeployment) -> Awaitable[None]:
+        return self._write(
+            ("UPDATE deployments SET active = 0 WHERE name = ?", (deployment.name,)),
+            (
+                "INSERT OR REPLACE INTO deployments (name, version, code, deployed_at, active) VALUES (?, ?, ?, ?, 1)",
+                (deployment.name, deployment.version, deployment.code, deployment.deployed_at),
+            ),
+        )
+
+    def undeploy(self, name: str) -> Awaitable[None]:
+        return self._write(("UPDATE deployments SET active = 0 WHERE name = ?", (name,)))
+
+    # -- housekeeping and reads --------------------------------------------------------------
+
+    def _prune_statements(self, now: float) -> list[Statement]:
+        results_before, records_before = now - self.result_ttl, now - self.stream_retention
+        return [
+            ("DELETE FROM calls WHERE finished_at < ? AND job_id IS NULL", (results_before,)),
+            ("DELETE FROM calls WHERE job_id IN (SELECT id FROM jobs WHERE finished_at < ?)", (results_before,)),
+            ("DELETE FROM jobs WHERE finished_at < ?", (results_before,)),
+            (
+                "INSERT INTO shards (stream, shard, next_sequence) "
+                "SELECT stream, shard, max(sequence) + 1 FROM records WHERE put_at < ? GROUP BY stream, shard "
+                "ON CONFLICT (stream, shard) DO UPDATE SET next_sequence = max(next_sequence, excluded.next_sequence)",
+                (records_before,),
+            ),
+            ("DELETE FROM records WHERE put_at < ?", (records_before,)),
+        ]
+
+    def prune(self, now: float) -> Awaitable[None]:
+        return self._write(*self._prune_statements(now))
+
+    def get_call(self, call_id: str) -> StoredCall | None:
+        row = self._read(f"SELECT rowid, {CALL_COLUMNS} FROM calls WHERE id = ?", (call_id,))
+        return _loaded(call_from_row, row[0]) if row else None
+
+    def get_job(self, job_id: str) -> StoredJob | None:
+        rows = self._read("SELECT rowid, * FROM jobs WHERE id = ?", (job_id,))
+        job = _loaded(job_from_row, rows[0]) if rows else None
+        if job is None:
+            return None
+        tasks = self._read(f"SELECT rowid, {CALL_COLUMNS} FROM calls WHERE job_id = ? ORDER BY idx", (job_id,))
+        return attrs.evolve(job, tasks=tuple(t for row in tasks if (t := _loaded(call_from_row, row)) is not None))
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        reader = self._reader
+        if reader is None:
+            raise StoreError(f"store {self.path} is not open; it opens with `async with app.run(store=...)`")
+        try:
+            return reader.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "read") from exc
+
+
+def _loaded(decode: Any, row: sqlite3.Row) -> Any:
+    try:
+        return decode(row)
+    except Damaged as bad:
+        logger.warning("store: %s", bad.letter.error)
+        return None
+
+
+def _failed_task(row: sqlite3.Row, job: StoredJob, letter: DeadLetter) -> StoredCall:
+    return StoredCall(
+        id=str(row["id"]),
+        function=job.function,
+        source=f"batch:{job.id}",
+        args=b"",
+        accepted_at=job.created_at,
+        job_id=job.id,
+        index=row["idx"],
+        state="failed",
+        outcome=letter.error,
+        finished_at=letter.failed_at,
+    )
+
+
+def _settle(futures: list[asyncio.Future[None]], error: StoreError | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+            future.exception()  # a write nobody awaited was logged by the writer; do not log it again
