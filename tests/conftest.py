@@ -147,3 +147,17 @@ class Gate:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def release(path: str, text: str = "go") -> None:
+    """Write ``text`` to ``path``: opens a FIFO that a handler waits on (tests of the executor and the blocking API)."""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A FIFO in the test's directory: a handler that opens it blocks until ``release`` writes to it."""
+    path = str(tmp_path / "fifo")
+    os.mkfifo(path)
+    return path

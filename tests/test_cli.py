@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -184,11 +186,11 @@ def test_demo_prints_cold_and_warm_starts() -> None:
     assert "latency ms" in done.stdout
 
 
-@pytest.mark.parametrize(("stop", "target"), [(signal.SIGINT, "shop:app"), (signal.SIGTERM, "shop.py:app")])
-def test_serve_until_a_signal(shop: Path, stop: signal.Signals, target: str) -> None:
-    env = {**os.environ, "MICROFAAS_TOKEN": "tok"}
+@contextlib.contextmanager
+def serving(shop: Path, target: str, *options: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``microfaas serve TARGET --port 0 OPTIONS`` in ``shop``: the process and the address it printed; stopped after."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "microfaas", "serve", target, "--port", "0", "--invoke-api", "--log-level", "warning"],
+        [sys.executable, "-m", "microfaas", "serve", target, "--port", "0", *options, "--log-level", "warning"],
         cwd=shop,
         env=env,
         stdout=subprocess.PIPE,
@@ -199,8 +201,25 @@ def test_serve_until_a_signal(shop: Path, stop: signal.Signals, target: str) -> 
         assert server.stdout is not None
         line = server.stdout.readline()
         match = re.search(r"serving app 'shop' on (http://127\.0\.0\.1:\d+)", line)
-        assert match, (line, server.stderr.read() if server.poll() is not None else "")
-        with httpx.Client(base_url=match.group(1)) as http:
+        assert match, (line, server.stderr.read() if server.poll() is not None and server.stderr else "")
+        yield server, match.group(1)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        for stream in (server.stdout, server.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.parametrize(("stop", "target"), [(signal.SIGINT, "shop:app"), (signal.SIGTERM, "shop.py:app")])
+def test_serve_until_a_signal(shop: Path, stop: signal.Signals, target: str) -> None:
+    with serving(shop, target, "--invoke-api", env={**os.environ, "MICROFAAS_TOKEN": "tok"}) as (server, url):
+        with httpx.Client(base_url=url) as http:
             assert http.get("/healthz").json()["status"] == "ok"
             assert http.get("/price/A-1").json() == {"sku": "A-1", "price": 9.5}
             assert http.post("/v1/functions/add/invoke", json={"args": [1, 2]}).status_code == 401
@@ -208,43 +227,11 @@ def test_serve_until_a_signal(shop: Path, stop: signal.Signals, target: str) -> 
             assert ok.json() == {"result": 3}
         server.send_signal(stop)
         assert server.wait(timeout=30) == 0
-        assert f"{stop.name}, stopping" in server.stderr.read()
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        for stream in (server.stdout, server.stderr):
-            if stream is not None:
-                stream.close()
+        assert server.stderr is not None and f"{stop.name}, stopping" in server.stderr.read()
 
 
 def test_invoke_url_calls_a_running_server(shop: Path) -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "microfaas",
-            "serve",
-            "./shop.py",
-            "--port",
-            "0",
-            "--invoke-api",
-            "--token",
-            "tok",
-            "--log-level",
-            "warning",
-        ],
-        cwd=shop,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        match = re.search(r"serving app 'shop' on (http://127\.0\.0\.1:\d+)", line)
-        assert match, (line, server.stderr.read() if server.poll() is not None else "")
-        url = match.group(1)
+    with serving(shop, "./shop.py", "--invoke-api", "--token", "tok") as (_, url):
         done = microfaas("invoke", "--url", url, "--token", "tok", "add", "2", "3", cwd=shop)
         assert (done.returncode, json.loads(done.stdout)) == (0, 5), done.stderr
         from_env = subprocess.run(
@@ -266,14 +253,3 @@ def test_invoke_url_calls_a_running_server(shop: Path) -> None:
         assert failed.returncode == 1 and json.loads(failed.stderr)["remote_type"] == "builtins.KeyError"
         misfit = microfaas("invoke", "--url", url, "--token", "tok", "add", "1", "2", "3", cwd=shop)
         assert misfit.returncode == 2 and "do not match" in misfit.stderr
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
-            for stream in (server.stdout, server.stderr):
-                if stream is not None:
-                    stream.close()

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 import microfaas as mf
-from conftest import _children, pid_alive
+from conftest import _children, pid_alive, release
 
 
 def square(x: int) -> int:
@@ -105,18 +105,6 @@ class Unpicklable(Exception):
 
 def raise_unpicklable() -> None:
     raise Unpicklable
-
-
-def release(path: str, text: str = "go") -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-@pytest.fixture
-def fifo(tmp_path):
-    path = str(tmp_path / "fifo")
-    os.mkfifo(path)
-    return path
 
 
 @pytest.fixture

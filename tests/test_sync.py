@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import microfaas as mf
-from conftest import _children, pid_alive
+from conftest import _children, pid_alive, release
 from microfaas.blocking_views import SyncCall
 
 app = mf.App("sync")
@@ -57,18 +57,6 @@ other_app = mf.App("other")
 @other_app.function
 def stranger() -> None:
     pass
-
-
-def release(path: str, text: str = "go") -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-@pytest.fixture
-def fifo(tmp_path):
-    path = str(tmp_path / "fifo")
-    os.mkfifo(path)
-    return path
 
 
 def test_invoke_by_name_or_handle_and_spawn_map_batch_stats():
