@@ -29,6 +29,27 @@ EXPECTED = {
         r"  dead letter of ship from topic:orders: Message\(.* after 3 attempts",
         r"  heartbeat ran [1-9]\d* times",
     ],
+    "executor.py": [
+        r"lambda: 101",
+        r"map: \[0, 1, 4, 9, 16, 25, 36, 49\]",
+        r"map, chunks of 4: \[0, 1, 4, 9, 16, 25, 36, 49\]",
+        r"crash: ContainerCrashed: task: container c-\d+ .*exited with code 1.*",
+        r"timeout: FunctionTimeout: task: invocation \S+ ran past timeout=2s.*",
+        r"memory: OutOfMemory: task: container c-\d+ .*over memory_mb=128.*",
+        r"the others: \[0, 1, 4, 9\]",
+        r"still serving: 81",
+        r"hello, world \(from pid (?P<pid>\d+)\)",
+        r"hello, spawned \(from pid (?P=pid)\)",
+        r"greet: 4 invocations, 1 cold starts",
+    ],
+    # The handlers' own lines (billed order ...) come from the containers and may interleave.
+    "lambda_shop.py": [
+        r"== SQS: a partial batch response retries only the failed message",
+        r"  dead letter: order 2 after 3 attempts",
+        r"== HTTP \(what the gateway sends for GET /items/42 and POST /items\)",
+        r'  200 \{"id":"42","cookies":\["session=abc"\]\}',
+        r"  201 \{\"id\": 7\} set-cookie: \['last=1; Path=/'\]",
+    ],
     "quickstart.py": [
         r"== cold vs warm",
         r"square\(2\) = 4 +cold_start=True",
