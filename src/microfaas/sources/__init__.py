@@ -4,7 +4,8 @@ Sources sit above ``runtime/`` and see only ``SourceRuntime`` (``runtime/deliver
 what an event source may ask (look up a function, count work in flight, deliver,
 run a call). Nothing below knows which source an invocation came from.
 ``build_sources(...)`` makes one running source per declared topic and stream, and
-one per timer trigger.
+one per timer trigger, and one per connector trigger (``connector.py``: RabbitMQ, MQTT,
+Redis Streams, files, directories).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar
 
+from .connector import Connector
 from .streams import StreamSource
 from .timers import build_timer_sources
 from .topics import TopicSource
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T", TopicSubscription, StreamConsumer)
 
-__all__ = ["Cron", "Every", "Stream", "StreamConsumer", "Topic", "TopicSubscription", "build_sources"]
+__all__ = ["Connector", "Cron", "Every", "Stream", "StreamConsumer", "Topic", "TopicSubscription", "build_sources"]
 
 
 def build_sources(
@@ -38,6 +40,12 @@ def build_sources(
     sources: list[Source] = [TopicSource(topics[topic], subs) for topic, subs in subscriptions.items()]
     sources += build_timer_sources(functions)
     sources += [StreamSource(streams[stream], cons) for stream, cons in consumers.items()]
+    sources += [
+        trigger.source(function)
+        for function, spec in functions.items()
+        for trigger in spec.triggers
+        if isinstance(trigger, Connector)
+    ]
     return sources
 
 
