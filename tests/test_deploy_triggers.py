@@ -247,3 +247,39 @@ async def test_a_restart_wires_the_deployed_functions_triggers_before_resuming(t
         assert faas.dead_letters("audit") == []  # resumed by the restored subscription, not dead-lettered
         assert faas.stats("audit").invocations == 1
         assert lines(log) == ["consumer k:a", "consumer k:b"]  # after its checkpoint: "a" is not handled again
+
+
+async def test_a_deployment_the_store_cannot_take_changes_nothing(tmp_path: Path) -> None:
+    ballast = b"x" * 400_000  # shipped with the handler's code: does not fit a store capped at 0.25 MB
+    log = tmp_path / "log"
+
+    def heavy(message: mf.Message) -> int:
+        return len(ballast)
+
+    async with app.run(store=mf.SqliteStore(tmp_path / "small.db", max_size_mb=0.25)) as faas:
+        await faas.deploy(logger(log, "v1"), name="audit", triggers=[orders.subscribe()])
+        with pytest.raises(mf.StoreFull):
+            await faas.deploy(heavy, name="audit", triggers=[orders.subscribe(batch_size=3)])
+        with pytest.raises(mf.StoreFull):
+            await faas.deploy(heavy, name="newcomer", triggers=[mf.Every(seconds=0.1)])
+        assert faas.versions("audit") == [1]
+        assert faas.topic("orders").subscribers()["audit"] == orders.subscribe()
+        assert "newcomer" not in faas.function_names()
+        with pytest.raises(mf.UnknownSource):
+            faas.source("timer:newcomer")
+        await faas.topic("orders").publish("v1 still")
+        await faas.drain(timeout=60)
+        assert lines(log) == ["v1 v1 still"]
+
+
+async def test_a_restored_deployment_whose_triggers_the_app_no_longer_allows_is_not_served(tmp_path: Path) -> None:
+    store, log = tmp_path / "faas.db", tmp_path / "log"
+    async with app.run(store=store) as faas:
+        await faas.deploy(logger(log, "v1"), name="audit", triggers=[orders.subscribe()])
+        await faas.deploy(logger(log, "v1"), name="plain")
+    smaller = mf.App("deploy-triggers")  # the same app, without its topic now
+    async with smaller.run(store=store) as faas:
+        assert faas.function_names() == ["plain"]  # served; "audit" could not be wired
+        assert faas.versions("audit") == [1]  # still kept in the store
+        with pytest.raises(mf.UnknownFunction):
+            await faas.invoke("audit", "x")
