@@ -353,6 +353,10 @@ class SourceRuntime(Protocol):
         """Run ``func(*args)`` in the platform's task group (it is cancelled when the platform stops)."""
         ...
 
+    def emit(self, kind: str, *, function: str | None = None, **detail: Any) -> None:
+        """Record a lifecycle event of ``kind`` (one of ``microfaas.lifecycle.KINDS``) about ``function``."""
+        ...
+
 
 class Source(Protocol):
     """An event source run by the platform (see ``sources/``)."""
