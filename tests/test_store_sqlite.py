@@ -89,6 +89,36 @@ def test_an_older_schema_is_migrated_forward_keeping_what_it_holds(tmp_path: Pat
         assert conn.execute("SELECT priority FROM calls").fetchall() == [(0,)]
 
 
+def test_a_version_1_store_gains_the_offsets_table_and_keeps_its_calls(tmp_path: Path) -> None:
+    path = tmp_path / "faas.db"
+
+    async def write_a_call() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        await store.put_call(call("kept"))
+        await store.close()
+
+    run(write_a_call)
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # what microfaas wrote before files had offsets
+        conn.execute("DROP TABLE offsets")
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+
+    async def resume_with_an_offset() -> tuple[list[str], dict[str, int]]:
+        store = SqliteStore(path)
+        snapshot = await store.open()
+        await store.set_offset("files:*.csv", "f", "a.csv", 7)
+        await store.close()
+        store = SqliteStore(path)
+        again = await store.open()
+        await store.close()
+        return [c.id for c in snapshot.calls], dict(again.offsets[("files:*.csv", "f")])
+
+    assert run(resume_with_an_offset) == (["kept"], {"a.csv": 7})
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
+
+
 @contextlib.contextmanager
 def read_only(path: Path) -> Iterator[None]:
     """``path`` cannot be written, even by root (an immutable file where chattr exists)."""

@@ -75,6 +75,8 @@ from .runtime.deploy import Deployment
 from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
+from .sources.directory import Directory
+from .sources.files import Files
 from .sources.redis_streams import RedisStream
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .spec import FunctionSpec, Retries
@@ -102,9 +104,11 @@ __all__ = [
     "Cron",
     "DeadLetter",
     "Deployment",
+    "Directory",
     "Every",
     "Executor",
     "FaaSError",
+    "Files",
     "FixedKeepAlive",
     "FunctionError",
     "FunctionHandle",
