@@ -199,6 +199,7 @@ def redrive_args(name: str, letter: DeadLetter) -> bytes:
     if isinstance(event, BatchTask):
         return dump_args(name, (event.item,), {})
     if isinstance(event, Record):
-        stream, _, shard = letter.source.removeprefix("stream:").rpartition("/")
-        return dump_args(name, (RecordBatch(stream=stream, shard=int(shard or 0), records=[event]),), {})
+        kind, _, where = letter.source.partition(":")  # "stream:clicks/0", or an outside source's "redis:clicks", "files:<path>"
+        stream = where.rpartition("/")[0] if kind == "stream" else where
+        return dump_args(name, (RecordBatch(stream=stream, shard=event.shard, records=[event]),), {})
     return dump_args(name, (event,), {})  # a RecordBatch, a Tick, ...

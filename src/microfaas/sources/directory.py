@@ -85,14 +85,19 @@ class DirectorySource:
     async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         import watchfiles
 
-        if not os.path.isdir(self.root):
+        if not await anyio.Path(self.root).is_dir():
             raise ConnectorUnreachable(f"{self.function}: Directory {self.trigger.path!r} ({self.root}) does not exist; create it first")
         spec = runtime.function(self.function)
         debounce_ms = max(1, int(self.trigger.debounce * 1000))
         ready = anyio.Event()
         async with anyio.create_task_group() as tg:
             watch = watchfiles.awatch(
-                self.root, recursive=self.trigger.recursive, debounce=debounce_ms, step=min(50, debounce_ms), yield_on_timeout=True, rust_timeout=100
+                self.root,
+                recursive=self.trigger.recursive,
+                debounce=debounce_ms,
+                step=min(50, debounce_ms),
+                yield_on_timeout=True,
+                rust_timeout=100,
             )
             async for changes in watch:
                 if not ready.is_set():
