@@ -152,9 +152,10 @@ async def test_rows_that_do_not_decode_go_to_the_dead_letters_with_the_reason(tm
     assert "has 3 field(s) where the header has 2" in str(csv_letters[0].error)
 
 
+@pytest.mark.connectors  # pyarrow is in the connectors extra
 async def test_parquet_rows_arrive_in_order(tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow
+    import pyarrow.parquet as pq
 
     table = pyarrow.table({"n": [str(i) for i in range(25)], "x": list(range(25))})
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=10)
@@ -262,6 +263,7 @@ def record_object(event: mf.ObjectEvent) -> None:
     LOG.write(f"{event.kind} {os.path.basename(event.path)} {event.size}")
 
 
+@pytest.mark.connectors  # watchfiles is in the connectors extra
 async def test_created_modified_and_deleted_files_become_object_events(tmp_path):
     app = mf.App("directory")
     app.function(record_object, name="on_object", triggers=[mf.Directory(str(tmp_path))])
@@ -279,6 +281,7 @@ async def test_created_modified_and_deleted_files_become_object_events(tmp_path)
     assert not any(" sub " in line for line in LOG.lines())  # a folder is not an object
 
 
+@pytest.mark.connectors
 async def test_a_missing_directory_fails_app_run_naming_it(tmp_path):
     app = mf.App("directory-missing")
     app.function(record_object, name="on_object", triggers=[mf.Directory(str(tmp_path / "nope"))])
