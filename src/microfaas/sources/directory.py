@@ -6,7 +6,10 @@ notifications (inotify on Linux). Each file that is created, modified or deleted
 becomes one ``ObjectEvent(kind, path, size, time)``; changes watchfiles sees within
 ``debounce`` seconds of each other come as one set, and each event of a set is
 delivered at once (like S3's notifications, they are not ordered), with the
-function's retries and dead letters. A folder's own changes are not events.
+function's retries and dead letters. A folder's own changes are not events, but a
+new folder is searched for the files already in it (the kernel watches a new folder
+only once it saw it, so a file written into it at once might otherwise be missed):
+such a file may be reported ``created`` twice.
 
 Only changes made while the platform runs are seen: a change made while it is down
 is not delivered afterwards (read the directory at start, or use ``mf.Files`` with a
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -103,12 +106,30 @@ class DirectorySource:
                 if not ready.is_set():
                     ready.set()  # the watch is in place (it yields once when it times out with nothing seen)
                     task_status.started()
-                for change, path in sorted(changes, key=lambda c: c[1]):
-                    event = self._event(int(change), path)
-                    if event is not None:
-                        runtime.in_flight.started()
-                        self._in_flight += 1
-                        tg.start_soon(self._deliver, runtime, spec.retries, event)
+                for event in self._events(changes):
+                    runtime.in_flight.started()
+                    self._in_flight += 1
+                    tg.start_soon(self._deliver, runtime, spec.retries, event)
+
+    def _events(self, changes: set[tuple[Any, str]]) -> list[ObjectEvent]:
+        """The object events of one set of changes, in path order.
+
+        A folder created in the directory is searched for files: the kernel watches a new
+        folder only once it has seen it, so files written into it at once may have no event of their own.
+        """
+        found: dict[tuple[str, str], ObjectEvent] = {}
+        for change, path in changes:
+            if self.trigger.recursive and _KINDS.get(int(change)) == "created" and os.path.isdir(path):
+                for folder, _, names in os.walk(path):
+                    for name in names:
+                        event = self._event(1, os.path.join(folder, name))
+                        if event is not None:
+                            found[(event.kind, event.path)] = event
+                continue
+            event = self._event(int(change), path)
+            if event is not None:
+                found[(event.kind, event.path)] = event
+        return [found[key] for key in sorted(found, key=lambda k: k[1])]
 
     def _event(self, change: int, path: str) -> ObjectEvent | None:
         kind = _KINDS.get(change)

@@ -41,7 +41,7 @@ import attrs
 
 from ..errors import FaaSError, SerializationError
 from ..events import Record
-from ..runtime.delivery import Delivery
+from ..runtime.delivery import Undeliverable
 from ..validation import is_int, is_number
 from .connector import Connector
 from .ordered import RecordsDelivery
@@ -104,17 +104,6 @@ class Files(Connector):
 
     def source(self, function: str) -> Source:
         return FilesSource(self, function)
-
-
-class _Undecodable(Delivery):
-    """A row that cannot be handed to the function: it goes straight to the dead letters."""
-
-    def __init__(self, function: str, source: str, invocation_id: str, record: Record) -> None:
-        super().__init__(function, source, invocation_id)
-        self.record = record
-
-    def dead_events(self) -> list[Any]:
-        return [self.record]
 
 
 class _FileReader:
@@ -209,7 +198,7 @@ class FilesSource:
                 bad = Record(key=None, value=raw, sequence=number, shard=0, put_at=mtime)
                 where = f"row {number} of {reader.path}" if number >= 0 else reader.path
                 error: FaaSError = SerializationError(f"{self.function}: {where} {why}")
-                letter = _Undecodable(self.function, reader.source, runtime.new_invocation_id(), bad)
+                letter = Undeliverable(self.function, reader.source, runtime.new_invocation_id(), bad)
                 runtime.dead_letter(letter, error, attempts=0, first_attempt_at=time.time())
                 if number >= 0:
                     reader.done([bad])

@@ -78,6 +78,7 @@ class Connection:
         self._wait = wait_for_server
         self._down_since: float | None = None
         self._delay = INITIAL_DELAY
+        self.reconnects = 0  # connections opened again after one was lost
 
     async def first(self) -> None:
         """Connect when the platform starts.
@@ -106,6 +107,7 @@ class Connection:
                     await self._connect()
                 except self._errors:
                     continue  # still down: the next round waits longer
+                self.reconnects += 1
                 continue
             if self._down_since is not None:
                 down_s, self._down_since = time.monotonic() - self._down_since, None

@@ -47,7 +47,7 @@ import attrs
 
 from ..errors import FaaSError, SerializationError
 from ..events import Record
-from ..runtime.delivery import Delivery
+from ..runtime.delivery import Undeliverable
 from ..validation import is_int, is_number
 from .connector import Connector
 from .ordered import RecordsDelivery
@@ -158,17 +158,6 @@ class _StreamReader:
         self.to_ack += [self.record_id(r) for r in records]
 
 
-class _Undecodable(Delivery):
-    """An entry that cannot be handed to the function: it goes straight to the dead letters."""
-
-    def __init__(self, reader: _StreamReader, runtime: SourceRuntime, record: Record) -> None:
-        super().__init__(reader.function, reader.source, runtime.new_invocation_id())
-        self.record = record
-
-    def dead_events(self) -> list[Any]:
-        return [self.record]
-
-
 class RedisStreamSource:
     """A running ``RedisStream`` trigger: one reader task per stream."""
 
@@ -231,7 +220,12 @@ class RedisStreamSource:
         """Deliver one stream's entries in order: this consumer's pending ones, then claimed and new ones."""
         own: str | None = "0"  # re-read what this consumer was given and did not acknowledge (before a restart)
         next_claim = time.monotonic() + self.trigger.claim_idle
+        reconnects = self._connection.reconnects
         while True:
+            if reconnects != self._connection.reconnects:
+                # A read whose reply was lost with the connection left its entries pending for this
+                # consumer, unseen: read the pending ones again (what was delivered is acknowledged by now).
+                reconnects, own = self._connection.reconnects, "0"
             if own is not None:
                 entries = await self._read(reader, own, block=None)
                 own = entries[-1][0] if entries else None
@@ -288,7 +282,12 @@ class RedisStreamSource:
                 if error is None:
                     records.append(record)
                 else:
-                    runtime.dead_letter(_Undecodable(reader, runtime, record), error, attempts=0, first_attempt_at=time.time())
+                    runtime.dead_letter(
+                        Undeliverable(reader.function, reader.source, runtime.new_invocation_id(), record),
+                        error,
+                        attempts=0,
+                        first_attempt_at=time.time(),
+                    )
                     reader.to_ack.append(entry_id)
             if records:
                 await runtime.deliver(RecordsDelivery(reader, runtime, reader.name, reader.index, records), retries)
