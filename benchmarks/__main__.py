@@ -15,7 +15,10 @@ Figures (contenders interleaved per round, so a noisy machine hits all alike):
   64 (benchmarks/executor.py);
 - scheduler core decisions per second (benchmarks/core_decisions.py);
 - durable spawns: spawn -> done and accept latency on a SQLite store, against the memory
-  store and SqliteHuey (benchmarks/durable.py; Huey needs the bench extra).
+  store and SqliteHuey (benchmarks/durable.py; Huey needs the bench extra);
+- Redis Streams: entries/s through mf.RedisStream and a no-op handler against a bare
+  redis-py consumer loop (benchmarks/redis_streams.py; skipped with a note without
+  redis-server or the connectors extra).
 Ray actors join in a phase of their own (with microfaas measured again beside
 them) when ray is installed, so Ray's daemons do not load the machine while the
 other peers are measured; without ray the phase is skipped with a note.
@@ -36,7 +39,7 @@ import anyio
 import anyio.to_thread
 
 import microfaas as mf
-from benchmarks import cold, core_decisions, durable, executor, memory, payload, peers, report, throughput, warm
+from benchmarks import cold, core_decisions, durable, executor, memory, payload, peers, redis_streams, report, throughput, warm
 from benchmarks.common import log, settle_allocator
 
 PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "pebble", "psutil", "matplotlib", "ray", "huey")
@@ -161,6 +164,9 @@ async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     log("durable spawns: SQLite store vs memory store vs SqliteHuey")
     results["durable"] = await durable.measure(quick)
     notes += results["durable"]["notes"]
+    log("redis streams: mf.RedisStream vs a bare consumer loop")
+    results["redis_streams"] = await redis_streams.measure(quick)
+    notes += results["redis_streams"]["notes"]
     ratios = report.ratios(results)
     return {
         "machine": machine_facts(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import durable
+from benchmarks import durable, redis_streams
 
 from . import executor
 
@@ -34,6 +34,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "durable_spawn_vs_memory": (">=", 0.5),
     "durable_spawn_vs_huey": (">=", 3.0),
     "durable_accept_p50_ms": ("<=", 1.0),
+    "redis_stream_vs_bare": (">=", 0.5),
 }
 
 
@@ -50,6 +51,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "core_decisions_per_s": results["core_decisions"]["decisions_per_s"],
         **executor.ratios(results),  # absent from runs made before the executor figures
         **(durable.ratios(results["durable"]) if results.get("durable") else {}),
+        **(redis_streams.ratios(results["redis_streams"]) if results.get("redis_streams") else {}),
     }
 
 
@@ -121,6 +123,7 @@ def rows(results: dict[str, Any], ratio: dict[str, float]) -> list[list[str]]:
         row("scheduler core decisions/s", [core, *none], "core_decisions_per_s"),
         *executor_rows(results, row, per),
         *_durable_rows(results.get("durable"), ratio, row),
+        *_redis_rows(results.get("redis_streams"), ratio, row),
     ]
 
 
@@ -151,6 +154,15 @@ def _durable_rows(figures: dict[str, Any] | None, ratio: dict[str, float], row: 
     if huey is not None and "durable_spawn_vs_huey" in ratio:
         rows.insert(1, row(f"  vs SqliteHuey ({_fmt(huey['calls_per_s'])} calls/s)", throughput, "durable_spawn_vs_huey"))
     return rows
+
+
+def _redis_rows(figures: dict[str, Any] | None, ratio: dict[str, float], row: Any) -> list[list[str]]:
+    """The Redis Streams row: mf.RedisStream in the microfaas column, the bare consumer loop named in the label."""
+    if not figures or "redis_stream_vs_bare" not in ratio:
+        return []
+    bare = figures["bare"]["entries_per_s"]
+    label = f"Redis stream entries/s (bare redis-py loop {_fmt(bare)})"
+    return [row(label, [figures["microfaas"]["entries_per_s"], *[None] * (len(COLUMNS) - 1)], "redis_stream_vs_bare")]
 
 
 HEADER = ["figure", *(SHORT[c] for c in COLUMNS), "ratio", "target", "met?"]

@@ -14,6 +14,9 @@ import pytest
 
 from microfaas.nodes import container
 
+# The real servers the connector tests start (redis_server, ...).
+pytest_plugins = ("servers",)
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -14,21 +14,16 @@ lane takes up to ``batch_size`` of its records in order (waiting at most
 ``batch_window`` for more), invokes the function with a ``RecordBatch`` and only
 then takes the next batch: a lane never skips ahead while its batch is retried.
 
-A failing batch (the invocation raised a ``FaaSError``: handler error, crash,
-timeout, ...) is, with ``bisect_on_error``, split in two halves that are delivered
-one after the other, recursively, as AWS Lambda's BisectBatchOnFunctionError does
-(a split is not a retry: each half is a new sub-batch whose attempts start at 1).
-A single record that fails is retried with the function's backoff up to the
-consumer's ``max_retries`` and then dead-lettered alone (``event`` is the
-``Record``). Without bisection the whole batch is retried and then dead-lettered
-as one ``RecordBatch``. Either way the shard then moves on. Delivery is at least
-once: a retried batch may hold records its handler already processed.
-
-A handler that returns ``BatchResult(failed=[sequence numbers, as str])`` reports a
-partial failure, as Lambda's ReportBatchItemFailures does for Kinesis and DynamoDB:
-the records before the lowest listed one are done, and the rest of the batch is
-retried from it (a retry, not a bisection); a listed number not in the batch fails
-the whole batch.
+A batch is delivered as a ``RecordsDelivery`` (``ordered.py``, shared with the
+outside ordered sources): a failing batch is, with ``bisect_on_error``, split in
+halves until the bad record is alone; a single record that fails is retried with
+the function's backoff up to the consumer's ``max_retries`` and then dead-lettered
+alone (``event`` is the ``Record``). Without bisection the whole batch is retried
+and then dead-lettered as one ``RecordBatch``. Either way the shard then moves on.
+Delivery is at least once: a retried batch may hold records its handler already
+processed. A handler that returns ``BatchResult(failed=[sequence numbers, as str])``
+reports a partial failure: the records before the lowest listed one are done, and
+the rest of the batch is retried from it.
 
 ``drain`` sees every record put as in flight once per consumer, until that
 consumer's checkpoint passes it. Records every consumer has checkpointed are
@@ -58,11 +53,10 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import FaaSError, FunctionError, PlatformClosed
-from ..events import BatchResult, Record, RecordBatch
-from ..runtime.delivery import Delivery
-from ..runtime.shipping import dump_args
+from ..errors import PlatformClosed
+from ..events import Record
 from ..store import StoredStream
+from .ordered import RecordsDelivery
 from .triggers import Stream, StreamConsumer
 
 if TYPE_CHECKING:
@@ -255,7 +249,24 @@ class _Cursor:
 
     async def _deliver(self, runtime: SourceRuntime, retries: Retries, records: list[Record]) -> None:
         """Deliver one batch until every record in it is handled or dead-lettered."""
-        await runtime.deliver(_RecordDelivery(self, runtime, records), retries)
+        await runtime.deliver(RecordsDelivery(self, runtime, self.stream, self.shard.index, records), retries)
+
+    # -- what a RecordsDelivery asks (ShardReader) --
+
+    @property
+    def source(self) -> str:
+        return f"stream:{self.stream}/{self.shard.index}"
+
+    @property
+    def bisect_on_error(self) -> bool:
+        return self.trigger.bisect_on_error
+
+    def record_id(self, record: Record) -> str:
+        return str(record.sequence)
+
+    def done(self, records: list[Record]) -> None:
+        assert self._runtime is not None
+        self._mark_done(self._runtime, [r.sequence for r in records])
 
     def _mark_done(self, runtime: SourceRuntime, sequences: list[int]) -> None:
         self._done.update(sequences)
@@ -268,66 +279,6 @@ class _Cursor:
             runtime.in_flight.finished(advanced)
             runtime.store.set_checkpoint(self.stream, self.function, self.shard.index, self.checkpoint)
             self.shard.trim()
-
-
-class _RecordDelivery(Delivery):
-    """Records of one shard, in order: bisected on error when the consumer asks, else retried whole.
-
-    A handler may instead return ``BatchResult(failed=[sequence numbers])``, as Lambda's
-    ReportBatchItemFailures for streams: the records before the lowest one listed are
-    done, and the batch is retried from it (not bisected). A listed number that is not
-    in the batch fails the whole batch.
-    """
-
-    def __init__(self, cursor: _Cursor, runtime: SourceRuntime, records: list[Record]) -> None:
-        super().__init__(cursor.function, f"stream:{cursor.stream}/{cursor.shard.index}", runtime.new_invocation_id())
-        self.cursor = cursor
-        self.runtime = runtime
-        self.records = records
-        self.batch = RecordBatch(stream=cursor.stream, shard=cursor.shard.index, records=records)
-        self._reported = False  # the last attempt reported a partial failure: retry from it, do not bisect
-
-    def payload(self, attempt: int) -> bytes:
-        return dump_args(self.function, (self.batch,), {})
-
-    def settle(self, value: Any) -> FaaSError | None:
-        if not (isinstance(value, BatchResult) and value.failed):
-            return None
-        index = {r.sequence: i for i, r in enumerate(self.records)}
-        try:
-            first = min(index[int(s)] for s in value.failed)
-        except (KeyError, ValueError):
-            return self._reported_error(f"its BatchResult names sequence numbers not in the batch: {', '.join(value.failed)}")
-        done, self.records = self.records[:first], self.records[first:]
-        if done:
-            self.batch = RecordBatch(stream=self.batch.stream, shard=self.batch.shard, records=self.records)
-            self.cursor._mark_done(self.runtime, [r.sequence for r in done])
-        self._reported = True
-        return self._reported_error(f"its BatchResult reports record {self.records[0].sequence} as failed")
-
-    def _reported_error(self, what: str) -> FunctionError:
-        return FunctionError(
-            f"{self.function}: {what}",
-            remote_type="microfaas.BatchResult",
-            remote_message=what,
-            remote_traceback="",
-            function_name=self.function,
-            invocation_id=self.invocation_id,
-        )
-
-    def split(self) -> list[Delivery]:
-        reported, self._reported = self._reported, False
-        if reported or not (self.cursor.trigger.bisect_on_error and len(self.records) > 1):
-            return []
-        half = len(self.records) // 2
-        return [_RecordDelivery(self.cursor, self.runtime, part) for part in (self.records[:half], self.records[half:])]
-
-    def dead_events(self) -> list[Any]:
-        # Bisected batches dead-letter record by record (more than one only when a partial failure ran out of retries).
-        return list(self.records) if self.cursor.trigger.bisect_on_error else [self.batch]
-
-    def settled(self) -> None:
-        self.cursor._mark_done(self.runtime, [r.sequence for r in self.records])
 
 
 class StreamSource:
