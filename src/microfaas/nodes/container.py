@@ -211,6 +211,7 @@ class LocalContainer(ContainerHandle):
             except BlockingIOError:
                 if time.perf_counter() > deadline:
                     return
+                os.sched_yield()  # to the container, when it shares this CPU
                 continue
             except OSError:
                 return  # the reader sees the channel fail

@@ -52,8 +52,11 @@ class Call(Generic[R]):
         :raises FaaSError: the invocation failed (the same error ``invoke`` would raise);
             ``CallCancelled`` after ``cancel()``.
         """
-        with anyio.fail_after(timeout):
+        if timeout is None:
             await self._done.wait()
+        else:
+            with anyio.fail_after(timeout):
+                await self._done.wait()
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]

@@ -99,7 +99,7 @@ class Durable:
             return
         assert spec is not None
         runtime.running_calls[row.id] = (call, row.source)  # found by id from now on, not once its task runs
-        runtime.start_soon(runtime.run_call, call, delivery, spec.retries)
+        runtime.start_call(call, delivery, spec.retries)
 
     def finished(self, call: Call[Any], delivery: CallDelivery) -> None:
         """``call`` has ended: write down its outcome (unless the platform's stop cut it short) and remember it."""

@@ -36,6 +36,7 @@ from ..scheduler import ContainerState
 from ..store import MemoryStore, Snapshot, StoredCall
 from ..usage import Usage
 from .call import Call
+from .calltasks import CallTasks
 from .cluster import Cluster
 from .delivery import CallDelivery, DeadLetter, Delivered, Deliverer, Delivery, InFlight
 from .deploy import Deployer
@@ -103,6 +104,7 @@ class Runtime:
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(3)
         self._in_flight = InFlight()
+        self._call_tasks = CallTasks()
         self.running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
         self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
         self.recent_jobs: collections.OrderedDict[str, Any] = collections.OrderedDict()  # BatchJobs by id, newest last
@@ -147,6 +149,7 @@ class Runtime:
         self._store_open = True
         self.state = "running"
         self.invoker.open = True
+        tg.start_soon(self._call_tasks.tend)
         await self.cluster.start(tg)
         await self.deployer.restore(self.snapshot)
         self.durable.resume(self.snapshot)
@@ -251,6 +254,10 @@ class Runtime:
     def emit(self, kind: str, *, function: str | None = None, **detail: Any) -> None:
         self.lifecycle.emit(kind, function=function, **detail)
 
+    def start_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
+        """Run ``run_call`` in a task of its own (a plain asyncio task: see ``calltasks.py``)."""
+        self._call_tasks.start(self.run_call(call, delivery, retries))
+
     async def run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
         """Deliver a call and settle ``call`` with the outcome: retried and dead-lettered per
         ``retries`` (None: one attempt and no dead letter, as for ``map``)."""
@@ -314,7 +321,7 @@ class Runtime:
         try:
             for args in zip(*iterables, strict=False):
                 call: Call[Any] = Call(self.new_invocation_id(), name)
-                self._tg.start_soon(self.run_call, call, CallDelivery(name, "map", call.id, dump_args(name, args, {})), None)
+                self.start_call(call, CallDelivery(name, "map", call.id, dump_args(name, args, {})), None)
                 window.append(call)
                 if len(window) >= max_in_flight:
                     yield await _map_result(window.popleft(), return_exceptions)
