@@ -1,14 +1,16 @@
 """Call: a spawned invocation running in the background.
 
-The platform owns the task that runs it (in the platform's task group); the
+The platform owns the task that runs it (an asyncio task: ``calltasks.py``); the
 ``Call`` is the caller's view of it: ``id``, ``status``, ``await result()`` and
-``cancel()``.
+``cancel()``, which cancels that task (``Runtime.run_call`` turns it into the
+call's ``CallCancelled``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -35,8 +37,10 @@ class Call(Generic[R]):
         self._done = anyio.Event()
         self._value: R | None = None
         self._error: BaseException | None = None
-        # Entered by the platform's task; cancelling it first makes the task end at once.
-        self._scope = anyio.CancelScope()
+        # The platform's task running it (set by that task: ``Runtime.run_call``), and whether
+        # ``cancel()`` was called; a task that sees the flag before it starts never attempts the call.
+        self._task: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
 
     def __repr__(self) -> str:
         return f"<Call {self.id} of {self.function_name}: {self.status}>"
@@ -63,8 +67,11 @@ class Call(Generic[R]):
 
     def cancel(self) -> None:
         """Stop waiting for a container, or abandon the running invocation."""
-        if not self.done():
-            self._scope.cancel()
+        if self.done() or self._cancel_requested:
+            return
+        self._cancel_requested = True
+        if self._task is not None:
+            self._task.cancel()
 
     # -- for the platform ----------------------------------------------------------------
 

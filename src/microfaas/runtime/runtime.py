@@ -17,6 +17,7 @@ the platform: ``SourceRuntime``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import secrets
@@ -260,35 +261,47 @@ class Runtime:
 
     async def run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
         """Deliver a call and settle ``call`` with the outcome: retried and dead-lettered per
-        ``retries`` (None: one attempt and no dead letter, as for ``map``)."""
+        ``retries`` (None: one attempt and no dead letter, as for ``map``).
+
+        ``call.cancel()`` cancels this task (see ``Call``); that cancellation ends here, as
+        the call's ``CallCancelled``. Any other (the platform stopping) goes on up.
+        """
         self._in_flight.started()
         self.running_calls[call.id] = (call, delivery.source)
-        with call._scope:
-            try:
-                if retries is None:
-                    call.attempts = 1
-                    try:
-                        call._succeed(await self._attempt(call.function_name, delivery.blob, call.id, 1))
-                    except FaaSError as exc:
-                        call._fail(exc)
+        call._task = task = asyncio.current_task()
+        try:
+            if call._cancel_requested:
+                pass  # cancelled before its task started: settled below, never attempted
+            elif retries is None:
+                call.attempts = 1
+                try:
+                    call._succeed(await self._attempt(call.function_name, delivery.blob, call.id, 1))
+                except FaaSError as exc:
+                    call._fail(exc)
+            else:
+                outcome = await self.deliverer.deliver(delivery, retries)
+                call.attempts = outcome.attempts
+                if outcome.error is None:
+                    call._succeed(outcome.value)
                 else:
-                    outcome = await self.deliverer.deliver(delivery, retries)
-                    call.attempts = outcome.attempts
-                    if outcome.error is None:
-                        call._succeed(outcome.value)
-                    else:
-                        call._fail(outcome.error)
-            finally:
-                if not call.done():
-                    if self.state == "closed":
-                        # Cut short by the stop: not dead-lettered; a stored call resumes on the next run.
-                        call._fail(PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished"))
-                    else:
-                        call._fail(CallCancelled(f"call {call.id} of {call.function_name} was cancelled"), cancelled=True)
-                self.running_calls.pop(call.id, None)
-                if retries is not None:
-                    self.durable.finished(call, delivery)
-                self._in_flight.finished()
+                    call._fail(outcome.error)
+        except asyncio.CancelledError:
+            if not call._cancel_requested:
+                raise
+            if task is not None:
+                task.uncancel()
+        finally:
+            call._task = None
+            if not call.done():
+                if self.state == "closed":
+                    # Cut short by the stop: not dead-lettered; a stored call resumes on the next run.
+                    call._fail(PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished"))
+                else:
+                    call._fail(CallCancelled(f"call {call.id} of {call.function_name} was cancelled"), cancelled=True)
+            self.running_calls.pop(call.id, None)
+            if retries is not None:
+                self.durable.finished(call, delivery)
+            self._in_flight.finished()
 
     # -- the API ---------------------------------------------------------------------------------
 
