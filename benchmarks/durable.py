@@ -11,6 +11,10 @@ memory store and against Huey on SQLite (SqliteHuey).
   as Huey documents (``huey_consumer benchmarks.huey_tasks.huey -w 2 -k process``, polling
   every 1-10 ms so that its polling does not decide the figure); the clock stops when the last
   result is in its store.
+- the ceiling: the same N no-ops invoked at once (``asyncio.gather`` of N ``invoke``s, on
+  the memory store's app), nothing stored and no ``Call``: how fast the platform runs the
+  calls at all. Spawn -> done cannot beat it; ``durable_invoke_vs_huey`` says how far the
+  ``durable_spawn_vs_huey`` target could go on this machine if spawning cost nothing.
 - accept latency: how long one ``await spawn(...)`` takes to return (the call is stored by
   then), one at a time with the platform otherwise idle; p50 and p99. For Huey, one enqueue.
 
@@ -53,6 +57,12 @@ async def _spawn_to_done(handle: Any, n: int) -> float:
     calls = await asyncio.gather(*[handle.spawn(i) for i in range(n)])
     for call in calls:
         await call.result()
+    return time.perf_counter() - t0
+
+
+async def _invoke_all(handle: Any, n: int) -> float:
+    t0 = time.perf_counter()
+    await asyncio.gather(*[handle.invoke(i) for i in range(n)])
     return time.perf_counter() - t0
 
 
@@ -123,7 +133,7 @@ def huey_available() -> str | None:
 async def measure(quick: bool) -> dict[str, Any]:
     n, rounds, accepts = (2_000, 3, 200) if quick else (5_000, 5, 500)
     folder = Path(tempfile.mkdtemp(prefix="mf-bench-durable-"))
-    seconds: dict[str, list[float]] = {"memory": [], "sqlite": [], "huey": []}
+    seconds: dict[str, list[float]] = {"invoke": [], "memory": [], "sqlite": [], "huey": []}
     latency: dict[str, list[float]] = {"memory": [], "sqlite": [], "huey": []}
     why_not = huey_available()
     huey = Huey(folder) if why_not is None else None
@@ -138,6 +148,7 @@ async def measure(quick: bool) -> dict[str, Any]:
                 await _spawn_to_done(fn, 200)  # warm: containers up, code loaded
             for r in range(rounds):
                 log(f"durable spawn -> done: {n} calls, round {r + 1}/{rounds}")
+                seconds["invoke"].append(await _invoke_all(memory_fn, n))
                 seconds["memory"].append(await _spawn_to_done(memory_fn, n))
                 seconds["sqlite"].append(await _spawn_to_done(sqlite_fn, n))
                 if huey is not None:
@@ -157,12 +168,9 @@ async def measure(quick: bool) -> dict[str, Any]:
             out[name] = None
             continue
         med = statistics.median(seconds[name])
-        out[name] = {
-            "calls_per_s": n / med,
-            "best_calls_per_s": n / min(seconds[name]),
-            "accept_p50_ms": pct(latency[name], 0.5) * 1e3,
-            "accept_p99_ms": pct(latency[name], 0.99) * 1e3,
-        }
+        out[name] = {"calls_per_s": n / med, "best_calls_per_s": n / min(seconds[name])}
+        if latency.get(name):
+            out[name].update(accept_p50_ms=pct(latency[name], 0.5) * 1e3, accept_p99_ms=pct(latency[name], 0.99) * 1e3)
     return out
 
 
@@ -174,6 +182,8 @@ def ratios(durable: dict[str, Any]) -> dict[str, float]:
     }
     if huey is not None:
         out["durable_spawn_vs_huey"] = sqlite["calls_per_s"] / huey["calls_per_s"]
+        if durable.get("invoke"):
+            out["durable_invoke_vs_huey"] = durable["invoke"]["calls_per_s"] / huey["calls_per_s"]
     return out
 
 
@@ -186,6 +196,8 @@ def cli() -> None:
     args = parser.parse_args()
     result = asyncio.run(measure(args.quick))
     result["ratios"] = ratios(result)
+    invoke = result["invoke"]
+    print(f" invoke: {invoke['calls_per_s']:8.0f} calls/s (the ceiling: the same calls invoked, nothing stored)")
     for name in ("memory", "sqlite", "huey"):
         figures = result[name]
         if figures is None:

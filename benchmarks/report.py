@@ -153,6 +153,10 @@ def _durable_rows(figures: dict[str, Any] | None, ratio: dict[str, float], row: 
     ]
     if huey is not None and "durable_spawn_vs_huey" in ratio:
         rows.insert(1, row(f"  vs SqliteHuey ({_fmt(huey['calls_per_s'])} calls/s)", throughput, "durable_spawn_vs_huey"))
+        invoke = figures.get("invoke")
+        if invoke and "durable_invoke_vs_huey" in ratio:
+            label = "  ceiling: the same calls invoked, nothing stored (calls/s)"
+            rows.insert(2, row(label, [invoke["calls_per_s"], *none], "durable_invoke_vs_huey"))
     return rows
 
 
