@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 import microfaas as mf
-from microfaas import protocol
+from microfaas import protocol, worker
 from microfaas.nodes import container
 from microfaas.worker import Channel
 
@@ -199,3 +199,34 @@ async def test_a_large_reply_or_a_crash_after_polled_short_calls_is_handled() ->
         with pytest.raises(mf.ContainerCrashed):
             await blob_or_crash.invoke("crash")
         assert await blob_or_crash.invoke("small") == b"small"
+
+
+def _busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``sched_yield`` in this process gives the CPU away for 2 ms, as on a machine whose
+    other processes want every CPU."""
+    monkeypatch.setattr(os, "sched_yield", lambda: time.sleep(0.002))
+
+
+def test_a_poll_whose_yield_gave_the_cpu_away_ends_and_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    _busy_machine(monkeypatch)
+    platform_end, container_end = socket.socketpair()
+    with platform_end, container_end:
+        container_end.setblocking(False)
+        started = time.monotonic()
+        assert worker._poll(container_end, 5.0) is None  # nothing came: it gave up, not ran out its 5 s
+        assert time.monotonic() - started < 2.5
+        sender = _send_later(platform_end, 0.001, FRAME)  # arrives while the first yield is away
+        assert worker._poll(container_end, 5.0) is not None  # the one more look after the yield finds it
+        sender.join()
+
+
+@pytest.mark.anyio
+async def test_the_platform_stops_polling_for_a_reply_when_its_yield_gave_the_cpu_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with app.run(nodes=mf.LocalNodes(reply_poll_us=WINDOW_US)):
+        await nap.invoke(0.0)
+        await nap.invoke(0.0)
+        _busy_machine(monkeypatch)
+        contended = container._local.polls_contended
+        for _ in range(3):
+            assert await nap.invoke(0.05) == 0.05  # longer than a yield: the reply comes after the poll ended
+        assert container._local.polls_contended - contended == 3

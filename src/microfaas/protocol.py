@@ -77,6 +77,12 @@ LARGE_FRAME: Final = 1 << 20
 # How much one ``recv`` asks for. Below glibc's mmap threshold (128 KiB) on purpose: a
 # larger buffer is mapped and unmapped on every read, which costs ~12 us per call here.
 READ_SIZE: Final = 1 << 16
+# Both ends of a call poll their socket for a moment before they sleep, yielding the CPU
+# on every empty poll. A yield that takes longer than this gave the CPU to another
+# process that wanted it: the machine is busy, polling only takes CPU from others (and
+# makes the kernel run the poller later), so the poll ends there (after one more look)
+# and the poller sleeps.
+POLL_CONTENDED_S: Final = 30e-6
 
 # A payload as messages carry it (a decoded frame's is a bytearray).
 Blob: TypeAlias = bytes | bytearray

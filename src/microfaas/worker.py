@@ -133,18 +133,23 @@ def _poll(sock: socket.socket, seconds: float) -> bytes | None:
     Polling keeps the process on its CPU: a process that sleeps in ``recv`` costs a
     wake-up when the next call comes (tens of microseconds on a virtual machine). Each
     empty poll yields the CPU, so polling only uses a CPU that nothing else wants (the
-    platform's own process, on a machine with few cores).
+    platform's own process, on a machine with few cores), and a yield that gave the CPU
+    away for long ends the poll (``protocol.POLL_CONTENDED_S``).
     """
     global polls_begun
     polls_begun += 1
-    deadline = time.perf_counter() + seconds
+    now = time.perf_counter()
+    deadline = now + seconds
     while True:
         try:
             return sock.recv(protocol.READ_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            if time.perf_counter() > deadline:
+            if now > deadline:
                 return None
             os.sched_yield()
+            yielded, now = now, time.perf_counter()
+            if now - yielded > protocol.POLL_CONTENDED_S:
+                deadline = 0.0  # another process wanted this CPU: one more look, then sleep in recv
 
 
 def _sendmsg_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview]) -> None:
