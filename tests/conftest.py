@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from microfaas.nodes import container
+from servers import mosquitto_server, own_mosquitto, own_rabbitmq, rabbitmq_server  # noqa: F401 - fixtures for -m connectors
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ from .runtime.deploy import Deployment
 from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
+from .sources.rabbitmq import RabbitMQ
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .spec import FunctionSpec, Retries
 from .store import DeadLetter, MemoryStore, SqliteStore, Store
@@ -111,6 +112,7 @@ __all__ = [
     "Platform",
     "PlatformClosed",
     "PlatformUsage",
+    "RabbitMQ",
     "Record",
     "RecordBatch",
     "Retries",

@@ -16,6 +16,8 @@ import attrs
 
 __all__ = [
     "COLD_START",
+    "CONNECTOR_DOWN",
+    "CONNECTOR_UP",
     "CONTAINER_EXITED",
     "CONTAINER_STARTED",
     "CONTAINER_STOPPED",
@@ -72,6 +74,10 @@ FUNCTION_ERROR: Final = "function_error"
 RETRY: Final = "retry"
 #: An event failed every attempt and went to the dead letters [source, invocation_id, attempts, error].
 DEAD_LETTER: Final = "dead_letter"
+#: A connector lost (or could not reach) its outside system and will try again [source, address, error, retry_in].
+CONNECTOR_DOWN: Final = "connector_down"
+#: A connector (re)connected to its outside system [source, address, reconnect].
+CONNECTOR_UP: Final = "connector_up"
 
 KINDS: Final = frozenset(
     {
@@ -92,6 +98,8 @@ KINDS: Final = frozenset(
         FUNCTION_ERROR,
         RETRY,
         DEAD_LETTER,
+        CONNECTOR_DOWN,
+        CONNECTOR_UP,
     }
 )
 

@@ -41,11 +41,12 @@ __all__ = ["Platform"]
 
 def _the_one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The user's error inside a task group's exception group: a group of one ``FaaSError``
-    or ``ValueError`` (nested or not) is that error, so ``except ValueError`` catches it."""
+    or ``ValueError`` (nested or not) is that error, so ``except ValueError`` catches it; so is the
+    ``ConnectionError`` of a connector that cannot reach its outside system at start."""
     errors = group.exceptions
     while len(errors) == 1 and isinstance(errors[0], BaseExceptionGroup):
         errors = errors[0].exceptions
-    if len(errors) == 1 and isinstance(errors[0], FaaSError | ValueError):
+    if len(errors) == 1 and isinstance(errors[0], FaaSError | ValueError | ConnectionError):
         return errors[0]
     return group
 

@@ -353,6 +353,10 @@ class SourceRuntime(Protocol):
         """Run ``func(*args)`` in the platform's task group (it is cancelled when the platform stops)."""
         ...
 
+    def emit(self, kind: str, *, function: str | None = None, **detail: Any) -> None:
+        """Report a lifecycle event of kind ``kind`` (``lifecycle.py``: a connector down or up, ...)."""
+        ...
+
 
 class Source(Protocol):
     """An event source run by the platform (see ``sources/``)."""

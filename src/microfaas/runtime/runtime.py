@@ -218,6 +218,9 @@ class Runtime:
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         self._tg.start_soon(func, *args)
 
+    def emit(self, kind: str, *, function: str | None = None, **detail: Any) -> None:
+        self.lifecycle.emit(kind, function=function, **detail)
+
     async def run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
         """Deliver a call and settle ``call`` with the outcome: retried and dead-lettered per
         ``retries`` (None: one attempt and no dead letter, as for ``map``)."""

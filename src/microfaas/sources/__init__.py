@@ -41,10 +41,7 @@ def build_sources(
     sources += build_timer_sources(functions)
     sources += [StreamSource(streams[stream], cons) for stream, cons in consumers.items()]
     sources += [
-        trigger.source(function)
-        for function, spec in functions.items()
-        for trigger in spec.triggers
-        if isinstance(trigger, Connector)
+        trigger.source(function) for function, spec in functions.items() for trigger in spec.triggers if isinstance(trigger, Connector)
     ]
     return sources
 

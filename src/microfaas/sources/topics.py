@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -36,11 +37,15 @@ from ..runtime.shipping import dump_args
 from .triggers import Topic, TopicSubscription
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
     from ..runtime.delivery import SourceRuntime
     from ..spec import Retries
     from ..store import DeadLetter, PendingMessage, Store
 
-__all__ = ["TopicSource"]
+__all__ = ["MessageDelivery", "TopicSource", "collect_batch"]
+
+T = TypeVar("T")
 
 
 class _Subscription:
@@ -76,21 +81,10 @@ class _Subscription:
                 tg.start_soon(self._deliver, runtime, batch, retries, limiter)
 
     async def _collect(self) -> list[Message]:
-        batch = [await self.receive.receive()]
-        self.in_hand = 1
-        size = self.trigger.batch_size
-        while len(batch) < size:
-            try:
-                batch.append(self.receive.receive_nowait())
-            except anyio.WouldBlock:
-                break
-        self.in_hand = len(batch)
-        if len(batch) < size and self.trigger.batch_window > 0:
-            with anyio.move_on_after(self.trigger.batch_window):
-                while len(batch) < size:
-                    batch.append(await self.receive.receive())
-                    self.in_hand = len(batch)
-        return batch
+        def taken(n: int) -> None:
+            self.in_hand = n
+
+        return await collect_batch(self.receive, self.trigger.batch_size, self.trigger.batch_window, taken)
 
     def _resumed_batches(self) -> list[tuple[list[Message], int]]:
         """The messages an earlier platform left, in publish order, in batches of one attempt count."""
@@ -106,7 +100,7 @@ class _Subscription:
     async def _deliver(
         self, runtime: SourceRuntime, batch: list[Message], retries: Retries, limiter: anyio.Semaphore | None, attempts_made: int = 0
     ) -> None:
-        delivery = _MessageDelivery(
+        delivery = MessageDelivery(
             self.function,
             f"topic:{self.topic}",
             runtime.new_invocation_id(),
@@ -126,7 +120,28 @@ class _Subscription:
                 limiter.release()
 
 
-class _MessageDelivery(Delivery):
+async def collect_batch(
+    receive: MemoryObjectReceiveStream[T], size: int, window: float, taken: Callable[[int], None] = lambda n: None
+) -> list[T]:
+    """Up to ``size`` items from ``receive``: waits for the first, takes what is there, then waits
+    at most ``window`` seconds for the batch to fill. ``taken(n)`` hears how many it holds so far."""
+    batch = [await receive.receive()]
+    taken(1)
+    while len(batch) < size:
+        try:
+            batch.append(receive.receive_nowait())
+        except anyio.WouldBlock:
+            break
+    taken(len(batch))
+    if len(batch) < size and window > 0:
+        with anyio.move_on_after(window):
+            while len(batch) < size:
+                batch.append(await receive.receive())
+                taken(len(batch))
+    return batch
+
+
+class MessageDelivery(Delivery):
     """A batch of messages (one, unless the subscription batches): each attempt sends those not yet handled."""
 
     def __init__(
@@ -206,7 +221,7 @@ class TopicSource:
             error = UnknownFunction(
                 f"topic {self.name!r} has no subscription of {pending.function!r} any more; message {pending.message.id} was not delivered"
             )
-            delivery = _MessageDelivery(
+            delivery = MessageDelivery(
                 pending.function, self.key, pending.message.id, [pending.message], batched=False, store=runtime.store
             )
             runtime.dead_letter(delivery, error, attempts=pending.attempt, first_attempt_at=pending.message.published_at)
