@@ -60,6 +60,7 @@ from .runtime.deploy import Deployment
 from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
+from .sources.mqtt import MQTT
 from .sources.rabbitmq import RabbitMQ
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .spec import FunctionSpec, Retries
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from .ray import RayNodes as RayNodes
 
 __all__ = [
+    "MQTT",
     "AdaptiveKeepAlive",
     "App",
     "BatchJob",
