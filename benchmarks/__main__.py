@@ -15,7 +15,10 @@ Figures (contenders interleaved per round, so a noisy machine hits all alike):
   64 (benchmarks/executor.py);
 - scheduler core decisions per second (benchmarks/core_decisions.py);
 - durable spawns: spawn -> done and accept latency on a SQLite store, against the memory
-  store and SqliteHuey (benchmarks/durable.py; Huey needs the bench extra).
+  store and SqliteHuey (benchmarks/durable.py; Huey needs the bench extra);
+- messages/s from RabbitMQ and mosquitto through mf.RabbitMQ and mf.MQTT against a bare
+  consumer loop of the same client (benchmarks/brokers.py; the connectors extra and the
+  Debian packages, else skipped with a note).
 Ray actors join in a phase of their own (with microfaas measured again beside
 them) when ray is installed, so Ray's daemons do not load the machine while the
 other peers are measured; without ray the phase is skipped with a note.
@@ -36,7 +39,7 @@ import anyio
 import anyio.to_thread
 
 import microfaas as mf
-from benchmarks import cold, core_decisions, durable, executor, memory, payload, peers, report, throughput, warm
+from benchmarks import brokers, cold, core_decisions, durable, executor, memory, payload, peers, report, throughput, warm
 from benchmarks.common import log, settle_allocator
 
 PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "pebble", "psutil", "matplotlib", "ray", "huey")
@@ -161,6 +164,9 @@ async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     log("durable spawns: SQLite store vs memory store vs SqliteHuey")
     results["durable"] = await durable.measure(quick)
     notes += results["durable"]["notes"]
+    log("brokers: mf.RabbitMQ and mf.MQTT vs bare aio-pika and aiomqtt consumers")
+    results["brokers"] = await brokers.measure(quick)
+    notes += results["brokers"]["notes"]
     ratios = report.ratios(results)
     return {
         "machine": machine_facts(),

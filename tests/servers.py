@@ -8,6 +8,7 @@ them); a test marked ``connectors`` fails, not skips, when its server is missing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -114,30 +115,36 @@ def _mosquitto(directory: pathlib.Path) -> Server:
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
         f"persistence true\npersistence_location {directory}/\nlog_dest file {directory}/mosquitto.log\n"
-        "max_queued_messages 100000\n"
+        "max_queued_messages 100000\nmax_inflight_messages 100\n"
     )
     command = [_executable("mosquitto", "/usr/sbin/mosquitto"), "-c", str(config)]
     env = {**os.environ, "SERVER_DIR": str(directory)}
     return Server("mosquitto", f"mqtt://127.0.0.1:{port}", port, command, env, lambda conn: True)
 
 
+@contextlib.contextmanager
+def running_mosquitto(directory: pathlib.Path) -> Iterator[Server]:
+    """A mosquitto broker in ``directory`` (its persistence there too) while the block runs."""
+    server = _mosquitto(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def mosquitto_server() -> Iterator[Server]:
     """A mosquitto broker for the whole session, with persistence in a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="mosquitto-") as directory:
-        server = _mosquitto(pathlib.Path(directory))
-        server.start()
+    with tempfile.TemporaryDirectory(prefix="mosquitto-") as directory, running_mosquitto(pathlib.Path(directory)) as server:
         yield server
-        server.stop()
 
 
 @pytest.fixture
 def own_mosquitto(tmp_path: pathlib.Path) -> Iterator[Server]:
     """A mosquitto broker of the test's own, for tests that stop and restart it."""
-    server = _mosquitto(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    with running_mosquitto(tmp_path) as server:
+        yield server
 
 
 # rabbitmq
@@ -187,7 +194,9 @@ def _rabbitmq(directory: pathlib.Path) -> tuple[Server, subprocess.Popen[bytes]]
     return server, epmd
 
 
-def _serve_rabbitmq(directory: pathlib.Path) -> Iterator[Server]:
+@contextlib.contextmanager
+def running_rabbitmq(directory: pathlib.Path) -> Iterator[Server]:
+    """A RabbitMQ node in ``directory`` while the block runs (``server.start_seconds``: how long it took to boot)."""
     server, epmd = _rabbitmq(directory)
     try:
         server.start()
@@ -200,11 +209,12 @@ def _serve_rabbitmq(directory: pathlib.Path) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def rabbitmq_server() -> Iterator[Server]:
     """A RabbitMQ node for the whole session (it takes seconds to start), in a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="rabbitmq-") as directory:
-        yield from _serve_rabbitmq(pathlib.Path(directory))
+    with tempfile.TemporaryDirectory(prefix="rabbitmq-") as directory, running_rabbitmq(pathlib.Path(directory)) as server:
+        yield server
 
 
 @pytest.fixture
 def own_rabbitmq(tmp_path: pathlib.Path) -> Iterator[Server]:
     """A RabbitMQ node of the test's own, for the test that stops and restarts it."""
-    yield from _serve_rabbitmq(tmp_path)
+    with running_rabbitmq(tmp_path) as server:
+        yield server

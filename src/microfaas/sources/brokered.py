@@ -24,9 +24,10 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import anyio
+import anyio.abc
 import attrs
 
 from ..errors import SerializationError
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECODINGS",
+    "BrokerSource",
     "Inbound",
     "MessagePump",
     "check_delivery_settings",
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+Link = TypeVar("Link")  # what a source holds while connected: a connection and its channel, a client
 
 #: What ``decode=`` accepts: "auto" reads the content type (JSON, text, else bytes).
 DECODINGS: Final = ("auto", "json", "text", "bytes")
@@ -189,9 +192,10 @@ class MessagePump:
 
         async with anyio.create_task_group() as tg:
             while True:
-                batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, taken)
+                # A free slot first, then the batch: what arrives while every slot is busy fills the next batch.
                 if limiter is not None:
                     await limiter.acquire()
+                batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, taken)
                 self.in_delivery += len(batch)
                 self.in_hand = 0
                 tg.start_soon(self._deliver, runtime, batch, retries, limiter)
@@ -249,3 +253,77 @@ async def connect_until_up(
         else:
             runtime.emit(CONNECTOR_UP, function=function, source=key, address=address, reconnect=reconnect)
             return connected
+
+
+class BrokerSource(Generic[Link]):
+    """The running side both message connectors share: connect, pump, consume until the link is lost, reconnect.
+
+    A subclass says how to ``open`` a link to its broker (connected, subscribed), ``consume``
+    it (hand each message to ``self.pump`` until the link is lost), ``close`` it, and which
+    exceptions mean the broker cannot be reached (``connection_errors``).
+
+    :param key: the source's key, unique per platform (``"rabbitmq:orders:on_order"``).
+    :param name: the connector as errors name it.
+    :param url: the broker's address (its password is masked wherever it is shown).
+    """
+
+    def __init__(self, trigger: Any, function: str, *, key: str, name: str, url: str, buffer: int) -> None:
+        self.trigger = trigger
+        self.function = function
+        self.key = key
+        self.name = name
+        self.address = redact(url)
+        self.pump = MessagePump(function, key, trigger, buffer=buffer)
+
+    def __repr__(self) -> str:
+        return f"<{self.name} at {self.address}>"
+
+    def pending(self) -> list[str]:
+        return self.pump.pending()
+
+    def prepare(self, runtime: SourceRuntime) -> None:
+        """Settle what depends on the platform (a default client id), before the first connection."""
+
+    async def open(self) -> Link:
+        raise NotImplementedError
+
+    async def consume(self, runtime: SourceRuntime, link: Link) -> None:
+        raise NotImplementedError
+
+    async def close(self, link: Link) -> None:
+        raise NotImplementedError
+
+    def connection_errors(self) -> tuple[type[BaseException], ...]:
+        raise NotImplementedError
+
+    async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        runtime.function(self.function)
+        self.prepare(runtime)
+        link = None if self.trigger.wait_for_broker else await self._connect(runtime, reconnect=False)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.pump.serve, runtime)
+                task_status.started()
+                if link is None:
+                    link = await self._connect(runtime, reconnect=False)
+                while True:
+                    await self.consume(runtime, link)
+                    await self.close(link)
+                    link = await self._connect(runtime, reconnect=True)
+        finally:
+            if link is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.close(link)
+
+    async def _connect(self, runtime: SourceRuntime, *, reconnect: bool) -> Link:
+        return await connect_until_up(
+            self.open,
+            runtime,
+            name=self.name,
+            function=self.function,
+            key=self.key,
+            address=self.address,
+            wait=self.trigger.wait_for_broker,
+            reconnect=reconnect,
+            errors=self.connection_errors(),
+        )

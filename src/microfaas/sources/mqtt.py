@@ -22,13 +22,11 @@ from __future__ import annotations
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
-import anyio.abc
 import attrs
 
 from ..errors import SerializationError
 from ..events import Message
-from .brokered import Inbound, MessagePump, check_delivery_settings, connect_until_up, decode_body, new_message_id, redact
+from .brokered import BrokerSource, Inbound, check_delivery_settings, decode_body, new_message_id
 from .connector import Connector
 
 if TYPE_CHECKING:
@@ -133,59 +131,33 @@ def _client() -> Any:
     return aiomqtt
 
 
-class MQTTSource:
-    """The running source of one ``MQTT`` trigger of one function."""
+class MQTTSource(BrokerSource[Any]):
+    """The running source of one ``MQTT`` trigger of one function (its link: a connected ``aiomqtt.Client``)."""
 
     def __init__(self, trigger: MQTT, function: str) -> None:
-        self.trigger = trigger
-        self.function = function
-        self.key = f"mqtt:{','.join(trigger.topic)}:{function}"
-        self.address = redact(trigger.url)
-        self.name = f"MQTT trigger of function {function!r} (topic {', '.join(trigger.topic)!r})"
-        self.pump = MessagePump(function, self.key, trigger, buffer=BUFFER)
+        topics = ", ".join(trigger.topic)
+        super().__init__(
+            trigger,
+            function,
+            key=f"mqtt:{','.join(trigger.topic)}:{function}",
+            name=f"MQTT trigger of function {function!r} (topic {topics!r})",
+            url=trigger.url,
+            buffer=BUFFER,
+        )
+        self.trigger: MQTT = trigger
         self._client_id = trigger.client_id
 
-    def __repr__(self) -> str:
-        return f"<MQTT {', '.join(self.trigger.topic)!r} at {self.address} for {self.function}>"
-
-    def pending(self) -> list[str]:
-        return self.pump.pending()
-
-    async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        runtime.function(self.function)
+    def prepare(self, runtime: SourceRuntime) -> None:
         if self._client_id is None:
             self._client_id = f"microfaas-{runtime.app_name}-{self.function}"
-        client = None if self.trigger.wait_for_broker else await self._connect(runtime, reconnect=False)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.pump.serve, runtime)
-                task_status.started()
-                if client is None:
-                    client = await self._connect(runtime, reconnect=False)
-                while True:
-                    await self._consume(runtime, client)
-                    await _close_quietly(client)
-                    client = await self._connect(runtime, reconnect=True)
-        finally:
-            if client is not None:
-                with anyio.CancelScope(shield=True):
-                    await _close_quietly(client)
 
-    async def _connect(self, runtime: SourceRuntime, *, reconnect: bool) -> Any:
-        aiomqtt = _client()
-        return await connect_until_up(
-            self._open,
-            runtime,
-            name=self.name,
-            function=self.function,
-            key=self.key,
-            address=self.address,
-            wait=self.trigger.wait_for_broker,
-            reconnect=reconnect,
-            errors=(OSError, aiomqtt.MqttError),
-        )
+    def connection_errors(self) -> tuple[type[BaseException], ...]:
+        return (OSError, _client().MqttError)
 
-    async def _open(self) -> Any:
+    async def close(self, link: Any) -> None:
+        await _close_quietly(link)
+
+    async def open(self) -> Any:
         aiomqtt = _client()
         parts = urllib.parse.urlsplit(self.trigger.url)
         client = aiomqtt.Client(
@@ -207,7 +179,7 @@ class MQTTSource:
             raise
         return client
 
-    async def _consume(self, runtime: SourceRuntime, client: Any) -> None:
+    async def consume(self, runtime: SourceRuntime, client: Any) -> None:
         """Hand every message to the pump until the connection is lost."""
         aiomqtt = _client()
         try:

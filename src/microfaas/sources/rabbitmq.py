@@ -21,19 +21,19 @@ import asyncio
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
-import anyio.abc
 import attrs
 
 from ..errors import SerializationError
 from ..events import Message
-from .brokered import Inbound, MessagePump, check_delivery_settings, connect_until_up, decode_body, new_message_id, redact
+from .brokered import BrokerSource, Inbound, check_delivery_settings, decode_body, new_message_id
 from .connector import Connector
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
     from ..runtime.delivery import SourceRuntime
+
+    _Link = tuple[AbstractConnection, AbstractChannel, AbstractQueue]
 
 __all__ = ["RabbitMQ", "RabbitMQSource"]
 
@@ -135,56 +135,27 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError)
 
 
-class RabbitMQSource:
+class RabbitMQSource(BrokerSource["_Link"]):
     """The running source of one ``RabbitMQ`` trigger of one function."""
 
     def __init__(self, trigger: RabbitMQ, function: str) -> None:
-        self.trigger = trigger
-        self.function = function
-        self.key = f"rabbitmq:{trigger.queue}:{function}"
-        self.address = redact(trigger.url)
-        self.name = f"RabbitMQ trigger of function {function!r} (queue {trigger.queue!r})"
-        self.pump = MessagePump(function, self.key, trigger, buffer=trigger.prefetch_count)
-
-    def __repr__(self) -> str:
-        return f"<RabbitMQ queue {self.trigger.queue!r} at {self.address} for {self.function}>"
-
-    def pending(self) -> list[str]:
-        return self.pump.pending()
-
-    async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        runtime.function(self.function)
-        opened = None if self.trigger.wait_for_broker else await self._connect(runtime, reconnect=False)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.pump.serve, runtime)
-                task_status.started()
-                if opened is None:
-                    opened = await self._connect(runtime, reconnect=False)
-                while True:
-                    connection, channel, queue = opened
-                    await self._consume(runtime, channel, queue)
-                    await _close_quietly(connection)
-                    opened = await self._connect(runtime, reconnect=True)
-        finally:
-            if opened is not None:
-                with anyio.CancelScope(shield=True):
-                    await _close_quietly(opened[0])
-
-    async def _connect(self, runtime: SourceRuntime, *, reconnect: bool) -> tuple[AbstractConnection, AbstractChannel, AbstractQueue]:
-        return await connect_until_up(
-            self._open,
-            runtime,
-            name=self.name,
-            function=self.function,
-            key=self.key,
-            address=self.address,
-            wait=self.trigger.wait_for_broker,
-            reconnect=reconnect,
-            errors=_connection_errors(),
+        super().__init__(
+            trigger,
+            function,
+            key=f"rabbitmq:{trigger.queue}:{function}",
+            name=f"RabbitMQ trigger of function {function!r} (queue {trigger.queue!r})",
+            url=trigger.url,
+            buffer=trigger.prefetch_count,
         )
+        self.trigger: RabbitMQ = trigger
 
-    async def _open(self) -> tuple[AbstractConnection, AbstractChannel, AbstractQueue]:
+    def connection_errors(self) -> tuple[type[BaseException], ...]:
+        return _connection_errors()
+
+    async def close(self, link: _Link) -> None:
+        await _close_quietly(link[0])
+
+    async def open(self) -> _Link:
         import aiormq
 
         aio_pika = _client()
@@ -208,8 +179,9 @@ class RabbitMQSource:
         await channel.set_qos(prefetch_count=self.trigger.prefetch_count)
         return channel
 
-    async def _consume(self, runtime: SourceRuntime, channel: AbstractChannel, queue: AbstractQueue) -> None:
+    async def consume(self, runtime: SourceRuntime, link: _Link) -> None:
         """Hand every delivery to the pump until the channel or its connection is lost."""
+        _, channel, queue = link
         try:
             async with queue.iterator() as deliveries:
                 async for incoming in deliveries:
