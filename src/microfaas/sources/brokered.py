@@ -58,6 +58,8 @@ DECODINGS: Final = ("auto", "json", "text", "bytes")
 # Backoff between connection attempts: doubles from the first to the cap.
 RECONNECT_FIRST: Final = 0.1
 RECONNECT_CAP: Final = 5.0
+# Seconds a source waits for its broker to acknowledge a close.
+CLOSE_TIMEOUT: Final = 5.0
 
 
 def decode_body(body: bytes, content_type: str | None, decode: str) -> Any:
@@ -308,12 +310,17 @@ class BrokerSource(Generic[Link]):
                     link = await self._connect(runtime, reconnect=False)
                 while True:
                     await self.consume(runtime, link)
-                    await self.close(link)
+                    await self._close(link)
                     link = await self._connect(runtime, reconnect=True)
         finally:
             if link is not None:
                 with anyio.CancelScope(shield=True):
-                    await self.close(link)
+                    await self._close(link)
+
+    async def _close(self, link: Link) -> None:
+        # A broker that went away may never answer the goodbye: do not wait for it long.
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            await self.close(link)
 
     async def _connect(self, runtime: SourceRuntime, *, reconnect: bool) -> Link:
         return await connect_until_up(

@@ -130,9 +130,10 @@ def _client() -> Any:
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What a lost or unreachable broker raises (a channel that closed under a call included)."""
     import aiormq
 
-    return (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError)
+    return (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError)
 
 
 class RabbitMQSource(BrokerSource["_Link"]):
@@ -246,12 +247,9 @@ def _text(value: object) -> str:
 
 async def _quietly(settle: Any) -> None:
     """An ack or reject that may find its channel closed under it: the broker then redelivers the message."""
-    import aiormq
-
-    errors: tuple[type[BaseException], ...] = (*_connection_errors(), aiormq.exceptions.ChannelInvalidStateError)
     try:
         await settle
-    except errors:
+    except _connection_errors():
         pass
 
 
