@@ -269,13 +269,13 @@ async def test_a_platform_killed_mid_stream_loses_nothing_the_broker_kept(rabbit
         kill_with_everything_it_started(second)
 
 
-async def test_the_broker_restarted_mid_stream_is_reconnected_to_and_nothing_is_lost(own_rabbitmq: Any) -> None:
+async def test_the_broker_killed_and_restarted_mid_stream_is_reconnected_to_and_nothing_is_lost(own_rabbitmq: Any) -> None:
     url, queue = own_rabbitmq.url, "restarted"
     await publish(url, queue, list(range(MESSAGES)))
     app = app_with(slow, mf.RabbitMQ(url, queue=queue, prefetch=5))
     async with app.run() as faas:
         await wait_until(lambda: len(LOG.lines()) >= 5)
-        await anyio.to_thread.run_sync(own_rabbitmq.stop)
+        await anyio.to_thread.run_sync(own_rabbitmq.kill)  # SIGKILL: confirmed persistent messages are on disk
         await wait_until(lambda: faas.events("connector_down"))
         await anyio.to_thread.run_sync(own_rabbitmq.start)
         await publish(url, queue, list(range(MESSAGES, 2 * MESSAGES)))
