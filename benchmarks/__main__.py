@@ -19,6 +19,9 @@ Figures (contenders interleaved per round, so a noisy machine hits all alike):
 - messages/s from RabbitMQ and mosquitto through mf.RabbitMQ and mf.MQTT against a bare
   consumer loop of the same client (benchmarks/brokers.py; the connectors extra and the
   Debian packages, else skipped with a note).
+- Redis Streams: entries/s through mf.RedisStream and a no-op handler against a bare
+  redis-py consumer loop (benchmarks/redis_streams.py; skipped with a note without
+  redis-server or the connectors extra).
 Ray actors join in a phase of their own (with microfaas measured again beside
 them) when ray is installed, so Ray's daemons do not load the machine while the
 other peers are measured; without ray the phase is skipped with a note.
@@ -39,7 +42,7 @@ import anyio
 import anyio.to_thread
 
 import microfaas as mf
-from benchmarks import brokers, cold, core_decisions, durable, executor, memory, payload, peers, report, throughput, warm
+from benchmarks import brokers, cold, core_decisions, durable, executor, memory, payload, peers, redis_streams, report, throughput, warm
 from benchmarks.common import log, settle_allocator
 
 PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "pebble", "psutil", "matplotlib", "ray", "huey")
@@ -167,6 +170,9 @@ async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     log("brokers: mf.RabbitMQ and mf.MQTT vs bare aio-pika and aiomqtt consumers")
     results["brokers"] = await brokers.measure(quick)
     notes += results["brokers"]["notes"]
+    log("redis streams: mf.RedisStream vs a bare consumer loop")
+    results["redis_streams"] = await redis_streams.measure(quick)
+    notes += results["redis_streams"]["notes"]
     ratios = report.ratios(results)
     return {
         "machine": machine_facts(),

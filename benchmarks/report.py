@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import brokers, durable
+from benchmarks import brokers, durable, redis_streams
 
 from . import executor
 
@@ -36,6 +36,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "durable_accept_p50_ms": ("<=", 1.0),
     "rabbitmq_vs_bare": (">=", 0.5),
     "mqtt_vs_bare": (">=", 0.5),
+    "redis_stream_vs_bare": (">=", 0.5),
 }
 
 
@@ -53,6 +54,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         **executor.ratios(results),  # absent from runs made before the executor figures
         **(durable.ratios(results["durable"]) if results.get("durable") else {}),
         **(brokers.ratios(results["brokers"]) if results.get("brokers") else {}),
+        **(redis_streams.ratios(results["redis_streams"]) if results.get("redis_streams") else {}),
     }
 
 
@@ -125,6 +127,7 @@ def rows(results: dict[str, Any], ratio: dict[str, float]) -> list[list[str]]:
         *executor_rows(results, row, per),
         *_durable_rows(results.get("durable"), ratio, row),
         *_broker_rows(results.get("brokers"), ratio, row),
+        *_redis_rows(results.get("redis_streams"), ratio, row),
     ]
 
 
@@ -170,6 +173,15 @@ def _broker_rows(figures: dict[str, Any] | None, ratio: dict[str, float], row: A
         batched = [data["microfaas_batched"]["messages_per_s"], *none]
         rows.append(row(f"{name} msgs/s, batches of 50", batched, f"{name}_batched_vs_bare"))
     return rows
+
+
+def _redis_rows(figures: dict[str, Any] | None, ratio: dict[str, float], row: Any) -> list[list[str]]:
+    """The Redis Streams row: mf.RedisStream in the microfaas column, the bare consumer loop named in the label."""
+    if not figures or "redis_stream_vs_bare" not in ratio:
+        return []
+    bare = figures["bare"]["entries_per_s"]
+    label = f"Redis stream entries/s (bare redis-py loop {_fmt(bare)})"
+    return [row(label, [figures["microfaas"]["entries_per_s"], *[None] * (len(COLUMNS) - 1)], "redis_stream_vs_bare")]
 
 
 HEADER = ["figure", *(SHORT[c] for c in COLUMNS), "ratio", "target", "met?"]

@@ -13,7 +13,9 @@ import psutil
 import pytest
 
 from microfaas.nodes import container
-from servers import mosquitto_server, own_mosquitto, own_rabbitmq, rabbitmq_server  # noqa: F401 - fixtures for -m connectors
+
+# The real servers the connector tests start (redis_server, ...).
+pytest_plugins = ("servers",)
 
 
 @pytest.fixture

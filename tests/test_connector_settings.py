@@ -25,7 +25,7 @@ RABBIT = "amqp://guest:guest@127.0.0.1:5672/"
         ({"url": RABBIT, "queue": "q", "decode": "xml"}, "decode must be one of 'auto', 'json', 'text', 'bytes'"),
         ({"url": RABBIT, "queue": "q", "batch_size": 10, "prefetch": 5}, "prefetch must be an int >= batch_size (10)"),
         ({"url": RABBIT, "queue": "q", "declare": "yes"}, "declare must be a bool"),
-        ({"url": RABBIT, "queue": "q", "wait_for_broker": 1}, "wait_for_broker must be a bool"),
+        ({"url": RABBIT, "queue": "q", "wait_for_server": 1}, "wait_for_server must be a bool"),
     ],
 )
 def test_a_bad_rabbitmq_setting_is_a_value_error_naming_it(settings: dict[str, Any], message: str) -> None:

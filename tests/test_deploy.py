@@ -107,8 +107,8 @@ async def test_a_bad_deploy_changes_nothing() -> None:
             await faas.deploy(holds_a_lock, name="greet")
         with pytest.raises(ValueError, match=r"declares a function of that name with @app\.function"):
             await faas.deploy(greet_v2, name="declared")
-        with pytest.raises(ValueError, match="cannot take triggers yet"):
-            await faas.deploy(greet_v2, name="greet", triggers=[mf.Every(seconds=60)])
+        with pytest.raises(ValueError, match=r"did not declare with app\.topic"):
+            await faas.deploy(greet_v2, name="greet", triggers=[mf.Topic("nowhere").subscribe()])
         with pytest.raises(ValueError, match="does not fit on a node"):
             await faas.deploy(greet_v2, name="greet", memory_mb=10**9)
         assert faas.versions("greet") == [1]

@@ -45,7 +45,10 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"python", "pycon", "toml", "console", "sh", "text"}
 
 # What a skip condition may test (the namespace of `skip: next if(...)`).
-CONDITIONS = {"HAS_RAY": importlib.util.find_spec("ray") is not None}
+CONDITIONS = {
+    "HAS_RAY": importlib.util.find_spec("ray") is not None,
+    "HAS_CONNECTORS": all(importlib.util.find_spec(m) is not None for m in ("redis", "watchfiles", "pyarrow")),
+}
 
 
 def run_program(example: Example) -> None:

@@ -470,6 +470,12 @@ class _FakePlatform:
         self.closed = False
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
+    def function_names(self) -> list[str]:
+        return list(app.functions)
+
+    def function(self, name: str) -> mf.FunctionSpec:
+        return app.functions[name]
+
     async def invoke(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((name, args, kwargs))
         return {"from": "the fake"} if name == "item" else 42

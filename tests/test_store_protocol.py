@@ -50,6 +50,7 @@ AREAS = {
         st.tuples(st.just("put"), st.integers(0, 1), st.one_of(st.none(), st.text(max_size=2)), st.integers()),
         st.tuples(st.just("checkpoint"), st.sampled_from(FUNCTIONS), st.integers(0, 1), st.integers(0, 9)),
         st.tuples(st.just("trim"), st.integers(0, 1), st.integers(1, 9)),
+        st.tuples(st.just("offset"), st.sampled_from(FUNCTIONS), st.sampled_from(("a.csv", "b.csv")), st.integers(0, 9)),
         REOPEN,
     ),
     "letters": st.one_of(
@@ -72,6 +73,7 @@ class Model:
     records: dict[int, list[Record]] = attrs.Factory(dict)
     next_sequence: dict[int, int] = attrs.Factory(dict)
     checkpoints: dict[tuple[str, int], int] = attrs.Factory(dict)
+    offsets: dict[tuple[str, str], dict[str, int]] = attrs.Factory(dict)
     letters: dict[str, DeadLetter] = attrs.Factory(dict)
     deployments: dict[tuple[str, int], StoredDeployment] = attrs.Factory(dict)
     clock: float = 1000.0
@@ -169,6 +171,10 @@ async def apply(store: Any, model: Model, op: tuple[Any, ...]) -> Any:
         below = min(below, model.next_sequence.get(shard, 0))
         model.records[shard] = [r for r in model.records.get(shard, []) if r.sequence >= below]
         await store.trim_records("clicks", shard, below)
+    elif name == "offset":
+        function, part, offset = args
+        model.offsets.setdefault(("files:*.csv", function), {})[part] = offset
+        await store.set_offset("files:*.csv", function, part, offset)
     elif name == "letter":
         function, event = args
         letter = DeadLetter(
@@ -229,6 +235,7 @@ def check_snapshot(snapshot: Any, model: Model) -> None:
     else:
         assert stream is None
     assert [(d.id, d.event, str(d.error)) for d in snapshot.dead_letters] == [(d.id, d.event, str(d.error)) for d in model.letters.values()]
+    assert {where: dict(parts) for where, parts in snapshot.offsets.items()} == model.offsets
     assert list(snapshot.deployments) == sorted(model.deployments.values(), key=lambda d: (d.name, d.version))
 
 

@@ -63,16 +63,16 @@ def test_a_store_from_a_newer_microfaas_is_refused(tmp_path: Path) -> None:
         run(open_and_close, path)
 
 
+async def write_a_call(path: Path) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    await store.put_call(call("kept"))
+    await store.close()
+
+
 def test_an_older_schema_is_migrated_forward_keeping_what_it_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "faas.db"
-
-    async def write_a_call() -> None:
-        store = SqliteStore(path)
-        await store.open()
-        await store.put_call(call("kept"))
-        await store.close()
-
-    run(write_a_call)
+    run(write_a_call, path)
     later = {**schema.MIGRATIONS, schema.SCHEMA_VERSION + 1: ("ALTER TABLE calls ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",)}
     monkeypatch.setattr(schema, "MIGRATIONS", later)
     monkeypatch.setattr(schema, "SCHEMA_VERSION", max(later))
@@ -87,6 +87,29 @@ def test_an_older_schema_is_migrated_forward_keeping_what_it_holds(tmp_path: Pat
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
         assert conn.execute("SELECT priority FROM calls").fetchall() == [(0,)]
+
+
+def test_a_version_1_store_gains_the_offsets_table_and_keeps_its_calls(tmp_path: Path) -> None:
+    path = tmp_path / "faas.db"
+    run(write_a_call, path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # what microfaas wrote before files had offsets
+        conn.execute("DROP TABLE offsets")
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+
+    async def resume_with_an_offset() -> tuple[list[str], dict[str, int]]:
+        store = SqliteStore(path)
+        snapshot = await store.open()
+        await store.set_offset("files:*.csv", "f", "a.csv", 7)
+        await store.close()
+        store = SqliteStore(path)
+        again = await store.open()
+        await store.close()
+        return [c.id for c in snapshot.calls], dict(again.offsets[("files:*.csv", "f")])
+
+    assert run(resume_with_an_offset) == (["kept"], {"a.csv": 7})
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
 
 
 @contextlib.contextmanager

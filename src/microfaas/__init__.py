@@ -22,6 +22,7 @@ from .aws import lambda_handler
 from .errors import (
     CallCancelled,
     ColdStartFailed,
+    ConnectorUnreachable,
     ContainerCrashed,
     FaaSError,
     FunctionError,
@@ -41,7 +42,21 @@ from .errors import (
     UnknownFunction,
     UnknownSource,
 )
-from .events import BatchResult, BatchTask, Context, Http, HttpRequest, HttpResponse, Message, Record, RecordBatch, Tick, Trigger, context
+from .events import (
+    BatchResult,
+    BatchTask,
+    Context,
+    Http,
+    HttpRequest,
+    HttpResponse,
+    Message,
+    ObjectEvent,
+    Record,
+    RecordBatch,
+    Tick,
+    Trigger,
+    context,
+)
 from .executor import Executor
 from .keepalive import (
     AdaptiveKeepAlive,
@@ -60,8 +75,11 @@ from .runtime.deploy import Deployment
 from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
 from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
+from .sources.directory import Directory
+from .sources.files import Files
 from .sources.mqtt import MQTT
 from .sources.rabbitmq import RabbitMQ
+from .sources.redis_streams import RedisStream
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .spec import FunctionSpec, Retries
 from .store import DeadLetter, MemoryStore, SqliteStore, Store
@@ -81,6 +99,7 @@ __all__ = [
     "CallCancelled",
     "CallStatus",
     "ColdStartFailed",
+    "ConnectorUnreachable",
     "ContainerCrashed",
     "ContainerInfo",
     "ContainerState",
@@ -88,9 +107,11 @@ __all__ = [
     "Cron",
     "DeadLetter",
     "Deployment",
+    "Directory",
     "Every",
     "Executor",
     "FaaSError",
+    "Files",
     "FixedKeepAlive",
     "FunctionError",
     "FunctionHandle",
@@ -110,6 +131,7 @@ __all__ = [
     "MemoryStore",
     "Message",
     "NeverUnload",
+    "ObjectEvent",
     "OutOfMemory",
     "Platform",
     "PlatformClosed",
@@ -117,6 +139,7 @@ __all__ = [
     "RabbitMQ",
     "Record",
     "RecordBatch",
+    "RedisStream",
     "Retries",
     "SerializationError",
     "SqliteStore",

@@ -16,6 +16,7 @@
     ├── UnknownSource              no topic, stream or timer by that name in the app
     ├── UnknownCall                no spawned call or batch job by that id (or its result expired)
     ├── PlatformClosed             the platform is not running
+    ├── ConnectorUnreachable       a connector's outside system (a broker) could not be reached
     └── StoreError                 the durable store cannot be used, or a write to it failed
         ├── StoreCorrupt           the file is not a microfaas store, or a row of it is damaged
         ├── StoreVersionError      the store was written by a newer microfaas (a later schema)
@@ -33,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "CallCancelled",
     "ColdStartFailed",
+    "ConnectorUnreachable",
     "ContainerCrashed",
     "FaaSError",
     "FunctionError",
@@ -187,6 +189,12 @@ class UnknownCall(FaaSError, LookupError):
 
 class PlatformClosed(FaaSError):
     """The platform is not running: open one with ``async with app.run()``."""
+
+
+class ConnectorUnreachable(FaaSError, ConnectionError):
+    """A connector (``mf.RedisStream``, ...) could not reach its outside system when the
+    platform started; the message names the connector and the address. Raised by
+    ``async with app.run()`` unless the connector was told to wait for its server."""
 
 
 class StoreError(FaaSError):

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["BatchResult", "BatchTask", "Context", "Message", "Record", "RecordBatch", "Tick", "Trigger", "context"]
+__all__ = ["BatchResult", "BatchTask", "Context", "Message", "ObjectEvent", "Record", "RecordBatch", "Tick", "Trigger", "context"]
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +149,22 @@ class Tick:
     scheduled_at: float
     fired_at: float
     skipped: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ObjectEvent:
+    """A change to an object (a file) in a watched place, like a storage bucket's notification.
+
+    :param kind: ``"created"``, ``"modified"`` or ``"deleted"``.
+    :param path: the file's path (absolute).
+    :param size: its size in bytes when the change was seen (None once deleted, or gone by then).
+    :param time: wall-clock time (``time.time()``) the change was seen.
+    """
+
+    kind: str
+    path: str
+    size: int | None
+    time: float
 
 
 def _ids(value: object) -> tuple[str, ...]:

@@ -76,7 +76,7 @@ RETRY: Final = "retry"
 DEAD_LETTER: Final = "dead_letter"
 #: A connector lost (or could not reach) its outside system and will try again [source, address, error, retry_in].
 CONNECTOR_DOWN: Final = "connector_down"
-#: A connector (re)connected to its outside system [source, address, reconnect].
+#: A connector reached its outside system again after it was down [source, address, down_s].
 CONNECTOR_UP: Final = "connector_up"
 
 KINDS: Final = frozenset(

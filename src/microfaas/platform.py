@@ -15,9 +15,11 @@ import anyio
 
 from .errors import FaaSError, UnknownCall, UnknownFunction
 from .http import serve
+from .http.routes import build_routes
 from .lifecycle import EVENTS_KEPT
 from .runtime.runtime import Runtime
 from .runtime.stats import ContainerInfo
+from .sources import TriggerWiring
 from .sources.batch import BatchJob, resume_batches, start_batch
 
 if TYPE_CHECKING:
@@ -41,12 +43,11 @@ __all__ = ["Platform"]
 
 def _the_one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The user's error inside a task group's exception group: a group of one ``FaaSError``
-    or ``ValueError`` (nested or not) is that error, so ``except ValueError`` catches it; so is the
-    ``ConnectionError`` of a connector that cannot reach its outside system at start."""
+    or ``ValueError`` (nested or not) is that error, so ``except ValueError`` catches it."""
     errors = group.exceptions
     while len(errors) == 1 and isinstance(errors[0], BaseExceptionGroup):
         errors = errors[0].exceptions
-    if len(errors) == 1 and isinstance(errors[0], FaaSError | ValueError | ConnectionError):
+    if len(errors) == 1 and isinstance(errors[0], FaaSError | ValueError):
         return errors[0]
     return group
 
@@ -82,6 +83,7 @@ class Platform:
             sources=sources,
             events_kept=events_kept,
             store=store,
+            wiring=TriggerWiring(check_routes=build_routes),
         )
         self.nodes_config: NodeProvider = self._runtime.provider
 
@@ -213,18 +215,20 @@ class Platform:
 
         Takes the settings of ``@app.function`` (``name=`` defaults to ``fn.__name__``).
         Calls that start after it returns run the new version; running ones finish on
-        theirs; idle containers of the old version are retired. With a durable store the
-        deployment is kept, and a restart serves it again.
+        theirs; idle containers of the old version are retired. The new version's
+        triggers replace the old one's (docs/durability.md says how each kind hands
+        over). With a durable store the deployment is kept, and a restart serves it again.
 
-        :raises ValueError: a bad setting, triggers, a name declared with ``@app.function``,
-            or it fits no node; nothing changed.
+        :raises ValueError: a bad setting, a trigger that cannot be wired (an undeclared
+            topic or stream, a timer name or Http route of another function), a name
+            declared with ``@app.function``, or it fits no node; nothing changed.
         :raises SerializationError: ``fn`` (or its init) will not pickle; nothing changed.
         :raises StoreError: the deployment could not be stored; nothing changed.
         """
         return await self._runtime.deployer.deploy(fn, settings)
 
     async def undeploy(self, name: str) -> None:
-        """Take deployed function ``name`` away (its running calls finish; its containers go).
+        """Take deployed function ``name`` away (its running calls finish; its containers and triggers go).
 
         :raises UnknownFunction: no deployed function by that name.
         :raises ValueError: ``name`` is declared with ``@app.function``.

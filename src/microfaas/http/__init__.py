@@ -1,7 +1,8 @@
 """The HTTP gateway: the APIServer over HTTP, as a plain ASGI application.
 
-How it works. ``make_asgi_app(platform)`` reads the running platform's app once and
-builds a routing table from the ``mf.Http(method, path)`` triggers. A request that
+How it works. ``make_asgi_app(platform)`` builds a routing table from the
+``mf.Http(method, path)`` triggers of the functions the platform serves, again
+whenever they change (functions deployed while it runs are served too). A request that
 matches a route becomes an ``mf.HttpRequest``, goes through ``platform.invoke`` like
 any other call (so it gets a container, a deadline, stats), and the handler's
 result becomes the response. The invoke API under ``/v1/functions`` is the same

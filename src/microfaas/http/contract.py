@@ -2,15 +2,16 @@
 
 The gateway sits below ``platform.py`` and must not import it (the platform imports
 the gateway to serve it). It types against ``GatewayPlatform`` instead, which names
-exactly what it uses: the app's name and function specs, whether the platform is
-closed, ``invoke`` by name, and the stats and containers of one function (any
-attrs records: the gateway only serves them as JSON).
+exactly what it uses: the app's name, the functions served now and their specs
+(looked up per request, so functions deployed while it runs are served), whether
+the platform is closed, ``invoke`` by name, and the stats and containers of one
+function (any attrs records: the gateway only serves them as JSON).
 ``Platform`` satisfies it structurally; so does a test double.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -22,16 +23,11 @@ __all__ = ["GatewayApp", "GatewayPlatform"]
 
 
 class GatewayApp(Protocol):
-    """The served app, as the gateway reads it once at start."""
+    """The served app."""
 
     @property
     def name(self) -> str:
         """The app's name (in ``/healthz`` and the log)."""
-        ...
-
-    @property
-    def functions(self) -> Mapping[str, FunctionSpec]:
-        """Every declared function by name: their Http triggers are the routes."""
         ...
 
 
@@ -46,6 +42,17 @@ class GatewayPlatform(Protocol):
     @property
     def closed(self) -> bool:
         """True once the platform stopped (``/healthz`` then answers 503)."""
+        ...
+
+    def function_names(self) -> list[str]:
+        """The functions served now, declared and deployed: their Http triggers are the routes."""
+        ...
+
+    def function(self, name: str) -> FunctionSpec:
+        """The settings of function ``name`` (one of ``function_names()``).
+
+        :raises UnknownFunction: no such function (it was undeployed).
+        """
         ...
 
     async def invoke(self, name: str, /, *args: Any, **kwargs: Any) -> Any:

@@ -1,9 +1,11 @@
 """The ASGI application: Http routes, the invoke API under ``/v1/functions`` and ``/healthz``.
 
-``make_asgi_app(platform)`` reads the platform's app once and builds the routing
-table (``routes.py``). A request that matches a route becomes an ``mf.HttpRequest``
-and goes through ``platform.invoke`` like any other call (so it gets a container, a
-deadline, stats); the handler's result becomes the response (``responses.py``). The
+``make_asgi_app(platform)`` builds the routing table (``routes.py``) from the
+functions the platform serves, and again when they change (a function deployed,
+updated or undeployed while it runs), so each request sees them as they are. A
+request that matches a route becomes an ``mf.HttpRequest`` and goes through
+``platform.invoke`` like any other call (so it gets a container, a deadline,
+stats); the handler's result becomes the response (``responses.py``). The
 invoke API is ``invoke`` by name with JSON arguments (``arguments.py``): off unless
 asked for, limited to the exposed functions, optionally behind a bearer token, and
 its POST needs ``Content-Type: application/json`` (so a web page cannot call it
@@ -27,7 +29,7 @@ from . import asgi
 from .arguments import check_arguments, parse_invoke_body
 from .contract import GatewayPlatform
 from .responses import HttpError, as_json, error_payload, to_response
-from .routes import HEALTH_PATH, INVOKE_API_PREFIX, build_routes, is_invoke_api
+from .routes import HEALTH_PATH, INVOKE_API_PREFIX, Route, build_routes, is_invoke_api
 
 __all__ = ["DEFAULT_MAX_BODY", "Gateway", "make_asgi_app"]
 
@@ -50,7 +52,7 @@ class Gateway:
         debug: bool = False,
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
-        functions = platform.app.functions
+        functions = {name: platform.function(name) for name in platform.function_names()}
         if isinstance(expose, str):
             raise ValueError(f"expose must be a list of function names, got the string {expose!r}")
         if expose is not None:
@@ -63,16 +65,40 @@ class Gateway:
             raise ValueError(f"max_body must be an int >= 0 (bytes), got {max_body!r}")
         self.platform = platform
         self.invoke_api = bool(invoke_api)
-        self.exposed: frozenset[str] = frozenset(functions if expose is None else expose) if invoke_api else frozenset()
+        self._expose = None if expose is None else frozenset(expose)
         self.token = token
         self.debug = debug
         self.max_body = max_body
-        self.routes = build_routes(functions)
-        self._specs = dict(functions)
+        self._routes = build_routes(functions)
+        self._specs = functions
 
     def __repr__(self) -> str:
         api = f"invoke API for {len(self.exposed)} functions" if self.invoke_api else "no invoke API"
         return f"<microfaas Gateway of app {self.platform.app.name!r}: {len(self.routes)} routes, {api}>"
+
+    @property
+    def routes(self) -> list[Route]:
+        """The routes of the functions served now (built again when they changed)."""
+        self._refresh()
+        return self._routes
+
+    @property
+    def exposed(self) -> frozenset[str]:
+        """The functions the invoke API reaches now: those of ``expose``, else every function served."""
+        if not self.invoke_api:
+            return frozenset()
+        self._refresh()
+        return frozenset(self._specs) if self._expose is None else self._expose & self._specs.keys()
+
+    def _refresh(self) -> None:
+        platform = self.platform
+        names = platform.function_names()
+        specs = self._specs
+        if len(names) == len(specs) and all(platform.function(name) is specs.get(name) for name in names):
+            return
+        functions = {name: platform.function(name) for name in names}
+        self._routes = build_routes(functions)  # deploy refused routes that collide, so this builds
+        self._specs = functions
 
     async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         kind = scope["type"]
@@ -159,11 +185,11 @@ class Gateway:
         name = parts[0]
         if len(parts) > 2 or (len(parts) == 2 and parts[1] != "invoke"):
             raise HttpError(404, "NotFound", f"no route for {method} {path}")
-        if name not in self.exposed:
+        if name not in self.exposed:  # also refreshes _specs
             raise HttpError(404, "UnknownFunction", f"no function {name!r} is exposed by the invoke API")
+        spec = self._specs[name]
         if len(parts) == 1:
             self._allow(method, ("GET",))
-            spec = self._specs[name]
             info = {
                 "name": name,
                 "routes": [f"{t.method} {t.path}" for t in spec.triggers if isinstance(t, Http)],
@@ -177,7 +203,7 @@ class Gateway:
             raise HttpError(415, "UnsupportedMediaType", f"send the arguments as Content-Type: application/json, not {content_type!r}")
         try:
             args, kwargs = parse_invoke_body(await asgi.read_body(scope, receive, self.max_body))
-            check_arguments(self._specs[name], args, kwargs)
+            check_arguments(spec, args, kwargs)
         except ValueError as exc:
             raise HttpError(400, "BadRequest", f"{name}: {exc}") from None
         result = await self.platform.invoke(name, *args, **kwargs)

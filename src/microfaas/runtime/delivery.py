@@ -59,6 +59,7 @@ __all__ = [
     "InFlight",
     "Source",
     "SourceRuntime",
+    "Undeliverable",
     "expired_at_restart",
     "retry_delay",
 ]
@@ -178,6 +179,18 @@ class CallDelivery(Delivery):
 
     def dead_events(self) -> list[Any]:
         return [loads_or_blob(self.blob) if self.event is None else self.event]
+
+
+class Undeliverable(Delivery):
+    """An event that goes straight to the dead letters, never attempted: one that will not decode,
+    or one a source no longer in the app left in the store."""
+
+    def __init__(self, function: str, source: str, invocation_id: str, event: Any) -> None:
+        super().__init__(function, source, invocation_id)
+        self.event = event
+
+    def dead_events(self) -> list[Any]:
+        return [self.event]
 
 
 @attrs.frozen
@@ -354,7 +367,7 @@ class SourceRuntime(Protocol):
         ...
 
     def emit(self, kind: str, *, function: str | None = None, **detail: Any) -> None:
-        """Report a lifecycle event of kind ``kind`` (``lifecycle.py``: a connector down or up, ...)."""
+        """Record a lifecycle event of ``kind`` (one of ``microfaas.lifecycle.KINDS``) about ``function``."""
         ...
 
 

@@ -16,8 +16,14 @@ pickles and fits a node -- then stores the deployment, and only then changes
 anything, so a bad deploy leaves the platform as it was. A restart on the store
 deploys the active version of every name again.
 
-Triggers. A deployed function may not take triggers yet (topics, streams and
-timers are wired when the platform starts); ``deploy`` refuses them by name.
+Triggers. A deployed function's triggers are wired by the platform's ``Wiring``
+(``sources/wiring.py``; this package cannot import the sources above it): ``check``
+refuses triggers that cannot be wired (an undeclared topic, a timer name or an Http
+route another function has) before anything changes, and ``rewire`` replaces the
+old version's triggers with the new one's on the running platform: it subscribes and
+unsubscribes topics, starts and stops stream consumers, timers and connectors. A
+restart wires the restored versions' triggers before the sources start, so what
+they had left in the store resumes with them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import cloudpickle
@@ -35,16 +41,18 @@ from ..actions import FunctionProfile
 from ..errors import UnknownFunction
 from ..spec import FunctionSpec
 from ..store import StoredDeployment
+from .delivery import SourceRuntime
 from .shipping import dumps_by_value
 from .stats import StatsRecorder
 
 if TYPE_CHECKING:
     from ..store import Snapshot
+    from .delivery import Source
 
 # The runtime that owns this part (runtime.py imports this module, so it is not imported back).
 Runtime = Any
 
-__all__ = ["Deployer", "Deployment", "scheduler_name"]
+__all__ = ["Deployer", "Deployment", "SourceHost", "Wiring", "scheduler_name"]
 
 logger = logging.getLogger("microfaas.deploy")
 
@@ -59,6 +67,40 @@ class Deployment:
 
     name: str
     version: int
+
+
+class SourceHost(SourceRuntime, Protocol):
+    """What wiring a function's triggers may ask of the runtime: its sources, and starting and stopping one."""
+
+    @property
+    def functions(self) -> dict[str, FunctionSpec]:
+        """What callers invoke now, by name (declared and deployed)."""
+        ...
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """The platform's event sources by key."""
+        ...
+
+    async def start_source(self, source: Source) -> None:
+        """Run ``source`` from now on (with the others, if they have not started yet)."""
+        ...
+
+    def stop_source(self, key: str) -> None:
+        """Stop source ``key`` (its ``stop()`` if it has one, to finish what it is doing; else cancelled)."""
+        ...
+
+
+class Wiring(Protocol):
+    """Wires a deployed function's triggers into the running platform (``sources.wiring.TriggerWiring``)."""
+
+    def check(self, host: SourceHost, name: str, spec: FunctionSpec) -> None:
+        """:raises ValueError: ``spec``'s triggers cannot replace those of ``name`` now (the message says why)."""
+        ...
+
+    async def rewire(self, host: SourceHost, name: str, previous: FunctionSpec | None, spec: FunctionSpec | None) -> None:
+        """Replace the triggers of ``previous`` (None: a new function) by those of ``spec`` (None: undeployed)."""
+        ...
 
 
 def scheduler_name(name: str, version: int) -> str:
@@ -77,7 +119,7 @@ class Deployer:
     async def deploy(self, fn: Callable[..., Any], settings: dict[str, Any]) -> Deployment:
         """Deploy ``fn`` with ``settings`` (the keywords of ``@app.function``) as a new version.
 
-        :raises ValueError: a bad setting, triggers, a clash with a decorated function, or it fits no node.
+        :raises ValueError: a bad setting, a trigger that cannot be wired, a clash with a decorated function, or it fits no node.
         :raises SerializationError: the function (or its init) will not pickle.
         :raises StoreError: the deployment could not be stored; nothing changed.
         """
@@ -87,8 +129,11 @@ class Deployer:
         name = spec.name
         if name in runtime.declared:
             raise ValueError(f"{name}: the app declares a function of that name with @app.function; deploy under another name")
+        wiring = runtime.wiring
         if spec.triggers:
-            raise ValueError(f"{name}: a deployed function cannot take triggers yet; declare it with @app.function(triggers=...)")
+            if wiring is None:
+                raise ValueError(f"{name}: this platform cannot wire the triggers of a deployed function")
+            wiring.check(runtime, name, spec)
         resources = runtime.cluster.sched.resources
         if not resources.fits_a_node(spec.memory_mb):
             raise ValueError(
@@ -98,7 +143,10 @@ class Deployer:
         code = dumps_by_value((fn, dict(settings)), (fn, spec.init), name)
         version = max(self.versions.get(name, [0]), default=0) + 1
         await runtime.store.put_deployment(StoredDeployment(name=name, version=version, code=code, deployed_at=time.time()))
+        previous = runtime.functions.get(name)
         self._serve(name, version, spec)
+        if wiring is not None and (spec.triggers or (previous is not None and previous.triggers)):
+            await wiring.rewire(runtime, name, previous, spec)
         return Deployment(name, version)
 
     async def undeploy(self, name: str) -> None:
@@ -116,13 +164,17 @@ class Deployer:
             deployed = ", ".join(sorted(self.active)) or "none"
             raise UnknownFunction(f"app {runtime.app_name!r} has no deployed function {name!r}; the deployed ones are: {deployed}")
         await runtime.store.undeploy(name)
+        spec = runtime.functions[name]
+        if runtime.wiring is not None and spec.triggers:
+            await runtime.wiring.rewire(runtime, name, spec, None)
         del self.active[name]
         del runtime.functions[name]
         del runtime.routes[name]
         runtime.cluster.retire(scheduler_name(name, version))
 
-    def restore(self, snapshot: Snapshot) -> None:
-        """Deploy again the active version of every name the store keeps (the others are listed in ``versions``)."""
+    async def restore(self, snapshot: Snapshot) -> None:
+        """Deploy again the active version of every name the store keeps (the others are listed in ``versions``),
+        with its triggers; one that no longer loads, or whose triggers the app no longer allows, is not served."""
         for deployment in snapshot.deployments:
             self.versions[deployment.name].append(deployment.version)
             if not deployment.active or deployment.name in self.runtime.declared:
@@ -130,12 +182,18 @@ class Deployer:
             try:
                 fn, settings = cloudpickle.loads(deployment.code)
                 spec = FunctionSpec.build(fn, settings)
+                if spec.triggers:
+                    if self.runtime.wiring is None:
+                        raise ValueError(f"{deployment.name}: this platform cannot wire the triggers of a deployed function")
+                    self.runtime.wiring.check(self.runtime, deployment.name, spec)
             except Exception:
                 logger.exception(
                     "version %d of deployed function %s could not be loaded; it is not served", deployment.version, deployment.name
                 )
                 continue
             self._serve(deployment.name, deployment.version, spec)
+            if spec.triggers and self.runtime.wiring is not None:
+                await self.runtime.wiring.rewire(self.runtime, deployment.name, None, spec)
 
     def _serve(self, name: str, version: int, spec: FunctionSpec) -> None:
         """Route ``name`` to this version from now on, and retire the one it replaces."""

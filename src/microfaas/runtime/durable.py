@@ -25,7 +25,7 @@ from ..errors import FaaSError, PlatformClosed, StoreCorrupt, UnknownCall, Unkno
 from ..events import BatchTask, Record, RecordBatch
 from ..store import StoredCall
 from .call import Call
-from .delivery import CallDelivery, Delivery, expired_at_restart
+from .delivery import CallDelivery, Undeliverable, expired_at_restart
 from .shipping import dump_args
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Durable:
                 error = UnknownSource(
                     f"app {runtime.app_name!r} has no topic {pending.topic!r} any more; message {pending.message.id} was not delivered"
                 )
-                leftover = _Leftover(pending.function, f"topic:{pending.topic}", pending.message.id, pending.message)
+                leftover = Undeliverable(pending.function, f"topic:{pending.topic}", pending.message.id, pending.message)
                 runtime.deliverer.dead_letter(leftover, error, attempts=pending.attempt, first_attempt_at=pending.message.published_at)
                 self.store.messages_done(pending.topic, pending.function, [pending.message.id])
 
@@ -174,17 +174,6 @@ class Durable:
             await anyio.sleep(PRUNE_EVERY)
 
 
-class _Leftover(Delivery):
-    """An event a source no longer in the app left in the store: it goes straight to the dead letters."""
-
-    def __init__(self, function: str, source: str, invocation_id: str, event: Any) -> None:
-        super().__init__(function, source, invocation_id)
-        self.event = event
-
-    def dead_events(self) -> list[Any]:
-        return [self.event]
-
-
 def _cut_short(call: Call[Any]) -> bool:
     return isinstance(call._error, PlatformClosed)
 
@@ -199,6 +188,7 @@ def redrive_args(name: str, letter: DeadLetter) -> bytes:
     if isinstance(event, BatchTask):
         return dump_args(name, (event.item,), {})
     if isinstance(event, Record):
-        stream, _, shard = letter.source.removeprefix("stream:").rpartition("/")
-        return dump_args(name, (RecordBatch(stream=stream, shard=int(shard or 0), records=[event]),), {})
+        kind, _, where = letter.source.partition(":")  # "stream:clicks/0", or an outside source's "redis:clicks", "files:<path>"
+        stream = where.rpartition("/")[0] if kind == "stream" else where
+        return dump_args(name, (RecordBatch(stream=stream, shard=event.shard, records=[event]),), {})
     return dump_args(name, (event,), {})  # a RecordBatch, a Tick, ...

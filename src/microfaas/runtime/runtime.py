@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ..spec import FunctionSpec, Retries
     from ..store import Store
     from .delivery import Source
+    from .deploy import Wiring
 
 __all__ = ["Runtime"]
 
@@ -63,6 +64,7 @@ class Runtime:
     :param functions: the app's functions by name.
     :param sources: the event sources to run (each with a unique ``key``).
     :param store: where accepted work is kept (default: a new ``MemoryStore``).
+    :param wiring: wires deployed functions' triggers (None: a deployed function cannot have triggers).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Runtime:
         sources: Iterable[Source] = (),
         events_kept: int | None = EVENTS_KEPT,
         store: Store | None = None,
+        wiring: Wiring | None = None,
     ) -> None:
         self._app_name = app_name
         self.provider: NodeProvider = nodes if nodes is not None else LocalNodes()
@@ -93,6 +96,9 @@ class Runtime:
             if source.key in self.sources:
                 raise ValueError(f"two event sources are both named {source.key!r}")
             self.sources[source.key] = source
+        self._source_scopes: dict[str, anyio.CancelScope] = {}
+        self._sources_started = False
+        self.wiring = wiring
         self._keep_alive = keep_alive
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(3)
@@ -142,11 +148,35 @@ class Runtime:
         self.state = "running"
         self.invoker.open = True
         await self.cluster.start(tg)
-        self.deployer.restore(self.snapshot)
+        await self.deployer.restore(self.snapshot)
         self.durable.resume(self.snapshot)
-        for source in self.sources.values():
-            await tg.start(source.run, self)
+        for source in list(self.sources.values()):
+            await tg.start(self._run_source, source)
+        self._sources_started = True
         tg.start_soon(self.durable.prune)
+
+    async def start_source(self, source: Source) -> None:
+        """Run ``source`` (a deployed function's trigger) from now on: at once, or with the others if they have not started."""
+        if source.key in self.sources:
+            raise ValueError(f"two event sources are both named {source.key!r}")
+        self.sources[source.key] = source
+        if self._sources_started:
+            await self._tg.start(self._run_source, source)
+
+    def stop_source(self, key: str) -> None:
+        """Stop source ``key``: through its ``stop()`` (it finishes what it is doing), else by cancelling it."""
+        source = self.sources.pop(key)
+        scope = self._source_scopes.pop(key, None)
+        stop = getattr(source, "stop", None)
+        if callable(stop):
+            stop()
+        elif scope is not None:
+            scope.cancel()
+
+    async def _run_source(self, source: Source, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as scope:
+            self._source_scopes[source.key] = scope
+            await source.run(self, task_status=task_status)
 
     async def stop(self) -> None:
         """Stop intake and every container and node; shielded, so it completes under cancellation."""

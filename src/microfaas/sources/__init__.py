@@ -5,27 +5,27 @@ what an event source may ask (look up a function, count work in flight, deliver,
 run a call). Nothing below knows which source an invocation came from.
 ``build_sources(...)`` makes one running source per declared topic and stream, and
 one per timer trigger, and one per connector trigger (``connector.py``: RabbitMQ, MQTT,
-Redis Streams, files, directories).
+Redis Streams, files, directories). ``TriggerWiring`` (``wiring.py``) wires the
+triggers of functions deployed while the platform runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from .connector import Connector
 from .streams import StreamSource
 from .timers import build_timer_sources
 from .topics import TopicSource
 from .triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
+from .wiring import TriggerWiring, triggers_by_name
 
 if TYPE_CHECKING:
     from ..runtime.delivery import Source
     from ..spec import FunctionSpec
 
-T = TypeVar("T", TopicSubscription, StreamConsumer)
-
-__all__ = ["Connector", "Cron", "Every", "Stream", "StreamConsumer", "Topic", "TopicSubscription", "build_sources"]
+__all__ = ["Connector", "Cron", "Every", "Stream", "StreamConsumer", "Topic", "TopicSubscription", "TriggerWiring", "build_sources"]
 
 
 def build_sources(
@@ -35,8 +35,8 @@ def build_sources(
 
     :raises ValueError: a trigger names a topic or stream the app did not declare.
     """
-    subscriptions = _triggers_by_name(functions, TopicSubscription, "topic", topics, verb="subscribes to", app_name=app_name)
-    consumers = _triggers_by_name(functions, StreamConsumer, "stream", streams, verb="consumes", app_name=app_name)
+    subscriptions = triggers_by_name(functions, TopicSubscription, "topic", topics, verb="subscribes to", app_name=app_name)
+    consumers = triggers_by_name(functions, StreamConsumer, "stream", streams, verb="consumes", app_name=app_name)
     sources: list[Source] = [TopicSource(topics[topic], subs) for topic, subs in subscriptions.items()]
     sources += build_timer_sources(functions)
     sources += [StreamSource(streams[stream], cons) for stream, cons in consumers.items()]
@@ -44,18 +44,3 @@ def build_sources(
         trigger.source(function) for function, spec in functions.items() for trigger in spec.triggers if isinstance(trigger, Connector)
     ]
     return sources
-
-
-def _triggers_by_name(
-    functions: Mapping[str, FunctionSpec], kind: type[T], field: str, declared: Mapping[str, object], *, verb: str, app_name: str
-) -> dict[str, list[tuple[str, T]]]:
-    """For each declared topic (``field="topic"``) or stream, the (function, trigger) pairs that read it."""
-    found: dict[str, list[tuple[str, T]]] = {name: [] for name in declared}
-    for function, spec in functions.items():
-        for trigger in spec.triggers:
-            if isinstance(trigger, kind):
-                target = getattr(trigger, field)
-                if target not in found:
-                    raise ValueError(f"{function}: {verb} {field} {target!r}, which app {app_name!r} did not declare with app.{field}()")
-                found[target].append((function, trigger))
-    return found

@@ -11,17 +11,16 @@ handled or dead-lettered the batch does it acknowledge each message to the broke
 ``ack`` for those handled, ``reject`` for those in the dead letters. A delivery cut
 short because the platform stopped settles nothing, so the broker delivers it again.
 
-``connect_until_up`` is the connect loop both readers use: the first connection fails
-``app.run`` with a ``ConnectionError`` naming the connector and the address (unless
-the trigger says ``wait_for_broker=True``); a lost connection is retried with capped
-exponential backoff, reporting ``connector_down`` and ``connector_up`` lifecycle events.
+``BrokerSource`` is the running side both share: it keeps its link to the broker with
+``reconnect.Connection`` (the first connect fails ``app.run`` with ``ConnectorUnreachable``
+unless the trigger says ``wait_for_server=True``; a lost link is opened again with backoff,
+with ``connector_down`` and ``connector_up`` lifecycle events) and consumes it meanwhile.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
@@ -32,7 +31,8 @@ import attrs
 
 from ..errors import SerializationError
 from ..events import Message
-from ..lifecycle import CONNECTOR_DOWN, CONNECTOR_UP
+from ..runtime.delivery import Undeliverable
+from .reconnect import Connection, redacted
 from .topics import MessageDelivery, collect_batch
 
 if TYPE_CHECKING:
@@ -45,9 +45,7 @@ __all__ = [
     "Inbound",
     "MessagePump",
     "check_delivery_settings",
-    "connect_until_up",
     "decode_body",
-    "redact",
 ]
 
 T = TypeVar("T")
@@ -55,9 +53,6 @@ Link = TypeVar("Link")  # what a source holds while connected: a connection and 
 
 #: What ``decode=`` accepts: "auto" reads the content type (JSON, text, else bytes).
 DECODINGS: Final = ("auto", "json", "text", "bytes")
-# Backoff between connection attempts: doubles from the first to the cap.
-RECONNECT_FIRST: Final = 0.1
-RECONNECT_CAP: Final = 5.0
 # Seconds a source waits for its broker to acknowledge a close.
 CLOSE_TIMEOUT: Final = 5.0
 
@@ -85,15 +80,6 @@ def decode_body(body: bytes, content_type: str | None, decode: str) -> Any:
     return body
 
 
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for errors and events)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port is not None else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 def check_delivery_settings(owner: str, trigger: Any) -> None:
     """The settings every message connector shares: batching, retries, concurrency, decoding.
 
@@ -111,7 +97,7 @@ def check_delivery_settings(owner: str, trigger: Any) -> None:
     ok = trigger.max_concurrency is None or (is_int(trigger.max_concurrency) and trigger.max_concurrency >= 1)
     need("max_concurrency", ok, "an int >= 1 or None")
     need("decode", trigger.decode in DECODINGS, "one of " + ", ".join(map(repr, DECODINGS)))
-    need("wait_for_broker", isinstance(trigger.wait_for_broker, bool), "a bool")
+    need("wait_for_server", isinstance(trigger.wait_for_server, bool), "a bool")
 
 
 @attrs.frozen
@@ -161,7 +147,7 @@ class MessagePump:
         self.key = key
         self.trigger = trigger
         self._send, self._receive = anyio.create_memory_object_stream[Inbound](buffer)
-        self.in_hand = 0
+        self.hand: list[Inbound] = []  # taken for the next batch, not yet handed to a delivery
         self.in_delivery = 0
 
     async def accept(self, runtime: SourceRuntime, inbound: Inbound) -> None:
@@ -175,12 +161,12 @@ class MessagePump:
 
     async def dead_letter(self, runtime: SourceRuntime, inbound: Inbound, error: SerializationError) -> None:
         """Dead-letter ``inbound`` without attempting it (its body could not be decoded) and reject it."""
-        delivery = _BrokerDelivery(self.function, self.key, inbound.message.id, [inbound.message], batched=False)
+        delivery = Undeliverable(self.function, self.key, inbound.message.id, inbound.message)
         runtime.dead_letter(delivery, error, attempts=0, first_attempt_at=time.time())
         await inbound.reject()
 
     def pending(self) -> list[str]:
-        waiting = self._send.statistics().current_buffer_used + self.in_hand + self.in_delivery
+        waiting = self._send.statistics().current_buffer_used + len(self.hand) + self.in_delivery
         return [f"{waiting} message(s) of {self.key} for {self.function}"] if waiting else []
 
     async def serve(self, runtime: SourceRuntime) -> None:
@@ -189,17 +175,15 @@ class MessagePump:
         limit = self.trigger.max_concurrency
         limiter = anyio.Semaphore(limit) if limit is not None else None
 
-        def taken(n: int) -> None:
-            self.in_hand = n
-
         async with anyio.create_task_group() as tg:
             while True:
                 # A free slot first, then the batch: what arrives while every slot is busy fills the next batch.
                 if limiter is not None:
                     await limiter.acquire()
-                batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, taken)
+                self.hand = []
+                batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
                 self.in_delivery += len(batch)
-                self.in_hand = 0
+                self.hand = []
                 tg.start_soon(self._deliver, runtime, batch, retries, limiter)
 
     async def _deliver(self, runtime: SourceRuntime, batch: list[Inbound], retries: Retries, limiter: anyio.Semaphore | None) -> None:
@@ -222,63 +206,30 @@ def new_message_id() -> str:
     return uuid.uuid4().hex
 
 
-async def connect_until_up(
-    connect: Callable[[], Awaitable[T]],
-    runtime: SourceRuntime,
-    *,
-    name: str,
-    function: str,
-    key: str,
-    address: str,
-    wait: bool,
-    reconnect: bool,
-    errors: tuple[type[BaseException], ...],
-) -> T:
-    """``await connect()``, again and again with backoff until it succeeds.
-
-    :param name: the connector as errors name it (``"RabbitMQ trigger of function 'f' (queue 'orders')"``).
-    :param wait: keep trying the first connection too (else it raises at once).
-    :param reconnect: whether this follows a lost connection (reported in ``connector_up``).
-    :param errors: what counts as "cannot connect" (anything else propagates).
-    :raises ConnectionError: the first connection failed and ``wait`` is False.
-    """
-    delay = RECONNECT_FIRST
-    while True:
-        try:
-            connected = await connect()
-        except errors as exc:
-            if not (wait or reconnect):
-                raise ConnectionError(f"{name}: cannot connect to {address}: {exc or type(exc).__name__}") from exc
-            runtime.emit(CONNECTOR_DOWN, function=function, source=key, address=address, error=repr(exc), retry_in=delay)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_CAP)
-        else:
-            runtime.emit(CONNECTOR_UP, function=function, source=key, address=address, reconnect=reconnect)
-            return connected
-
-
 class BrokerSource(Generic[Link]):
-    """The running side both message connectors share: connect, pump, consume until the link is lost, reconnect.
+    """The running side both message connectors share: keep a link to the broker, pump what it delivers.
 
     A subclass says how to ``open`` a link to its broker (connected, subscribed), ``consume``
-    it (hand each message to ``self.pump`` until the link is lost), ``close`` it, and which
-    exceptions mean the broker cannot be reached (``connection_errors``).
+    it (hand each message to ``self.pump``; return once the link is lost), ``close`` it, and
+    which exceptions mean the broker cannot be reached (``connection_errors``).
 
     :param key: the source's key, unique per platform (``"rabbitmq:orders:on_order"``).
-    :param name: the connector as errors name it.
-    :param url: the broker's address (its password is masked wherever it is shown).
+    :param what: the connector as messages name it (``"RabbitMQ queue 'orders'"``).
+    :param url: the broker's address (its password is hidden wherever it is shown).
     """
 
-    def __init__(self, trigger: Any, function: str, *, key: str, name: str, url: str, buffer: int) -> None:
+    def __init__(self, trigger: Any, function: str, *, key: str, what: str, url: str, buffer: int) -> None:
         self.trigger = trigger
         self.function = function
         self.key = key
-        self.name = name
-        self.address = redact(url)
+        self.what = what
+        self.url = url
+        self.address = redacted(url)
         self.pump = MessagePump(function, key, trigger, buffer=buffer)
+        self._link: Link | None = None
 
     def __repr__(self) -> str:
-        return f"<{self.name} at {self.address}>"
+        return f"<{self.what} at {self.address} for {self.function}>"
 
     def pending(self) -> list[str]:
         return self.pump.pending()
@@ -301,36 +252,44 @@ class BrokerSource(Generic[Link]):
     async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         runtime.function(self.function)
         self.prepare(runtime)
-        link = None if self.trigger.wait_for_broker else await self._connect(runtime, reconnect=False)
+        connection = Connection(
+            runtime,
+            function=self.function,
+            what=self.what,
+            address=self.url,
+            connect=self._ensure_open,
+            errors=self.connection_errors(),
+            wait_for_server=self.trigger.wait_for_server,
+        )
+        if not self.trigger.wait_for_server:
+            await connection.first()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.pump.serve, runtime)
                 task_status.started()
-                if link is None:
-                    link = await self._connect(runtime, reconnect=False)
+                if self.trigger.wait_for_server:
+                    await connection.first()
                 while True:
-                    await self.consume(runtime, link)
-                    await self._close(link)
-                    link = await self._connect(runtime, reconnect=True)
+                    # Returns at once while the link is up; after a loss it reconnects first (with the events).
+                    await connection.call(self._linked)
+                    assert self._link is not None
+                    await self.consume(runtime, self._link)
+                    await self._drop()
         finally:
-            if link is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._close(link)
+            with anyio.CancelScope(shield=True):
+                await self._drop()
 
-    async def _close(self, link: Link) -> None:
-        # A broker that went away may never answer the goodbye: do not wait for it long.
-        with anyio.move_on_after(CLOSE_TIMEOUT):
-            await self.close(link)
+    async def _linked(self) -> None:
+        if self._link is None:
+            raise ConnectionError(f"{self.what}: the connection to {self.address} was lost")
 
-    async def _connect(self, runtime: SourceRuntime, *, reconnect: bool) -> Link:
-        return await connect_until_up(
-            self.open,
-            runtime,
-            name=self.name,
-            function=self.function,
-            key=self.key,
-            address=self.address,
-            wait=self.trigger.wait_for_broker,
-            reconnect=reconnect,
-            errors=self.connection_errors(),
-        )
+    async def _ensure_open(self) -> None:
+        if self._link is None:
+            self._link = await self.open()
+
+    async def _drop(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            # A broker that went away may never answer the goodbye: do not wait for it long.
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                await self.close(link)

@@ -60,7 +60,7 @@ class MQTT(Connector):
     :param decode: how a payload becomes ``msg.data``: ``"auto"`` (MQTT 3.1.1 has no content type: bytes),
         ``"json"``, ``"text"`` or ``"bytes"``.
     :param keepalive: seconds between pings; a broker that does not answer is taken as lost after 1.5 times it.
-    :param wait_for_broker: when the broker cannot be reached at start, keep trying (with
+    :param wait_for_server: when the broker cannot be reached at start, keep trying (with
         ``connector_down`` events) instead of failing ``app.run``.
     """
 
@@ -74,7 +74,7 @@ class MQTT(Connector):
     max_concurrency: int | None = None
     decode: str = "auto"
     keepalive: int = 60
-    wait_for_broker: bool = False
+    wait_for_server: bool = False
 
     def __attrs_post_init__(self) -> None:
         owner = f"MQTT topic {', '.join(self.topic)!r}"
@@ -140,7 +140,7 @@ class MQTTSource(BrokerSource[Any]):
             trigger,
             function,
             key=f"mqtt:{','.join(trigger.topic)}:{function}",
-            name=f"MQTT trigger of function {function!r} (topic {topics!r})",
+            what=f"MQTT topic {topics!r}",
             url=trigger.url,
             buffer=BUFFER,
         )
@@ -210,7 +210,7 @@ class MQTTSource(BrokerSource[Any]):
 
         inbound = Inbound(message, 1, ack, ack)  # MQTT has no reject: a dead-lettered message is acknowledged
         if error is not None:
-            reason = SerializationError(f"{self.name}: message on {topic!r} could not be decoded: {error}")
+            reason = SerializationError(f"{self.function}: {self.what}: message on {topic!r} could not be decoded: {error}")
             await self.pump.dead_letter(runtime, inbound, reason)
         else:
             await self.pump.accept(runtime, inbound)

@@ -71,7 +71,7 @@ class RabbitMQ(Connector):
     :param decode: how a body becomes ``msg.data``: ``"auto"`` (by content type: JSON, text, else bytes),
         ``"json"``, ``"text"`` or ``"bytes"``.
     :param declare: declare the queue (durable) when it does not exist; False: it must exist.
-    :param wait_for_broker: when the broker cannot be reached at start, keep trying (with
+    :param wait_for_server: when the broker cannot be reached at start, keep trying (with
         ``connector_down`` events) instead of failing ``app.run``.
     """
 
@@ -84,7 +84,7 @@ class RabbitMQ(Connector):
     max_concurrency: int | None = None
     decode: str = "auto"
     declare: bool = True
-    wait_for_broker: bool = False
+    wait_for_server: bool = False
 
     def __attrs_post_init__(self) -> None:
         owner = f"RabbitMQ queue {self.queue!r}"
@@ -144,7 +144,7 @@ class RabbitMQSource(BrokerSource["_Link"]):
             trigger,
             function,
             key=f"rabbitmq:{trigger.queue}:{function}",
-            name=f"RabbitMQ trigger of function {function!r} (queue {trigger.queue!r})",
+            what=f"RabbitMQ queue {trigger.queue!r}",
             url=trigger.url,
             buffer=trigger.prefetch_count,
         )
@@ -214,7 +214,7 @@ class RabbitMQSource(BrokerSource["_Link"]):
 
         inbound = Inbound(message, _attempt(incoming), ack, reject)
         if error is not None:
-            reason = SerializationError(f"{self.name}: message {message.id} could not be decoded: {error}")
+            reason = SerializationError(f"{self.function}: {self.what}: message {message.id} could not be decoded: {error}")
             await self.pump.dead_letter(runtime, inbound, reason)
         else:
             await self.pump.accept(runtime, inbound)

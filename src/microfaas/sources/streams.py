@@ -14,21 +14,16 @@ lane takes up to ``batch_size`` of its records in order (waiting at most
 ``batch_window`` for more), invokes the function with a ``RecordBatch`` and only
 then takes the next batch: a lane never skips ahead while its batch is retried.
 
-A failing batch (the invocation raised a ``FaaSError``: handler error, crash,
-timeout, ...) is, with ``bisect_on_error``, split in two halves that are delivered
-one after the other, recursively, as AWS Lambda's BisectBatchOnFunctionError does
-(a split is not a retry: each half is a new sub-batch whose attempts start at 1).
-A single record that fails is retried with the function's backoff up to the
-consumer's ``max_retries`` and then dead-lettered alone (``event`` is the
-``Record``). Without bisection the whole batch is retried and then dead-lettered
-as one ``RecordBatch``. Either way the shard then moves on. Delivery is at least
-once: a retried batch may hold records its handler already processed.
-
-A handler that returns ``BatchResult(failed=[sequence numbers, as str])`` reports a
-partial failure, as Lambda's ReportBatchItemFailures does for Kinesis and DynamoDB:
-the records before the lowest listed one are done, and the rest of the batch is
-retried from it (a retry, not a bisection); a listed number not in the batch fails
-the whole batch.
+A batch is delivered as a ``RecordsDelivery`` (``ordered.py``, shared with the
+outside ordered sources): a failing batch is, with ``bisect_on_error``, split in
+halves until the bad record is alone; a single record that fails is retried with
+the function's backoff up to the consumer's ``max_retries`` and then dead-lettered
+alone (``event`` is the ``Record``). Without bisection the whole batch is retried
+and then dead-lettered as one ``RecordBatch``. Either way the shard then moves on.
+Delivery is at least once: a retried batch may hold records its handler already
+processed. A handler that returns ``BatchResult(failed=[sequence numbers, as str])``
+reports a partial failure: the records before the lowest listed one are done, and
+the rest of the batch is retried from it.
 
 ``drain`` sees every record put as in flight once per consumer, until that
 consumer's checkpoint passes it. Records every consumer has checkpointed are
@@ -58,11 +53,10 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import FaaSError, FunctionError, PlatformClosed
-from ..events import BatchResult, Record, RecordBatch
-from ..runtime.delivery import Delivery
-from ..runtime.shipping import dump_args
+from ..errors import PlatformClosed
+from ..events import Record
 from ..store import StoredStream
+from .ordered import RecordsDelivery
 from .triggers import Stream, StreamConsumer
 
 if TYPE_CHECKING:
@@ -169,12 +163,16 @@ class _Cursor:
         self._done: set[int] = set()  # done records above the checkpoint
         self._started = False
         self._runtime: SourceRuntime | None = None
+        self.retries: Retries | None = None  # the function's, with the consumer's max_retries (set when it serves)
+        self.stopping = False
+        self.stopped: anyio.Event | None = None  # set once its lanes have ended after ``stop`` (made by ``begin``)
+        self._waits: dict[int, anyio.CancelScope] = {}  # per lane: the wait for its next batch
 
     @property
     def lag(self) -> int:
         return self.shard.next_sequence - 1 - self.checkpoint
 
-    def begin(self, runtime: SourceRuntime, checkpoint: int | None = None) -> None:
+    def begin(self, runtime: SourceRuntime, checkpoint: int | None = None, done: set[int] | None = None) -> None:
         """Fix where this consumer starts (after ``checkpoint``, the one the store kept, if any),
         write it down, and count what it has to do as in flight."""
         shard = self.shard
@@ -184,22 +182,37 @@ class _Cursor:
             self.start = shard.next_sequence if self.trigger.start == "latest" else shard.base
             runtime.store.set_checkpoint(self.stream, self.function, shard.index, self.start - 1)
         self.checkpoint = self.start - 1
+        self._done = {sequence for sequence in done or () if sequence > self.checkpoint}
         self._started = True
         self._runtime = runtime
-        runtime.in_flight.started(shard.next_sequence - self.start)
+        self.stopped = anyio.Event()
+        runtime.in_flight.started(shard.next_reserved - self.start)  # the records put, and those being stored
+
+    def stop(self) -> None:
+        """Stop after the batches being delivered: no lane takes another one (``stopped`` is set then)."""
+        self.stopping = True
+        for wait in self._waits.values():
+            wait.cancel()
 
     async def serve(self, runtime: SourceRuntime) -> None:
-        spec = runtime.function(self.function)
-        retries = attrs.evolve(spec.retries, max_retries=self.trigger.max_retries)
+        if self.retries is None:
+            self.retries = attrs.evolve(runtime.function(self.function).retries, max_retries=self.trigger.max_retries)
         async with anyio.create_task_group() as tg:
             for lane in range(self.trigger.parallelization):
-                tg.start_soon(self._serve_lane, runtime, retries, lane)
+                tg.start_soon(self._serve_lane, runtime, lane)
+        runtime.in_flight.finished(self.shard.next_reserved - 1 - self.checkpoint)  # stopped: what it leaves is not its any more
+        assert self.stopped is not None
+        self.stopped.set()
 
-    async def _serve_lane(self, runtime: SourceRuntime, retries: Retries, lane: int) -> None:
+    async def _serve_lane(self, runtime: SourceRuntime, lane: int) -> None:
         scan = self.start
-        while True:
-            batch, scan = await self._collect(lane, scan)
-            await self._deliver(runtime, retries, batch)
+        while not self.stopping:
+            with anyio.CancelScope() as self._waits[lane]:
+                batch, scan = await self._collect(lane, scan)
+            if self.stopping:
+                return  # a batch taken as it was stopped is not delivered: the next consumer starts after the checkpoint
+            assert self.retries is not None
+            await self._deliver(runtime, self.retries, batch)
 
     def _take(self, lane: int, scan: int, batch: list[Record]) -> int:
         """Append this lane's records from ``scan`` on to ``batch``; the next sequence to scan."""
@@ -236,7 +249,24 @@ class _Cursor:
 
     async def _deliver(self, runtime: SourceRuntime, retries: Retries, records: list[Record]) -> None:
         """Deliver one batch until every record in it is handled or dead-lettered."""
-        await runtime.deliver(_RecordDelivery(self, runtime, records), retries)
+        await runtime.deliver(RecordsDelivery(self, runtime, self.stream, self.shard.index, records), retries)
+
+    # -- what a RecordsDelivery asks (ShardReader) --
+
+    @property
+    def source(self) -> str:
+        return f"stream:{self.stream}/{self.shard.index}"
+
+    @property
+    def bisect_on_error(self) -> bool:
+        return self.trigger.bisect_on_error
+
+    def record_id(self, record: Record) -> str:
+        return str(record.sequence)
+
+    def done(self, records: list[Record]) -> None:
+        assert self._runtime is not None
+        self._mark_done(self._runtime, [r.sequence for r in records])
 
     def _mark_done(self, runtime: SourceRuntime, sequences: list[int]) -> None:
         self._done.update(sequences)
@@ -249,66 +279,6 @@ class _Cursor:
             runtime.in_flight.finished(advanced)
             runtime.store.set_checkpoint(self.stream, self.function, self.shard.index, self.checkpoint)
             self.shard.trim()
-
-
-class _RecordDelivery(Delivery):
-    """Records of one shard, in order: bisected on error when the consumer asks, else retried whole.
-
-    A handler may instead return ``BatchResult(failed=[sequence numbers])``, as Lambda's
-    ReportBatchItemFailures for streams: the records before the lowest one listed are
-    done, and the batch is retried from it (not bisected). A listed number that is not
-    in the batch fails the whole batch.
-    """
-
-    def __init__(self, cursor: _Cursor, runtime: SourceRuntime, records: list[Record]) -> None:
-        super().__init__(cursor.function, f"stream:{cursor.stream}/{cursor.shard.index}", runtime.new_invocation_id())
-        self.cursor = cursor
-        self.runtime = runtime
-        self.records = records
-        self.batch = RecordBatch(stream=cursor.stream, shard=cursor.shard.index, records=records)
-        self._reported = False  # the last attempt reported a partial failure: retry from it, do not bisect
-
-    def payload(self, attempt: int) -> bytes:
-        return dump_args(self.function, (self.batch,), {})
-
-    def settle(self, value: Any) -> FaaSError | None:
-        if not (isinstance(value, BatchResult) and value.failed):
-            return None
-        index = {r.sequence: i for i, r in enumerate(self.records)}
-        try:
-            first = min(index[int(s)] for s in value.failed)
-        except (KeyError, ValueError):
-            return self._reported_error(f"its BatchResult names sequence numbers not in the batch: {', '.join(value.failed)}")
-        done, self.records = self.records[:first], self.records[first:]
-        if done:
-            self.batch = RecordBatch(stream=self.batch.stream, shard=self.batch.shard, records=self.records)
-            self.cursor._mark_done(self.runtime, [r.sequence for r in done])
-        self._reported = True
-        return self._reported_error(f"its BatchResult reports record {self.records[0].sequence} as failed")
-
-    def _reported_error(self, what: str) -> FunctionError:
-        return FunctionError(
-            f"{self.function}: {what}",
-            remote_type="microfaas.BatchResult",
-            remote_message=what,
-            remote_traceback="",
-            function_name=self.function,
-            invocation_id=self.invocation_id,
-        )
-
-    def split(self) -> list[Delivery]:
-        reported, self._reported = self._reported, False
-        if reported or not (self.cursor.trigger.bisect_on_error and len(self.records) > 1):
-            return []
-        half = len(self.records) // 2
-        return [_RecordDelivery(self.cursor, self.runtime, part) for part in (self.records[:half], self.records[half:])]
-
-    def dead_events(self) -> list[Any]:
-        # Bisected batches dead-letter record by record (more than one only when a partial failure ran out of retries).
-        return list(self.records) if self.cursor.trigger.bisect_on_error else [self.batch]
-
-    def settled(self) -> None:
-        self.cursor._mark_done(self.runtime, [r.sequence for r in self.records])
 
 
 class StreamSource:
@@ -327,6 +297,8 @@ class StreamSource:
                 self._cursors.append(cursor)
         self._round_robin = itertools.count()
         self._runtime: SourceRuntime | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._checkpoints: dict[tuple[str, int], int] = {}  # of consumers not running now: where they would resume
 
     def __repr__(self) -> str:
         functions = sorted({c.function for c in self._cursors})
@@ -344,12 +316,78 @@ class StreamSource:
         for record in early:  # stored now, after what the store kept
             await self._store(runtime, self._shards[record.shard].reserve(record.key, record.value))
         self._runtime = runtime
-        checkpoints = stored.checkpoints if stored is not None else {}
+        self._checkpoints = dict(stored.checkpoints) if stored is not None else {}
         async with anyio.create_task_group() as tg:
             for cursor in self._cursors:
-                cursor.begin(runtime, checkpoints.get((cursor.function, cursor.shard.index)))
+                cursor.begin(runtime, self._checkpoints.pop((cursor.function, cursor.shard.index), None))
                 tg.start_soon(cursor.serve, runtime)
+            self._tg = tg
             task_status.started()
+            await anyio.sleep_forever()  # the task group stays open for consumers added later
+
+    def consumers(self) -> dict[str, StreamConsumer]:
+        """The functions that consume this stream now, with their consumer settings."""
+        return {c.function: c.trigger for c in self._cursors if not c.stopping}
+
+    def consume(self, function: str, trigger: StreamConsumer, retries: Retries) -> None:
+        """Make ``function`` (a deployed one) a consumer from now on, or give its consumer new settings.
+
+        A new consumer starts after the checkpoint it had (on this store), else as its
+        ``start`` says. A consumer whose settings changed hands over on every shard once
+        its batches being delivered are done: the new one starts after the old one's
+        checkpoint, so per-key order holds. Only the retry settings change in place.
+        """
+        retries = attrs.evolve(retries, max_retries=trigger.max_retries)
+        current = [c for c in self._cursors if c.function == function and not c.stopping]
+        if current and current[0].trigger == trigger:
+            for cursor in current:
+                cursor.retries = retries
+            return
+        for shard in self._shards:
+            cursor = _Cursor(self.name, function, trigger, shard)
+            cursor.retries = retries
+            old = next((c for c in current if c.shard is shard), None)
+            self._cursors.append(cursor)
+            if self._tg is None or self._runtime is None:  # not running yet: it begins with the others
+                shard.cursors.append(cursor)
+                if old is not None:
+                    self._drop(old)
+            elif old is not None:
+                old.stop()
+                self._tg.start_soon(self._hand_over, old, cursor)
+            else:
+                shard.cursors.append(cursor)
+                cursor.begin(self._runtime, self._checkpoints.pop((function, shard.index), None))
+                self._tg.start_soon(cursor.serve, self._runtime)
+
+    def unconsume(self, function: str) -> None:
+        """Stop ``function``'s consumer after its batches being delivered; its checkpoint is kept
+        (in the store too), so if it consumes again it resumes after it, as far as the log still reaches."""
+        for cursor in [c for c in self._cursors if c.function == function and not c.stopping]:
+            if self._tg is None:
+                self._drop(cursor)
+            else:
+                cursor.stop()
+                self._tg.start_soon(self._hand_over, cursor, None)
+
+    async def _hand_over(self, old: _Cursor, new: _Cursor | None) -> None:
+        """Once ``old`` has stopped, ``new`` (if any) takes its place on its shard, after its checkpoint."""
+        assert old.stopped is not None
+        await old.stopped.wait()
+        shard = old.shard
+        self._drop(old)
+        if new is None:
+            self._checkpoints[(old.function, shard.index)] = old.checkpoint
+        elif self._runtime is not None and self._tg is not None:
+            shard.cursors.append(new)
+            new.begin(self._runtime, old.checkpoint, old._done)
+            self._tg.start_soon(new.serve, self._runtime)
+        shard.trim()
+
+    def _drop(self, cursor: _Cursor) -> None:
+        self._cursors.remove(cursor)
+        if cursor in cursor.shard.cursors:
+            cursor.shard.cursors.remove(cursor)
 
     async def _store(self, runtime: SourceRuntime, record: Record) -> None:
         """Store ``record`` (reserved on its shard), then let it join the log; a failed write leaves a gap."""
@@ -406,7 +444,10 @@ class StreamSource:
 
     def checkpoints(self, function: str) -> dict[int, int]:
         """Per shard, the highest sequence ``function`` has fully processed (-1: none yet)."""
-        found = {c.shard.index: c.checkpoint for c in self._cursors if c.function == function}
+        found: dict[int, int] = {}
+        for c in self._cursors:  # a consumer taking over from another has not begun: the other's counts
+            if c.function == function and (c._started or c.shard.index not in found):
+                found[c.shard.index] = c.checkpoint
         if not found:
             raise ValueError(f"function {function!r} does not consume stream {self.name!r}")
         return found

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ..runtime.delivery import SourceRuntime
-    from ..spec import FunctionSpec
+    from ..spec import FunctionSpec, Retries
 
 __all__ = ["TimerSource", "build_timer_sources", "catch_up", "next_fire"]
 
@@ -112,20 +112,33 @@ class TimerSource:
         self.fired = 0
         self.skipped = 0
         self.next_due: float | None = None
+        self.retries: Retries | None = None  # the function's (set when it starts; a new version's replace them)
         self._running = False
+        self._stopping = False
+        self._wait: anyio.CancelScope | None = None  # the wait for the next due time
 
     def __repr__(self) -> str:
         return f"<timer {self.name!r} of {self.function}: {self.trigger!r}>"
 
+    def stop(self) -> None:
+        """Fire no more: at once when waiting, else once the running tick is handled."""
+        self._stopping = True
+        if self._wait is not None:
+            self._wait.cancel()
+
     async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        spec = runtime.function(self.function)
+        if self.retries is None:
+            self.retries = runtime.function(self.function).retries
         first = time.time()
         due = next_fire(self.trigger, first, first)
         task_status.started()
-        while True:
+        while not self._stopping:
             self.next_due = due
-            while (now := time.time()) < due:  # noqa: ASYNC110 - waiting on the wall clock, re-read after each sleep
-                await anyio.sleep(min(due - now, MAX_SLEEP))
+            with anyio.CancelScope() as self._wait:
+                while (now := time.time()) < due:  # noqa: ASYNC110 - waiting on the wall clock, re-read after each sleep
+                    await anyio.sleep(min(due - now, MAX_SLEEP))
+            if self._stopping:
+                return
             scheduled, skipped = catch_up(self.trigger, due, now, first)
             self.skipped += skipped
             self.fired += 1
@@ -134,7 +147,7 @@ class TimerSource:
             self._running = True
             try:
                 delivery = CallDelivery(self.function, self.key, call.id, dump_args(self.function, (tick,), {}), tick)
-                await runtime.run_call(call, delivery, spec.retries)
+                await runtime.run_call(call, delivery, self.retries)
             finally:
                 self._running = False
             due = next_fire(self.trigger, scheduled, first)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -55,36 +54,84 @@ class _Subscription:
         self.trigger = trigger
         self.send, self.receive = anyio.create_memory_object_stream[Message](trigger.buffer_size)
         self.in_delivery = 0
-        self.in_hand = 0  # taken from the buffer, not yet handed to a delivery
+        self.hand: list[Message] = []  # taken from the buffer, not yet handed to a delivery
         self.resumed: list[PendingMessage] = []  # left by an earlier platform on the store
+        self.retries: Retries | None = None  # the function's, with the subscription's max_retries (set when it serves)
+        self.limiter: anyio.Semaphore | None = None  # made when first needed (max_concurrency), in the event loop
+        self.intake: anyio.CancelScope | None = None  # the collector; cancelled when the subscription is removed
+        self.removed: FaaSError | None = None  # why it was removed while running
 
     def buffered(self) -> int:
         return self.send.statistics().current_buffer_used
 
+    def reconfigure(self, trigger: TopicSubscription, retries: Retries) -> None:
+        """Take a new version's settings (its ``buffer_size`` is the same): from the next batch on."""
+        if trigger.max_concurrency != self.trigger.max_concurrency:
+            self.limiter = None  # the next batch makes one of the new size; deliveries running release the old one
+        self.trigger = trigger
+        self.retries = attrs.evolve(retries, max_retries=trigger.max_retries)
+
     async def serve(self, runtime: SourceRuntime) -> None:
-        spec = runtime.function(self.function)
-        retries = attrs.evolve(spec.retries, max_retries=self.trigger.max_retries)
-        limit = self.trigger.max_concurrency
-        limiter = anyio.Semaphore(limit) if limit is not None else None
+        if self.retries is None:
+            self.reconfigure(self.trigger, runtime.function(self.function).retries)
         async with anyio.create_task_group() as tg:
-            for batch, attempts_made in self._resumed_batches():
-                if limiter is not None:
-                    await limiter.acquire()
-                self.in_delivery += len(batch)
-                tg.start_soon(self._deliver, runtime, batch, retries, limiter, attempts_made)
-            while True:
-                batch = await self._collect()
-                if limiter is not None:
-                    await limiter.acquire()
-                self.in_delivery += len(batch)
-                self.in_hand = 0
-                tg.start_soon(self._deliver, runtime, batch, retries, limiter)
+            with anyio.CancelScope() as self.intake:
+                if self.removed is not None:
+                    return
+                for batch, attempts_made in self._resumed_batches():
+                    limiter = await self._acquire()
+                    self.in_delivery += len(batch)
+                    tg.start_soon(self._deliver, runtime, batch, limiter, attempts_made)
+                while self.removed is None:
+                    try:
+                        batch = await self._collect()
+                    except (anyio.ClosedResourceError, anyio.EndOfStream):
+                        break  # removed: what was left went to the dead letters
+                    limiter = await self._acquire()
+                    if self.removed is not None:  # removed while this waited: the batch went to the dead letters
+                        if limiter is not None:
+                            limiter.release()
+                        break
+                    self.in_delivery += len(batch)
+                    self.hand = []
+                    tg.start_soon(self._deliver, runtime, batch, limiter)
+
+    async def _acquire(self) -> anyio.Semaphore | None:
+        if self.limiter is None and self.trigger.max_concurrency is not None:
+            self.limiter = anyio.Semaphore(self.trigger.max_concurrency)
+        limiter = self.limiter
+        if limiter is not None:
+            await limiter.acquire()
+        return limiter
 
     async def _collect(self) -> list[Message]:
-        def taken(n: int) -> None:
-            self.in_hand = n
+        self.hand = []
+        return await collect_batch(self.receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
 
-        return await collect_batch(self.receive, self.trigger.batch_size, self.trigger.batch_window, taken)
+    def remove(self, runtime: SourceRuntime, error: FaaSError) -> None:
+        """Stop taking messages; those accepted for this subscription and not yet delivered go to the
+        dead letters with ``error`` (deliveries already running finish)."""
+        self.removed = error
+        if self.intake is not None:
+            self.intake.cancel()
+        leftover = [(m, 0) for m in self.hand] + [(p.message, p.attempt) for p in self.resumed]
+        self.hand, self.resumed = [], []
+        while True:
+            try:
+                leftover.append((self.receive.receive_nowait(), 0))
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        self.receive.close()  # a publisher still waiting for room gets BrokenResourceError: see TopicSource._send
+        for message, attempts in leftover:
+            self.refuse(runtime, message, attempts)
+
+    def refuse(self, runtime: SourceRuntime, message: Message, attempts: int = 0) -> None:
+        """Dead-letter ``message``, accepted for this removed subscription, without delivering it."""
+        assert self.removed is not None
+        delivery = MessageDelivery(self.function, f"topic:{self.topic}", message.id, [message], batched=False, store=runtime.store)
+        runtime.dead_letter(delivery, self.removed, attempts=attempts, first_attempt_at=message.published_at)
+        delivery.settled()
+        runtime.in_flight.finished()
 
     def _resumed_batches(self) -> list[tuple[list[Message], int]]:
         """The messages an earlier platform left, in publish order, in batches of one attempt count."""
@@ -97,9 +144,7 @@ class _Subscription:
         self.resumed = []
         return batches
 
-    async def _deliver(
-        self, runtime: SourceRuntime, batch: list[Message], retries: Retries, limiter: anyio.Semaphore | None, attempts_made: int = 0
-    ) -> None:
+    async def _deliver(self, runtime: SourceRuntime, batch: list[Message], limiter: anyio.Semaphore | None, attempts_made: int = 0) -> None:
         delivery = MessageDelivery(
             self.function,
             f"topic:{self.topic}",
@@ -112,7 +157,8 @@ class _Subscription:
             delivery.attempts_made = attempts_made
             delivery.first_attempt_at = min(m.published_at for m in batch)
         try:
-            await runtime.deliver(delivery, retries)
+            assert self.retries is not None
+            await runtime.deliver(delivery, self.retries)
         finally:
             self.in_delivery -= len(batch)
             runtime.in_flight.finished(len(batch))
@@ -120,24 +166,19 @@ class _Subscription:
                 limiter.release()
 
 
-async def collect_batch(
-    receive: MemoryObjectReceiveStream[T], size: int, window: float, taken: Callable[[int], None] = lambda n: None
-) -> list[T]:
-    """Up to ``size`` items from ``receive``: waits for the first, takes what is there, then waits
-    at most ``window`` seconds for the batch to fill. ``taken(n)`` hears how many it holds so far."""
-    batch = [await receive.receive()]
-    taken(1)
+async def collect_batch(receive: MemoryObjectReceiveStream[T], size: int, window: float, batch: list[T]) -> list[T]:
+    """Up to ``size`` items from ``receive`` into ``batch`` (which the caller holds, to see what is in
+    hand): waits for the first, takes what is there, then waits at most ``window`` seconds for more."""
+    batch.append(await receive.receive())
     while len(batch) < size:
         try:
             batch.append(receive.receive_nowait())
         except anyio.WouldBlock:
             break
-    taken(len(batch))
     if len(batch) < size and window > 0:
         with anyio.move_on_after(window):
             while len(batch) < size:
                 batch.append(await receive.receive())
-                taken(len(batch))
     return batch
 
 
@@ -195,6 +236,7 @@ class TopicSource:
         self.key = f"topic:{topic.name}"
         self._subscriptions = [_Subscription(topic.name, function, trigger) for function, trigger in subscriptions]
         self._runtime: SourceRuntime | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
 
     def __repr__(self) -> str:
         return f"<topic {self.name!r} with {len(self._subscriptions)} subscriptions>"
@@ -205,7 +247,38 @@ class TopicSource:
         async with anyio.create_task_group() as tg:
             for subscription in self._subscriptions:
                 tg.start_soon(subscription.serve, runtime)
+            self._tg = tg
             task_status.started()
+            await anyio.sleep_forever()  # the task group stays open for subscriptions added later
+
+    def subscribers(self) -> dict[str, TopicSubscription]:
+        """The functions that subscribe to this topic now, with their subscriptions."""
+        return {s.function: s.trigger for s in self._subscriptions}
+
+    def subscribe(self, function: str, trigger: TopicSubscription, retries: Retries) -> None:
+        """Subscribe ``function`` (a deployed one) from now on, or give its subscription new settings.
+
+        A new subscription gets the messages published from now on. A changed one keeps
+        its buffer (``buffer_size`` cannot change while it runs) and takes the new
+        settings from its next batch.
+        """
+        for subscription in self._subscriptions:
+            if subscription.function == function:
+                subscription.reconfigure(trigger, retries)
+                return
+        subscription = _Subscription(self.name, function, trigger)
+        subscription.reconfigure(trigger, retries)
+        self._subscriptions = [*self._subscriptions, subscription]
+        if self._tg is not None and self._runtime is not None:
+            self._tg.start_soon(subscription.serve, self._runtime)
+
+    def unsubscribe(self, function: str, error: FaaSError) -> None:
+        """End ``function``'s subscription: its running deliveries finish; the messages it had
+        accepted and not yet delivered go to the dead letters with ``error``."""
+        [subscription] = [s for s in self._subscriptions if s.function == function]
+        self._subscriptions = [s for s in self._subscriptions if s is not subscription]
+        if self._runtime is not None:
+            subscription.remove(self._runtime, error)
 
     def _resume(self, runtime: SourceRuntime) -> None:
         """Hand each subscription what it left unfinished; dead-letter what no subscription takes any more."""
@@ -240,16 +313,22 @@ class TopicSource:
         if runtime is None or runtime.closed:
             raise PlatformClosed(f"topic {self.name!r} is not running; publish inside `async with app.run()`")
         message = Message(id=uuid.uuid4().hex, topic=self.name, data=data, attributes=attributes or {}, published_at=time.time())
-        if self._subscriptions:
-            await runtime.store.put_message(message, [s.function for s in self._subscriptions])
-        await self._send(runtime, message, self._subscriptions)
+        subscriptions = self._subscriptions
+        if subscriptions:
+            await runtime.store.put_message(message, [s.function for s in subscriptions])
+        await self._send(runtime, message, subscriptions)
         return message.id
 
     async def _send(self, runtime: SourceRuntime, message: Message, subscriptions: list[_Subscription]) -> None:
         for subscription in subscriptions:
             runtime.in_flight.started()
+            if subscription.removed is not None:
+                subscription.refuse(runtime, message)
+                continue
             try:
                 await subscription.send.send(message)
+            except anyio.BrokenResourceError:
+                subscription.refuse(runtime, message)  # removed while this waited for room
             except BaseException:
                 runtime.in_flight.finished()
                 raise
@@ -273,7 +352,7 @@ class TopicSource:
     def pending(self) -> list[str]:
         out = []
         for s in self._subscriptions:
-            waiting = s.buffered() + s.in_hand + s.in_delivery + len(s.resumed)
+            waiting = s.buffered() + len(s.hand) + s.in_delivery + len(s.resumed)
             if waiting:
                 out.append(f"{waiting} message(s) of topic {self.name!r} for {s.function}")
         return out

@@ -213,6 +213,7 @@ class Snapshot:
     :param streams: per stream name, its records and checkpoints.
     :param dead_letters: every dead letter kept, oldest first (rows that would not load among them).
     :param deployments: every deployed version, by name and version.
+    :param offsets: per ``(source, function)`` of an outside source (files), each part's offset (``set_offset``).
     """
 
     calls: tuple[StoredCall, ...] = ()
@@ -221,6 +222,7 @@ class Snapshot:
     streams: Mapping[str, StoredStream] = attrs.field(factory=dict)
     dead_letters: tuple[DeadLetter, ...] = ()
     deployments: tuple[StoredDeployment, ...] = ()
+    offsets: Mapping[tuple[str, str], Mapping[str, int]] = attrs.field(factory=dict)
 
 
 @runtime_checkable
@@ -294,6 +296,11 @@ class Store(Protocol):
 
     def trim_records(self, stream: str, shard: int, below: int) -> Awaitable[None]:
         """Every consumer is past the records of ``shard`` below sequence ``below``: drop them."""
+        ...
+
+    def set_offset(self, source: str, function: str, part: str, offset: int) -> Awaitable[None]:
+        """An outside source (``"files:data/*.csv"``) has finished the first ``offset`` items of ``part``
+        (a file: its rows) for ``function``; it resumes after them."""
         ...
 
     # -- dead letters and deployments ----------------------------------------------------

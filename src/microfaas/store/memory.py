@@ -114,6 +114,7 @@ class MemoryStore:
         self._records: dict[tuple[str, int], collections.deque[Record]] = {}
         self._next_sequence: dict[tuple[str, int], int] = {}
         self._checkpoints: dict[tuple[str, str, int], int] = {}
+        self._offsets: dict[tuple[str, str], dict[str, int]] = {}
         self._letters: dict[str, DeadLetter] = {}
         self._deployments: dict[tuple[str, int], StoredDeployment] = {}
 
@@ -156,6 +157,7 @@ class MemoryStore:
             streams={name: StoredStream(next_sequence=s["n"], records=s["r"], checkpoints=s["c"]) for name, s in streams.items()},
             dead_letters=tuple(self._letters.values()),
             deployments=tuple(sorted(self._deployments.values(), key=lambda d: (d.name, d.version))),
+            offsets={where: dict(parts) for where, parts in self._offsets.items()},
         )
 
     # -- calls and batch jobs ------------------------------------------------------------------
@@ -228,6 +230,10 @@ class MemoryStore:
 
     def set_checkpoint(self, stream: str, function: str, shard: int, sequence: int) -> Awaitable[None]:
         self._checkpoints[(stream, function, shard)] = sequence
+        return DONE
+
+    def set_offset(self, source: str, function: str, part: str, offset: int) -> Awaitable[None]:
+        self._offsets.setdefault((source, function), {})[part] = offset
         return DONE
 
     def trim_records(self, stream: str, shard: int, below: int) -> Awaitable[None]:

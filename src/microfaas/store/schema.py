@@ -65,6 +65,12 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             name TEXT NOT NULL, version INTEGER NOT NULL, code BLOB NOT NULL, deployed_at REAL NOT NULL, active INTEGER NOT NULL,
             PRIMARY KEY (name, version))""",
     ),
+    2: (
+        # How far an outside source (files read as records) got in each part (a file), per function.
+        """CREATE TABLE offsets (
+            source TEXT NOT NULL, function TEXT NOT NULL, part TEXT NOT NULL, offset INTEGER NOT NULL,
+            PRIMARY KEY (source, function, part)) WITHOUT ROWID""",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 

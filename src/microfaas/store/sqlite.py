@@ -249,6 +249,7 @@ class SqliteStore:
             streams=streams,
             dead_letters=tuple(letters),
             deployments=tuple(deployments),
+            offsets=_load_offsets(conn),
         )
         return snapshot, fixes
 
@@ -398,6 +399,13 @@ class SqliteStore:
         )
         return self._write((sql, (stream, function, shard, sequence)))
 
+    def set_offset(self, source: str, function: str, part: str, offset: int) -> Awaitable[None]:
+        sql = (
+            "INSERT INTO offsets (source, function, part, offset) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (source, function, part) DO UPDATE SET offset = excluded.offset"
+        )
+        return self._write((sql, (source, function, part, offset)))
+
     def trim_records(self, stream: str, shard: int, below: int) -> Awaitable[None]:
         if below <= 0:
             return self._write()
@@ -500,3 +508,10 @@ def _settle(futures: list[asyncio.Future[None]], error: StoreError | None) -> No
         else:
             future.set_exception(error)
             future.exception()  # a write nobody awaited was logged by the writer; do not log it again
+
+
+def _load_offsets(conn: sqlite3.Connection) -> dict[tuple[str, str], dict[str, int]]:
+    offsets: dict[tuple[str, str], dict[str, int]] = {}
+    for source, function, part, offset in conn.execute("SELECT source, function, part, offset FROM offsets"):
+        offsets.setdefault((source, function), {})[part] = offset
+    return offsets
