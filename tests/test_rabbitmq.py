@@ -136,8 +136,8 @@ async def test_a_batch_handler_reporting_some_messages_failed_has_only_those_ret
     await publish(url, queue, list(range(8)))
     app = app_with(fail_odd_once, mf.RabbitMQ(url, queue=queue, batch_size=8, batch_window=0.5), retries=mf.Retries(2, initial_delay=0.01))
     async with app.run() as faas:
-        await faas.drain(timeout=30)
         await wait_until(lambda: len(LOG.lines()) == 12)
+        await faas.drain(timeout=30)  # then the acks, which follow the handler's return
         assert faas.dead_letters("fail_odd_once") == []
     attempts: dict[int, list[int]] = {}
     for line in LOG.lines():
