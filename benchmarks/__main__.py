@@ -16,6 +16,9 @@ Figures (contenders interleaved per round, so a noisy machine hits all alike):
 - scheduler core decisions per second (benchmarks/core_decisions.py);
 - durable spawns: spawn -> done and accept latency on a SQLite store, against the memory
   store and SqliteHuey (benchmarks/durable.py; Huey needs the bench extra);
+- messages/s from RabbitMQ and mosquitto through mf.RabbitMQ and mf.MQTT against a bare
+  consumer loop of the same client (benchmarks/brokers.py; the connectors extra and the
+  Debian packages, else skipped with a note).
 - Redis Streams: entries/s through mf.RedisStream and a no-op handler against a bare
   redis-py consumer loop (benchmarks/redis_streams.py; skipped with a note without
   redis-server or the connectors extra).
@@ -39,7 +42,7 @@ import anyio
 import anyio.to_thread
 
 import microfaas as mf
-from benchmarks import cold, core_decisions, durable, executor, memory, payload, peers, redis_streams, report, throughput, warm
+from benchmarks import brokers, cold, core_decisions, durable, executor, memory, payload, peers, redis_streams, report, throughput, warm
 from benchmarks.common import log, settle_allocator
 
 PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "pebble", "psutil", "matplotlib", "ray", "huey")
@@ -164,6 +167,9 @@ async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     log("durable spawns: SQLite store vs memory store vs SqliteHuey")
     results["durable"] = await durable.measure(quick)
     notes += results["durable"]["notes"]
+    log("brokers: mf.RabbitMQ and mf.MQTT vs bare aio-pika and aiomqtt consumers")
+    results["brokers"] = await brokers.measure(quick)
+    notes += results["brokers"]["notes"]
     log("redis streams: mf.RedisStream vs a bare consumer loop")
     results["redis_streams"] = await redis_streams.measure(quick)
     notes += results["redis_streams"]["notes"]

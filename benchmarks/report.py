@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import durable, redis_streams
+from benchmarks import brokers, durable, redis_streams
 
 from . import executor
 
@@ -34,6 +34,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "durable_spawn_vs_memory": (">=", 0.5),
     "durable_spawn_vs_huey": (">=", 3.0),
     "durable_accept_p50_ms": ("<=", 1.0),
+    "rabbitmq_vs_bare": (">=", 0.5),
+    "mqtt_vs_bare": (">=", 0.5),
     "redis_stream_vs_bare": (">=", 0.5),
 }
 
@@ -51,6 +53,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "core_decisions_per_s": results["core_decisions"]["decisions_per_s"],
         **executor.ratios(results),  # absent from runs made before the executor figures
         **(durable.ratios(results["durable"]) if results.get("durable") else {}),
+        **(brokers.ratios(results["brokers"]) if results.get("brokers") else {}),
         **(redis_streams.ratios(results["redis_streams"]) if results.get("redis_streams") else {}),
     }
 
@@ -123,6 +126,7 @@ def rows(results: dict[str, Any], ratio: dict[str, float]) -> list[list[str]]:
         row("scheduler core decisions/s", [core, *none], "core_decisions_per_s"),
         *executor_rows(results, row, per),
         *_durable_rows(results.get("durable"), ratio, row),
+        *_broker_rows(results.get("brokers"), ratio, row),
         *_redis_rows(results.get("redis_streams"), ratio, row),
     ]
 
@@ -157,6 +161,21 @@ def _durable_rows(figures: dict[str, Any] | None, ratio: dict[str, float], row: 
         if invoke and "durable_invoke_vs_huey" in ratio:
             label = "  ceiling: the same calls invoked, nothing stored (calls/s)"
             rows.insert(2, row(label, [invoke["calls_per_s"], *none], "durable_invoke_vs_huey"))
+    return rows
+
+
+def _broker_rows(figures: dict[str, Any] | None, ratio: dict[str, float], row: Any) -> list[list[str]]:
+    """Messages/s through the connectors (microfaas column), the bare consumer named in the label."""
+    rows = []
+    none = [None] * (len(COLUMNS) - 1)
+    for name, client in (("rabbitmq", "aio-pika"), ("mqtt", "aiomqtt")):
+        data = (figures or {}).get(name)
+        if not data or f"{name}_vs_bare" not in ratio:
+            continue
+        bare = _fmt(data["bare"]["messages_per_s"])
+        rows.append(row(f"{name} msgs/s, batch 1 (bare {client} {bare})", [data["microfaas"]["messages_per_s"], *none], f"{name}_vs_bare"))
+        batched = [data["microfaas_batched"]["messages_per_s"], *none]
+        rows.append(row(f"{name} msgs/s, batches of 50", batched, f"{name}_batched_vs_bare"))
     return rows
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 import pytest
 
 import microfaas as mf
+from platform_process import kill_with_everything_it_started
 
 app = mf.App("kill")
 orders = app.topic("orders")
@@ -117,19 +116,6 @@ def _start(mode: str, store: Path, folder: Path, *args: str) -> subprocess.Popen
     return subprocess.Popen([sys.executable, "-c", code, mode, str(store), *args], stdout=subprocess.PIPE, text=True, env=env)
 
 
-def _kill_with_everything_it_started(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the platform, then make sure its zygotes and containers are gone too."""
-    family = psutil.Process(process.pid).children(recursive=True)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    _, alive = psutil.wait_procs(family, timeout=10)  # they die with it (PR_SET_PDEATHSIG)
-    for leftover in alive:
-        leftover.kill()
-    psutil.wait_procs(alive, timeout=10)
-    assert process.stdout is not None
-    process.stdout.close()
-
-
 def _produce_until(store: Path, folder: Path, kill_point: str) -> list[str]:
     """Run the producer until it has printed ``kill_point`` ("accepted <n>" events, or "produced"); kill it."""
     producer = _start("produce", store, folder)
@@ -146,7 +132,7 @@ def _produce_until(store: Path, folder: Path, kill_point: str) -> list[str]:
         else:
             pytest.fail(f"the producer ended before {kill_point!r} (exit code {producer.wait()})")
     finally:
-        _kill_with_everything_it_started(producer)
+        kill_with_everything_it_started(producer)
     return accepted
 
 
@@ -212,7 +198,7 @@ def test_a_second_crash_during_the_resume_still_loses_nothing(tmp_path: Path) ->
     try:
         _wait_for_growth(handled_file, before)
     finally:
-        _kill_with_everything_it_started(resumer)
+        kill_with_everything_it_started(resumer)
     jobs = [line.split()[2] for line in accepted if line.startswith("accepted job")]
     report = _resume(store, tmp_path, jobs)
     _check(accepted, _lines(handled_file), report)

@@ -77,6 +77,8 @@ from .scheduler import ContainerState
 from .sources.batch import BatchJob, BatchProgress
 from .sources.directory import Directory
 from .sources.files import Files
+from .sources.mqtt import MQTT
+from .sources.rabbitmq import RabbitMQ
 from .sources.redis_streams import RedisStream
 from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
 from .spec import FunctionSpec, Retries
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
     from .ray import RayNodes as RayNodes
 
 __all__ = [
+    "MQTT",
     "AdaptiveKeepAlive",
     "App",
     "BatchJob",
@@ -133,6 +136,7 @@ __all__ = [
     "Platform",
     "PlatformClosed",
     "PlatformUsage",
+    "RabbitMQ",
     "Record",
     "RecordBatch",
     "RedisStream",

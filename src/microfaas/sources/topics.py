@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -36,11 +36,15 @@ from ..runtime.shipping import dump_args
 from .triggers import Topic, TopicSubscription
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
     from ..runtime.delivery import SourceRuntime
     from ..spec import Retries
     from ..store import DeadLetter, PendingMessage, Store
 
-__all__ = ["TopicSource"]
+__all__ = ["MessageDelivery", "TopicSource", "collect_batch"]
+
+T = TypeVar("T")
 
 
 class _Subscription:
@@ -101,18 +105,8 @@ class _Subscription:
         return limiter
 
     async def _collect(self) -> list[Message]:
-        batch = self.hand = [await self.receive.receive()]
-        size = self.trigger.batch_size
-        while len(batch) < size:
-            try:
-                batch.append(self.receive.receive_nowait())
-            except anyio.WouldBlock:
-                break
-        if len(batch) < size and self.trigger.batch_window > 0:
-            with anyio.move_on_after(self.trigger.batch_window):
-                while len(batch) < size:
-                    batch.append(await self.receive.receive())
-        return batch
+        self.hand = []
+        return await collect_batch(self.receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
 
     def remove(self, runtime: SourceRuntime, error: FaaSError) -> None:
         """Stop taking messages; those accepted for this subscription and not yet delivered go to the
@@ -134,7 +128,7 @@ class _Subscription:
     def refuse(self, runtime: SourceRuntime, message: Message, attempts: int = 0) -> None:
         """Dead-letter ``message``, accepted for this removed subscription, without delivering it."""
         assert self.removed is not None
-        delivery = _MessageDelivery(self.function, f"topic:{self.topic}", message.id, [message], batched=False, store=runtime.store)
+        delivery = MessageDelivery(self.function, f"topic:{self.topic}", message.id, [message], batched=False, store=runtime.store)
         runtime.dead_letter(delivery, self.removed, attempts=attempts, first_attempt_at=message.published_at)
         delivery.settled()
         runtime.in_flight.finished()
@@ -151,7 +145,7 @@ class _Subscription:
         return batches
 
     async def _deliver(self, runtime: SourceRuntime, batch: list[Message], limiter: anyio.Semaphore | None, attempts_made: int = 0) -> None:
-        delivery = _MessageDelivery(
+        delivery = MessageDelivery(
             self.function,
             f"topic:{self.topic}",
             runtime.new_invocation_id(),
@@ -172,7 +166,23 @@ class _Subscription:
                 limiter.release()
 
 
-class _MessageDelivery(Delivery):
+async def collect_batch(receive: MemoryObjectReceiveStream[T], size: int, window: float, batch: list[T]) -> list[T]:
+    """Up to ``size`` items from ``receive`` into ``batch`` (which the caller holds, to see what is in
+    hand): waits for the first, takes what is there, then waits at most ``window`` seconds for more."""
+    batch.append(await receive.receive())
+    while len(batch) < size:
+        try:
+            batch.append(receive.receive_nowait())
+        except anyio.WouldBlock:
+            break
+    if len(batch) < size and window > 0:
+        with anyio.move_on_after(window):
+            while len(batch) < size:
+                batch.append(await receive.receive())
+    return batch
+
+
+class MessageDelivery(Delivery):
     """A batch of messages (one, unless the subscription batches): each attempt sends those not yet handled."""
 
     def __init__(
@@ -284,7 +294,7 @@ class TopicSource:
             error = UnknownFunction(
                 f"topic {self.name!r} has no subscription of {pending.function!r} any more; message {pending.message.id} was not delivered"
             )
-            delivery = _MessageDelivery(
+            delivery = MessageDelivery(
                 pending.function, self.key, pending.message.id, [pending.message], batched=False, store=runtime.store
             )
             runtime.dead_letter(delivery, error, attempts=pending.attempt, first_attempt_at=pending.message.published_at)

@@ -1,0 +1,224 @@
+"""MQTT: topic filters as a trigger, read with aiomqtt, acknowledged (PUBACK) once handled.
+
+How this works. The source connects with a stable client id and ``clean_session=False``
+(MQTT 3.1.1), so the broker keeps its subscriptions and its QoS 1 and 2 messages while
+the platform is away, and subscribes to each filter at the trigger's QoS. Each PUBLISH
+becomes one ``mf.Message`` (``attributes["topic"]`` is its topic) and goes through the
+shared pump (``brokered.py``): batched, delivered through the one delivery loop.
+
+Acknowledgement. The paho client under aiomqtt acknowledges a message as soon as it
+receives it, unless manual acks are on (``manual_ack_set``, which aiomqtt does not expose:
+the source sets it on aiomqtt's paho client). With them on, a QoS 1 PUBACK is sent only
+once the message was handled or dead-lettered, so a message whose handler had not
+finished when the platform died or lost its connection is sent again by the broker
+(at least once). QoS 2 is settled in two steps: the broker releases the message
+(PUBREL) before the handler runs and the source sends the final PUBCOMP once it is
+handled; a platform that dies in between loses that message. QoS 0 is at most once.
+A PUBACK goes only to the connection that delivered the message.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from ..errors import SerializationError
+from ..events import Message
+from .brokered import BrokerSource, Inbound, check_delivery_settings, decode_body, new_message_id
+from .connector import Connector
+
+if TYPE_CHECKING:
+    from ..runtime.delivery import SourceRuntime
+
+__all__ = ["MQTT", "MQTTSource"]
+
+DEFAULT_PORT: Final = 1883
+# Messages the pump buffers; for QoS 1 and 2 the broker's in-flight window bounds them first.
+BUFFER: Final = 1000
+
+
+def _topics(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@attrs.frozen
+class MQTT(Connector):
+    """MQTT topic filters as a trigger: each PUBLISH is one ``mf.Message`` (a list with ``batch_size > 1``).
+
+    :param url: the broker, ``mqtt://[user:password@]host[:port]``.
+    :param topic: a topic filter (``"sensors/#"``, ``"sensors/+/temp"``) or several.
+    :param qos: 0 (at most once), 1 (at least once) or 2 (where the broker offers it).
+    :param client_id: the id of the broker's session for this trigger (None: ``microfaas-<app>-<function>``);
+        keep it stable so the messages published while the platform was down reach it.
+    :param batch_size: messages per invocation; above 1 the handler gets ``list[mf.Message]``
+        and may return ``mf.BatchResult(failed=[ids])`` to have only those retried.
+    :param batch_window: seconds to wait for a batch to fill.
+    :param max_retries: retries of a failing message before it is dead-lettered.
+    :param max_concurrency: deliveries in flight at once (None: no limit but the broker's in-flight window).
+    :param decode: how a payload becomes ``msg.data``: ``"auto"`` (MQTT 3.1.1 has no content type: bytes),
+        ``"json"``, ``"text"`` or ``"bytes"``.
+    :param keepalive: seconds between pings; a broker that does not answer is taken as lost after 1.5 times it.
+    :param wait_for_server: when the broker cannot be reached at start, keep trying (with
+        ``connector_down`` events) instead of failing ``app.run``.
+    """
+
+    url: str
+    topic: tuple[str, ...] = attrs.field(converter=_topics)
+    qos: int = 1
+    client_id: str | None = None
+    batch_size: int = 1
+    batch_window: float = 0.0
+    max_retries: int = 2
+    max_concurrency: int | None = None
+    decode: str = "auto"
+    keepalive: int = 60
+    wait_for_server: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        owner = f"MQTT topic {', '.join(self.topic)!r}"
+        if not self.topic:
+            raise ValueError("MQTT: topic must be a topic filter or a non-empty list of them, got ()")
+        for filter_ in self.topic:
+            problem = _filter_problem(filter_)
+            if problem:
+                raise ValueError(f"MQTT: topic filter {filter_!r} is not valid: {problem}")
+        parts = _split(self.url)
+        if parts is None or parts.scheme != "mqtt" or not parts.hostname:
+            raise ValueError(f"{owner}: url must be mqtt://[user:password@]host[:port], got {self.url!r}")
+        if self.qos not in (0, 1, 2) or isinstance(self.qos, bool):
+            raise ValueError(f"{owner}: qos must be 0, 1 or 2, got {self.qos!r}")
+        if self.client_id is not None and (not isinstance(self.client_id, str) or not self.client_id):
+            raise ValueError(f"{owner}: client_id must be a non-empty str or None, got {self.client_id!r}")
+        check_delivery_settings(owner, self)
+        if not (isinstance(self.keepalive, int) and not isinstance(self.keepalive, bool) and self.keepalive >= 1):
+            raise ValueError(f"{owner}: keepalive must be an int >= 1 (seconds), got {self.keepalive!r}")
+
+    def source(self, function: str) -> MQTTSource:
+        return MQTTSource(self, function)
+
+
+def _split(url: object) -> urllib.parse.SplitResult | None:
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return None
+    return parts
+
+
+def _filter_problem(filter_: object) -> str | None:
+    """Why ``filter_`` is not an MQTT topic filter (None: it is one)."""
+    if not isinstance(filter_, str) or not filter_:
+        return "it must be a non-empty str"
+    levels = filter_.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole level, and the last one"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
+
+
+def _client() -> Any:
+    try:
+        import aiomqtt
+    except ImportError:  # pragma: no cover - the extra is installed wherever the tests run
+        raise ImportError("mf.MQTT needs aiomqtt: pip install 'microfaas[connectors]'") from None
+    return aiomqtt
+
+
+class MQTTSource(BrokerSource[Any]):
+    """The running source of one ``MQTT`` trigger of one function (its link: a connected ``aiomqtt.Client``)."""
+
+    def __init__(self, trigger: MQTT, function: str) -> None:
+        topics = ", ".join(trigger.topic)
+        super().__init__(
+            trigger,
+            function,
+            key=f"mqtt:{','.join(trigger.topic)}:{function}",
+            what=f"MQTT topic {topics!r}",
+            url=trigger.url,
+            buffer=BUFFER,
+        )
+        self.trigger: MQTT = trigger
+        self._client_id = trigger.client_id
+
+    def prepare(self, runtime: SourceRuntime) -> None:
+        if self._client_id is None:
+            self._client_id = f"microfaas-{runtime.app_name}-{self.function}"
+
+    def connection_errors(self) -> tuple[type[BaseException], ...]:
+        return (OSError, _client().MqttError)
+
+    async def close(self, link: Any) -> None:
+        await _close_quietly(link)
+
+    async def open(self) -> Any:
+        aiomqtt = _client()
+        parts = urllib.parse.urlsplit(self.trigger.url)
+        client = aiomqtt.Client(
+            parts.hostname or "",
+            parts.port or DEFAULT_PORT,
+            username=urllib.parse.unquote(parts.username) if parts.username else None,
+            password=urllib.parse.unquote(parts.password) if parts.password else None,
+            identifier=self._client_id,
+            clean_session=False,
+            keepalive=self.trigger.keepalive,
+        )
+        # aiomqtt has no setting for it: paho's manual acks hold each PUBACK until ``ack`` (see the module's docstring).
+        client._client.manual_ack_set(True)
+        await client.__aenter__()
+        try:
+            await client.subscribe([(filter_, self.trigger.qos) for filter_ in self.trigger.topic])
+        except BaseException:
+            await _close_quietly(client)
+            raise
+        return client
+
+    async def consume(self, runtime: SourceRuntime, client: Any) -> None:
+        """Hand every message to the pump until the connection is lost."""
+        aiomqtt = _client()
+        try:
+            async for incoming in client.messages:
+                await self._accept(runtime, client, incoming)
+        except aiomqtt.MqttError:
+            pass
+
+    async def _accept(self, runtime: SourceRuntime, client: Any, incoming: Any) -> None:
+        payload = incoming.payload if isinstance(incoming.payload, bytes) else str(incoming.payload).encode()
+        try:
+            data = decode_body(payload, None, self.trigger.decode)
+            error = None
+        except SerializationError as exc:
+            data, error = payload, exc
+        topic = incoming.topic.value
+        message = Message(
+            id=new_message_id(),
+            topic=topic,
+            data=data,
+            attributes={"topic": topic, "qos": str(incoming.qos), "retain": "true" if incoming.retain else "false"},
+        )
+        paho, mid, qos = client._client, incoming.mid, incoming.qos
+
+        async def ack() -> None:
+            if qos and paho.is_connected():  # the PUBACK of a lost connection's message is never sent: the broker resends it
+                paho.ack(mid, qos)
+
+        inbound = Inbound(message, 1, ack, ack)  # MQTT has no reject: a dead-lettered message is acknowledged
+        if error is not None:
+            reason = SerializationError(f"{self.function}: {self.what}: message on {topic!r} could not be decoded: {error}")
+            await self.pump.dead_letter(runtime, inbound, reason)
+        else:
+            await self.pump.accept(runtime, inbound)
+
+
+async def _close_quietly(client: Any) -> None:
+    aiomqtt = _client()
+    try:
+        await client.__aexit__(None, None, None)
+    except (OSError, aiomqtt.MqttError):
+        pass
