@@ -81,6 +81,7 @@ class Platform:
             sources=sources,
             events_kept=events_kept,
             store=store,
+            preload=tuple(getattr(app, "preload", ())),
         )
         self.nodes_config: NodeProvider = self._runtime.provider
 

@@ -44,7 +44,9 @@ __all__ = [
     "Started",
     "describe_error",
     "flush_user_output",
+    "imports_since",
     "load_bundle",
+    "refresh_after_fork",
     "run_call",
     "run_call_async",
     "run_init",
@@ -192,6 +194,7 @@ class Container:
         self.container_id = container_id
         self.is_async = inspect.iscoroutinefunction(bundle.fn)
         self.loop = loop
+        self.known_modules: frozenset[str] | None = None  # set: report the imports with the first reply
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         if bundle.concurrency > 1:
             if self.is_async:
@@ -231,15 +234,29 @@ class Container:
 
     def _run(self, ctx: events.Context, blob: protocol.Blob) -> None:
         try:
-            self.channel.send(run_call(self.bundle, ctx, blob, self.loop))
+            reply = run_call(self.bundle, ctx, blob, self.loop)
+            if self.known_modules is not None:
+                self._report_imports()
+            self.channel.send(reply)
         finally:
             flush_user_output()
 
     async def _run_async(self, ctx: events.Context, blob: protocol.Blob) -> None:
         try:
-            self.channel.send(await run_call_async(self.bundle, ctx, blob))
+            reply = await run_call_async(self.bundle, ctx, blob)
+            if self.known_modules is not None:
+                self._report_imports()
+            self.channel.send(reply)
         finally:
             flush_user_output()
+
+    def _report_imports(self) -> None:
+        # Before the first reply: a container stopped right after it (idle_timeout=0) still tells.
+        known, self.known_modules = self.known_modules, None
+        if known is not None:
+            report = imports_since(known)
+            if report.modules:
+                self.channel.send(report)
 
 
 # -- loading a function and running one call, shared with other container kinds (ray.py) --------
@@ -409,16 +426,25 @@ def adopt_environment(sys_path: Sequence[str], cwd: str) -> None:
         pass
 
 
-def serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None = None, *, busy_poll_s: float = 0.0) -> None:
+def serve(
+    sock: socket.socket,
+    container_id: str,
+    bundle_blob: protocol.Blob | None = None,
+    *,
+    busy_poll_s: float = 0.0,
+    known_modules: frozenset[str] | None = None,
+) -> None:
     """Run a container on ``sock`` until the platform closes it.
 
     :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``LoadRequest``.
     :param busy_poll_s: how long to poll for the next call, while calls come back to back,
         before sleeping until it comes.
+    :param known_modules: the modules this process had before it loaded the function; given,
+        the container sends ``Imports`` (the modules imported since) with its first reply.
     :raises protocol.ProtocolError: the platform sent what this side cannot decode, or a message out of turn.
     """
     try:
-        _serve(sock, container_id, bundle_blob, busy_poll_s=busy_poll_s)
+        _serve(sock, container_id, bundle_blob, busy_poll_s=busy_poll_s, known_modules=known_modules)
     except (BrokenPipeError, ConnectionResetError):
         # The platform closed the channel while this container sent ("ready", a reply) or read
         # (calls it had queued here): it is stopping the container. That ends it as a closed
@@ -426,7 +452,9 @@ def serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | N
         return
 
 
-def _serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None, *, busy_poll_s: float) -> None:
+def _serve(
+    sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None, *, busy_poll_s: float, known_modules: frozenset[str] | None
+) -> None:
     started = time.perf_counter()
     channel = Channel(sock)
     if bundle_blob is None:
@@ -442,7 +470,26 @@ def _serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | 
         channel.send(result)
         return
     channel.send(protocol.Ready(pid=os.getpid(), load_s=result.load_s, init_s=result.init_s))
-    Container(channel, result.bundle, container_id, result.loop, busy_poll_s=busy_poll_s).serve_forever()
+    container = Container(channel, result.bundle, container_id, result.loop, busy_poll_s=busy_poll_s)
+    container.known_modules = known_modules
+    container.serve_forever()
+
+
+def refresh_after_fork() -> None:
+    """Give a forked process what it must not share with its zygote and its siblings.
+
+    ``random`` reseeds itself in a forked child (CPython registers that); numpy's global
+    generator does not, so it is reseeded here from the operating system's entropy.
+    """
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+
+
+def imports_since(known: frozenset[str]) -> protocol.Imports:
+    """The modules imported since ``known``, with their files (the platform decides which to learn)."""
+    modules = [(name, module) for name, module in list(sys.modules.items()) if name not in known and module is not None]
+    return protocol.Imports(modules=[name for name, _ in modules], files=[getattr(m, "__file__", None) or "" for _, m in modules])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,8 +76,10 @@ class Runtime:
         sources: Iterable[Source] = (),
         events_kept: int | None = EVENTS_KEPT,
         store: Store | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self._app_name = app_name
+        self.preload = preload
         self.provider: NodeProvider = nodes if nodes is not None else LocalNodes()
         self.queue_limit = queue_limit
         self.clock: Callable[[], float] = time.monotonic
@@ -125,6 +127,7 @@ class Runtime:
             faults=self.faults,
             shipper=Shipper(self.specs),
             clock=self.clock,
+            preload=self.preload,
         )
         self.invoker = Invoker(self._app_name, self.cluster, stats=self.stats, lifecycle=self.lifecycle, faults=self.faults)
 
@@ -339,6 +342,7 @@ class Runtime:
                     start_s=container.start_s if container is not None else None,
                     load_s=container.load_s if container is not None else None,
                     init_s=container.init_s if container is not None else None,
+                    preloaded=getattr(container, "preloaded", ()),
                 )
             )
         return infos
