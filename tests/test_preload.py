@@ -225,3 +225,32 @@ def test_learning_keeps_each_module_once_and_counts_packages() -> None:
     learner.refused("jinja2")
     assert learner.learned == ["numpy", "numpy.linalg", "numpy.fft"]
     assert learner.learn(["jinja2"]) == []  # refused: not asked for again
+
+
+# -- the spare -------------------------------------------------------------------------------------
+
+
+def _spares(faas: mf.Platform) -> list[psutil.Process]:
+    [zygote] = [p for p in psutil.Process().children() if "microfaas.nodes.zygote" in " ".join(p.cmdline())]
+    containers = {c.pid for c in faas.containers()}
+    return [p for p in zygote.children() if p.pid not in containers and p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_a_cold_start_takes_the_waiting_spare_and_a_new_one_is_forked() -> None:
+    async with app.run() as faas:
+        await wait_until(lambda: len(_spares(faas)) == 1)
+        [spare] = _spares(faas)
+        [pid] = await cold_starts(faas, 1)
+        assert pid == spare.pid  # the container is the spare that waited
+        await wait_until(lambda: len(_spares(faas)) == 1 and _spares(faas)[0].pid != spare.pid)
+
+
+async def test_a_spare_killed_while_it_waits_is_replaced_and_cold_starts_still_work() -> None:
+    async with app.run() as faas:
+        await wait_until(lambda: len(_spares(faas)) == 1)
+        [spare] = _spares(faas)
+        spare.kill()
+        await wait_until(lambda: len(_spares(faas)) == 1 and _spares(faas)[0].pid != spare.pid)
+        [pid] = await cold_starts(faas, 1)
+        assert pid != spare.pid
+        assert not faas.events(kind=ev.START_FAILED)

@@ -68,7 +68,8 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
         protocol.ForkRequest, container_id=texts, busy_poll_s=seconds, bundle=blobs, report_imports=st.booleans()
     ),
     protocol.PreloadRequest: st.builds(protocol.PreloadRequest, modules=paths, memory_mb=st.none() | seconds),
-    protocol.Imports: st.builds(protocol.Imports, modules=paths),
+    protocol.Imports: st.builds(protocol.Imports, modules=paths, files=paths),
+    protocol.SpareRequest: st.builds(protocol.SpareRequest, spare_id=texts),
     protocol.Forked: st.builds(protocol.Forked, container_id=texts, pid=pids),
     protocol.ChildExited: st.builds(protocol.ChildExited, pid=pids, returncode=st.integers(min_value=-64, max_value=255)),
 }
@@ -90,7 +91,8 @@ ONE_OF_EACH = [
     protocol.Forked(container_id="c-1", pid=43),
     protocol.ChildExited(pid=43, returncode=-9),
     protocol.PreloadRequest(modules=["numpy", "PIL.Image"], memory_mb=512.0),
-    protocol.Imports(modules=["numpy", "numpy.linalg"]),
+    protocol.Imports(modules=["numpy", "numpy.linalg"], files=["/site/numpy/__init__.py", ""]),
+    protocol.SpareRequest(spare_id="n-1-spare-1"),
 ]
 
 

@@ -11,10 +11,18 @@ app declares (``App(preload=...)``); with ``learn_imports`` the platform also
 tells it the modules its containers imported (``LocalNode.preload``). A zygote
 that dies, or that ends up with threads (it must not fork then), is replaced by a
 new one that preloads what it had preloaded.
+
+Each fork node keeps one *spare*: a child of its zygote, forked ahead of need,
+that waits on its own socket. A cold start sends its ``ForkRequest`` straight to
+the spare (no round trip through the zygote, no fork on the way); the next spare
+is forked ``SPARE_DELAY`` later. With no spare at hand (a burst), the zygote forks
+the container on request. A spare forked before the zygote preloaded more is let
+go, so a container always has what its zygote has.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from collections.abc import Sequence
@@ -36,6 +44,9 @@ __all__ = ["LocalNode", "LocalNodes"]
 
 # Seconds a container or zygote gets between SIGTERM and SIGKILL.
 STOP_GRACE: Final = 1.0
+# Seconds after a cold start before the node forks its next spare: long enough for the
+# container just started to be ready, so that the fork does not compete with it for a CPU.
+SPARE_DELAY: Final = 0.002
 
 
 def machine_memory_mb() -> int:
@@ -124,6 +135,16 @@ class LocalNodes:
         return node
 
 
+@attrs.frozen
+class _Spare:
+    """A zygote's child that waits on ``sock`` for its ``ForkRequest`` (``nodes/zygote.py``)."""
+
+    sock: socket.socket
+    pid: int
+    preloaded: tuple[str, ...]
+    zygote: ZygoteLink
+
+
 class LocalNode:
     """One node on this machine: its zygote (fork) or nothing (spawn), and its containers."""
 
@@ -154,6 +175,10 @@ class LocalNode:
         self._zygote_of: dict[str, ZygoteLink] = {}  # by container id
         self._replacing = anyio.Lock()
         self._stopping = False
+        self._spare: _Spare | None = None
+        self._spare_pids: set[int] = set()  # spares let go, whose exits are not containers'
+        self._spare_ids = itertools.count(1)
+        self._refilling = False
 
     @property
     def containers(self) -> dict[str, LocalContainer]:
@@ -171,6 +196,7 @@ class LocalNode:
     async def start(self) -> None:
         if self.start_method == "fork":
             self._zygote = await self._new_zygote(self.setup.preload)
+            self._want_spare()
 
     async def _new_zygote(self, modules: Sequence[str], *, learned: bool = False) -> ZygoteLink:
         """Start a zygote and preload ``modules`` in it. :raises StartFailed: it died first."""
@@ -198,6 +224,8 @@ class LocalNode:
             except StartFailed:
                 return  # it died meanwhile: the next cold start replaces it
             self._report_preload(done, modules, learned=True)
+            self._let_go(self._take_spare_now())  # forked before these modules: it would not have them
+            self._want_spare()
             if done.threads > 1:  # a module started a thread after all: this zygote must not fork again
                 kept = [m for m in link.preloaded if m not in modules]
                 await self._replace(link, f"it had {done.threads} threads after preloading", kept)
@@ -240,18 +268,26 @@ class LocalNode:
 
         :raises StartFailed: the process died, or loading the function or its init raised.
         """
+        fork = protocol.ForkRequest(
+            container_id=container_id, busy_poll_s=self.busy_poll_s, bundle=bundle_blob, report_imports=self.learn_imports
+        )
+        if self.start_method == "fork" and (spare := self._take_spare()) is not None:
+            try:
+                return await self._started(container_id, spare.sock, spare.pid, None, spare.preloaded, first=fork, zygote=spare.zygote)
+            except StartFailed as exc:
+                if exc.stage != "process":
+                    raise
+                # It died before it answered (killed while it waited): fork the container on request.
         parent, child = socket.socketpair()
         parent.setblocking(False)
         preloaded: tuple[str, ...] = ()
+        link: ZygoteLink | None = None
         try:
             if self.start_method == "fork":
                 link = await self._live_zygote()
                 preloaded = link.preloaded
-                fork = protocol.ForkRequest(
-                    container_id=container_id, busy_poll_s=self.busy_poll_s, bundle=bundle_blob, report_imports=self.learn_imports
-                )
                 pid, process = await link.fork(fork, child), None
-                self._zygote_of[container_id] = link
+                self._want_spare()
             else:
                 process = await start_python(
                     self.setup,
@@ -268,8 +304,25 @@ class LocalNode:
             raise
         finally:
             child.close()
-        container = LocalContainer(container_id, self.id, parent, pid, reply_poll_s=self.reply_poll_s)
+        first = None if process is None else protocol.LoadRequest(sys_path=self.setup.sys_path, cwd=self.setup.cwd, bundle=bundle_blob)
+        return await self._started(container_id, parent, pid, process, preloaded, first=first, zygote=link)
+
+    async def _started(
+        self,
+        container_id: str,
+        sock: socket.socket,
+        pid: int,
+        process: anyio.abc.Process | None,
+        preloaded: tuple[str, ...],
+        *,
+        first: protocol.Message | None,
+        zygote: ZygoteLink | None,
+    ) -> LocalContainer:
+        """Track the container on ``sock``, send it ``first`` (its function, if it waits for it), await ready."""
+        container = LocalContainer(container_id, self.id, sock, pid, reply_poll_s=self.reply_poll_s)
         container.preloaded = preloaded
+        if zygote is not None:
+            self._zygote_of[container_id] = zygote
         self._containers[container_id] = container
         self._by_pid[pid] = container
         if pid in self._early_exits:
@@ -277,8 +330,8 @@ class LocalNode:
         if process is not None:
             self._tg.start_soon(self._wait_process, container, process)
         try:
-            if process is not None:
-                container.send(protocol.encode(protocol.LoadRequest(sys_path=self.setup.sys_path, cwd=self.setup.cwd, bundle=bundle_blob)))
+            if first is not None:
+                container.send(protocol.encode(first))
             await container.handshake()
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -288,6 +341,56 @@ class LocalNode:
                 self._forget(container)
             raise
         return container
+
+    # -- the spare: a child of the zygote waiting for the next cold start's ForkRequest ----------
+
+    def _take_spare(self) -> _Spare | None:
+        spare, self._spare = self._spare, None
+        self._want_spare()
+        if spare is not None and spare.zygote is self._zygote and spare.zygote.gone is None and spare.pid not in self._early_exits:
+            return spare
+        if spare is not None:
+            self._let_go(spare)
+        return None
+
+    def _want_spare(self) -> None:
+        """Fork the next spare soon (after ``SPARE_DELAY``, so it does not compete with the start under way)."""
+        if not self._refilling and self.start_method == "fork":
+            self._refilling = True
+            self._tg.start_soon(self._refill_spare)
+
+    async def _refill_spare(self) -> None:
+        try:
+            await anyio.sleep(SPARE_DELAY)
+            link = self._zygote
+            if self._spare is not None or self._stopping or link is None or link.gone is not None:
+                return
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            try:
+                pid = await link.fork(protocol.SpareRequest(spare_id=f"{self.id}-spare-{next(self._spare_ids)}"), theirs)
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            self._spare = _Spare(ours, pid, link.preloaded, link)
+            if self._stopping or link is not self._zygote:
+                self._let_go(self._take_spare_now())
+        except StartFailed:
+            pass  # the zygote is gone: the next cold start replaces it, and asks for a spare
+        finally:
+            self._refilling = False
+
+    def _take_spare_now(self) -> _Spare | None:
+        spare, self._spare = self._spare, None
+        return spare
+
+    def _let_go(self, spare: _Spare | None) -> None:
+        """Close a spare's socket: it reads end-of-file and exits (its exit is not a container's)."""
+        if spare is not None:
+            self._spare_pids.add(spare.pid)
+            spare.sock.close()
 
     def _forget(self, container: LocalContainer) -> None:
         self._containers.pop(container.id, None)
@@ -299,6 +402,14 @@ class LocalNode:
         self._forget(container)
 
     def _child_exited(self, pid: int, returncode: int) -> None:
+        if pid in self._spare_pids:
+            self._spare_pids.discard(pid)
+            return
+        if self._spare is not None and self._spare.pid == pid:  # it died waiting (killed from outside)
+            self._let_go(self._take_spare_now())
+            self._spare_pids.discard(pid)
+            self._want_spare()
+            return
         container = self._by_pid.get(pid)
         if container is None:
             self._early_exits[pid] = returncode
@@ -320,6 +431,7 @@ class LocalNode:
         """
         with anyio.CancelScope(shield=True):
             self._stopping = True
+            self._let_go(self._take_spare_now())
             containers = list(self._containers.values())
             for container in containers:
                 if self.start_method == "fork":

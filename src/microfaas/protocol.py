@@ -60,6 +60,7 @@ __all__ = [
     "ResultReply",
     "SetupDone",
     "SetupRequest",
+    "SpareRequest",
     "StartFailure",
     "byte_views",
     "drop_sent",
@@ -212,7 +213,7 @@ class PreloadRequest:
 
 @attrs.frozen(kw_only=True)
 class Imports:
-    """Container -> platform, with its first reply: the modules its function's load, init and first call imported."""
+    """Container -> platform, after its first reply: the modules its function's load, init and first call imported."""
 
     modules: tuple[str, ...] = attrs.field(converter=_str_tuple)
     files: tuple[str, ...] = attrs.field(converter=_str_tuple)  # each module's ``__file__`` ("" for none)
@@ -226,6 +227,13 @@ class ForkRequest:
     busy_poll_s: float  # how long the container polls for its next call (``worker.serve``)
     bundle: Blob  # the cloudpickled ``worker.Bundle``
     report_imports: bool = False  # send ``Imports`` after the first call
+
+
+@attrs.frozen(kw_only=True)
+class SpareRequest:
+    """Platform -> zygote: fork a spare on the frame's fd; it waits there for its ``ForkRequest``."""
+
+    spare_id: str
 
 
 @attrs.frozen(kw_only=True)
@@ -273,6 +281,7 @@ Message: TypeAlias = (
     | ChildExited
     | PreloadRequest
     | Imports
+    | SpareRequest
 )
 
 # The kind byte of each message. Never renumber a kind: append, and bump PROTOCOL_VERSION.
@@ -291,6 +300,7 @@ KINDS: Final[dict[type[Any], int]] = {
     ChildExited: 12,
     PreloadRequest: 13,
     Imports: 14,
+    SpareRequest: 15,
 }
 # The field of each kind that travels as the frame's blob (the others are its meta).
 _BLOB_FIELD: Final[dict[type[Any], str]] = {LoadRequest: "bundle", CallRequest: "args", ResultReply: "value", ForkRequest: "bundle"}

@@ -22,6 +22,7 @@ import concurrent.futures
 import functools
 import importlib
 import inspect
+import itertools
 import math
 import os
 import signal
@@ -47,6 +48,7 @@ __all__ = [
     "imports_since",
     "load_bundle",
     "refresh_after_fork",
+    "rehearse",
     "run_call",
     "run_call_async",
     "run_init",
@@ -194,7 +196,7 @@ class Container:
         self.container_id = container_id
         self.is_async = inspect.iscoroutinefunction(bundle.fn)
         self.loop = loop
-        self.known_modules: frozenset[str] | None = None  # set: report the imports with the first reply
+        self.known_modules: int | None = None  # set: report the imports after the first reply
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         if bundle.concurrency > 1:
             if self.is_async:
@@ -234,29 +236,30 @@ class Container:
 
     def _run(self, ctx: events.Context, blob: protocol.Blob) -> None:
         try:
-            reply = run_call(self.bundle, ctx, blob, self.loop)
-            if self.known_modules is not None:
-                self._report_imports()
-            self.channel.send(reply)
+            self._reply(run_call(self.bundle, ctx, blob, self.loop))
         finally:
             flush_user_output()
 
     async def _run_async(self, ctx: events.Context, blob: protocol.Blob) -> None:
         try:
-            reply = await run_call_async(self.bundle, ctx, blob)
-            if self.known_modules is not None:
-                self._report_imports()
-            self.channel.send(reply)
+            self._reply(await run_call_async(self.bundle, ctx, blob))
         finally:
             flush_user_output()
 
-    def _report_imports(self) -> None:
-        # Before the first reply: a container stopped right after it (idle_timeout=0) still tells.
-        known, self.known_modules = self.known_modules, None
-        if known is not None:
-            report = imports_since(known)
-            if report.modules:
+    def _reply(self, reply: protocol.CallReply) -> None:
+        if self.known_modules is None:
+            self.channel.send(reply)
+            return
+        # The first reply, then what the function imported. A SIGTERM (the container is
+        # stopped as soon as it answered, with idle_timeout=0) waits until both are sent.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            self.channel.send(reply)
+            known, self.known_modules = self.known_modules, None
+            if known is not None and (report := imports_since(known)).modules:
                 self.channel.send(report)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 # -- loading a function and running one call, shared with other container kinds (ray.py) --------
@@ -432,15 +435,16 @@ def serve(
     bundle_blob: protocol.Blob | None = None,
     *,
     busy_poll_s: float = 0.0,
-    known_modules: frozenset[str] | None = None,
+    known_modules: int | None = None,
 ) -> None:
     """Run a container on ``sock`` until the platform closes it.
 
     :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``LoadRequest``.
     :param busy_poll_s: how long to poll for the next call, while calls come back to back,
         before sleeping until it comes.
-    :param known_modules: the modules this process had before it loaded the function; given,
-        the container sends ``Imports`` (the modules imported since) with its first reply.
+    :param known_modules: how many modules this process had before it loaded the function (its
+        ``len(sys.modules)``); given, the container sends ``Imports`` (the modules imported since)
+        after its first reply.
     :raises protocol.ProtocolError: the platform sent what this side cannot decode, or a message out of turn.
     """
     try:
@@ -453,7 +457,7 @@ def serve(
 
 
 def _serve(
-    sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None, *, busy_poll_s: float, known_modules: frozenset[str] | None
+    sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None, *, busy_poll_s: float, known_modules: int | None
 ) -> None:
     started = time.perf_counter()
     channel = Channel(sock)
@@ -475,6 +479,47 @@ def _serve(
     container.serve_forever()
 
 
+def _echo(x: object) -> object:
+    return x
+
+
+def rehearse(calls: int = 10) -> None:
+    """Run a container's start and ``calls`` calls of a no-op, over a socketpair of this process.
+
+    A zygote does this before it forks: Python specialises a function's bytecode in place
+    once it has run a few times, so a forked child that runs code the zygote never ran writes
+    to that code (and the kernel copies the page). Rehearsed, the start and a call's path
+    are already specialised, and the children share them untouched.
+    """
+    ours, theirs = socket.socketpair()
+    try:
+        bundle = Bundle(name="rehearsal", fn=FunctionRef(__name__, _echo.__qualname__), init=None, memory_mb=128, concurrency=1)
+        started = start_function(cloudpickle.dumps(bundle))
+        assert isinstance(started, Started), started
+        for attempt in range(1, calls + 1):
+            call = protocol.CallRequest(
+                invocation_id=f"rehearsal-{attempt}",
+                attempt=attempt,
+                timeout_s=1.0,
+                cold_start=True,
+                args=payload.dumps_call((attempt,), {}),
+            )
+            _sendmsg_all(ours, protocol.encode(call))
+        ours.shutdown(socket.SHUT_WR)
+        channel = Channel(theirs)
+        channel.send(protocol.Ready(pid=os.getpid(), load_s=started.load_s, init_s=started.init_s))
+        Container(channel, started.bundle, "rehearsal", started.loop).serve_forever()
+        replies = protocol.FrameDecoder()
+        theirs.shutdown(socket.SHUT_WR)
+        while data := ours.recv(protocol.READ_SIZE):
+            replies.feed(data)
+        while replies.next_message() is not None:
+            pass
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def refresh_after_fork() -> None:
     """Give a forked process what it must not share with its zygote and its siblings.
 
@@ -486,9 +531,16 @@ def refresh_after_fork() -> None:
         numpy_random.seed()
 
 
-def imports_since(known: frozenset[str]) -> protocol.Imports:
-    """The modules imported since ``known``, with their files (the platform decides which to learn)."""
-    modules = [(name, module) for name, module in list(sys.modules.items()) if name not in known and module is not None]
+def imports_since(known: int) -> protocol.Imports:
+    """The modules imported since ``sys.modules`` held ``known`` of them, with their files.
+
+    New modules are the last entries of ``sys.modules`` (an import puts its module at the
+    end once it has run). Only those are read: touching every module would make a forked
+    container copy the pages of the zygote's module objects (their reference counts).
+    """
+    extra = len(sys.modules) - known
+    modules = list(itertools.islice(reversed(sys.modules.items()), extra)) if extra > 0 else []
+    modules.reverse()
     return protocol.Imports(modules=[name for name, _ in modules], files=[getattr(m, "__file__", None) or "" for _, m in modules])
 
 

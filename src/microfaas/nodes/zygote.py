@@ -10,20 +10,20 @@ waits on its control socket:
     PreloadRequest(modules, memory_mb)            -> SetupDone(...)       (learned modules)
     ForkRequest(container_id, busy_poll_s, bundle), with 1 fd
                                                   -> Forked(container_id, pid)
+    SpareRequest(spare_id), with 1 fd             -> Forked(spare_id, pid)
                                                      ChildExited(pid, returncode)   when a child is reaped
 
 (``protocol.py`` frames, decoded by the same ``FrameDecoder`` as the platform's.)
 
 Modules are preloaded by ``nodes/preloading.py``, which refuses the unsafe ones.
 
-A spare. Whenever it has nothing to read, the zygote forks a *spare* child, which
-does at once what every new container does first (closes the zygote's files, sets
-its signals, touches the pages that every start writes) and then waits for a
-request on a socket of its own. A ``ForkRequest`` is handed to the spare, so the
-cold start that needs a container does not wait for the fork; a second request
-before the next spare is ready forks one on the spot. A spare never serves a
-function the zygote forked it before preloading more: preloading discards it.
-The zygote never forks while it has more than one thread.
+A spare. A ``SpareRequest`` forks a child that does at once what every new
+container does first (closes the zygote's files, sets its signals, reseeds its
+generators) and then waits on its socket for its ``ForkRequest``, which the
+platform sends it directly when a cold start needs a container (``pool.py``
+keeps one spare per node). The zygote never forks while it has more than one
+thread, and rehearses a container's start and calls before its first fork
+(``worker.rehearse``), so that its children find that code already specialised.
 
 The passed fd is the container's end of a socketpair; the child serves on it.
 When the control socket closes, or on SIGTERM, the zygote asks every child to
@@ -34,7 +34,6 @@ and reaps them all before it exits.
 from __future__ import annotations
 
 import argparse
-import array
 import collections
 import contextlib
 import gc
@@ -50,25 +49,13 @@ from .. import protocol, worker
 from . import preloading
 
 
-class _Spare:
-    """A child forked ahead of need, waiting on ``sock`` for its ``ForkRequest``."""
-
-    __slots__ = ("pid", "sock")
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
-
-
 class Zygote:
-    def __init__(self, ctrl: socket.socket, *, stop_grace: float = 1.0, spare: bool = True) -> None:
+    def __init__(self, ctrl: socket.socket, *, stop_grace: float = 1.0) -> None:
         self.ctrl = ctrl
         self.stop_grace = stop_grace
-        self.keep_spare = spare
         self.children: set[int] = set()
         self.decoder = protocol.FrameDecoder()
         self.fds: collections.deque[int] = collections.deque()
-        self.spare: _Spare | None = None
         self.preloaded: list[str] = []
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -80,12 +67,7 @@ class Zygote:
         watched: list[socket.socket | int] = [self.ctrl, self.wake_r]
         try:
             while True:
-                # Nothing to read: the time to fork the next spare (a 0 timeout polls first).
-                wants_spare = self.keep_spare and self.spare is None and self.decoder.writable() is None
-                readable, _, _ = select.select(watched, [], [], 0 if wants_spare else None)
-                if not readable and wants_spare:
-                    self.spare = self._fork_spare()
-                    continue
+                readable, _, _ = select.select(watched, [], [])
                 if self.wake_r in readable:
                     self._drain_wakeups()
                     self._reap()
@@ -104,7 +86,7 @@ class Zygote:
             return False
         self.decoder.feed(data)
         while (message := self.decoder.next_message()) is not None:
-            if type(message) is protocol.ForkRequest:
+            if type(message) is protocol.ForkRequest or type(message) is protocol.SpareRequest:
                 self._fork(message)
             elif type(message) is protocol.SetupRequest:
                 worker.adopt_environment(message.sys_path, message.cwd)
@@ -122,9 +104,9 @@ class Zygote:
             pass  # the platform is gone; run() sees end-of-file next
 
     def _preload(self, modules: tuple[str, ...], memory_mb: float | None) -> None:
-        self._discard_spare()  # forked before these modules: it would not have them
         done = preloading.preload(modules, memory_mb=memory_mb)
         self.preloaded += [name for name in done.imported if name not in self.preloaded]
+        worker.rehearse()
         # Objects alive now are shared copy-on-write with every child; keep the
         # collector from touching (and so copying) them.
         gc.collect()
@@ -140,44 +122,24 @@ class Zygote:
             )
         )
 
-    def _fork(self, fork: protocol.ForkRequest) -> None:
+    def _fork(self, request: protocol.ForkRequest | protocol.SpareRequest) -> None:
         fd = self.fds.popleft()
-        spare, self.spare = self.spare, None
-        if spare is None:
-            spare = self._fork_spare()
-        try:
-            _send_with_fd(spare.sock, protocol.encode(fork), fd)
-        except OSError:
-            pass  # the spare died: the platform sees its socket close and its exit
-        finally:
-            os.close(fd)
-            spare.sock.close()
-        self.children.add(spare.pid)
-        self._send(protocol.Forked(container_id=fork.container_id, pid=spare.pid))
-
-    def _fork_spare(self) -> _Spare:
         if preloading.thread_count() > 1:
             raise RuntimeError("the zygote has more than one thread: it must not fork")
-        ours, theirs = socket.socketpair()
         zygote_pid = os.getpid()
         # Hold SIGTERM until the child has its own handlers in place.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
-            ours.close()
-            self._become_container(theirs, zygote_pid)
+            self._become_container(fd, zygote_pid, request if isinstance(request, protocol.ForkRequest) else None)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        theirs.close()
-        return _Spare(pid, ours)
+        os.close(fd)
+        self.children.add(pid)
+        reply_id = request.container_id if isinstance(request, protocol.ForkRequest) else request.spare_id
+        self._send(protocol.Forked(container_id=reply_id, pid=pid))
 
-    def _discard_spare(self) -> None:
-        spare, self.spare = self.spare, None
-        if spare is not None:
-            spare.sock.close()  # it reads end-of-file and exits
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(spare.pid, 0)
-
-    def _become_container(self, spare_sock: socket.socket, zygote_pid: int) -> None:
+    def _become_container(self, fd: int, zygote_pid: int, fork: protocol.ForkRequest | None) -> None:
+        """The child: serve ``fork``, or (a spare) wait for one on ``fd`` first."""
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -187,21 +149,19 @@ class Zygote:
             self.ctrl.close()
             for other in self.fds:
                 os.close(other)
-            if self.spare is not None:
-                self.spare.sock.close()
             worker.prepare_process()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             if os.getppid() != zygote_pid:  # the zygote died before the death signal was set
                 os._exit(1)
             worker.refresh_after_fork()
-            known = frozenset(sys.modules)
-            taken = _take_request(spare_sock)
-            if taken is None:
-                os._exit(0)  # discarded before it was needed
-            fork, sock = taken
-            worker.serve(
-                sock, fork.container_id, fork.bundle, busy_poll_s=fork.busy_poll_s, known_modules=known if fork.report_imports else None
-            )
+            known = len(sys.modules)
+            sock = socket.socket(fileno=fd)
+            if fork is None:
+                fork = _take_request(sock)
+                if fork is None:
+                    os._exit(0)  # a spare the platform let go before it was needed
+            learn = known if fork.report_imports else None
+            worker.serve(sock, fork.container_id, fork.bundle, busy_poll_s=fork.busy_poll_s, known_modules=learn)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -230,16 +190,12 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            if self.spare is not None and pid == self.spare.pid:
-                self.spare.sock.close()
-                self.spare = None  # a spare that died waiting (killed from outside): fork another
             if pid in self.children:
                 self.children.discard(pid)
                 self._send(protocol.ChildExited(pid=pid, returncode=os.waitstatus_to_exitcode(status)))
 
     def _stop_children(self) -> None:
         """SIGTERM every child, give them ``stop_grace`` seconds, SIGKILL the rest, reap them all."""
-        self._discard_spare()
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -261,41 +217,29 @@ class Zygote:
         self.children.clear()
 
 
-def _send_with_fd(sock: socket.socket, buffers: list[bytes | bytearray | memoryview], fd: int) -> None:
-    views = protocol.byte_views(buffers)
-    sent = sock.sendmsg(views, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-    protocol.drop_sent(views, sent)
-    for view in views:
-        sock.sendall(view)
-
-
-def _take_request(sock: socket.socket) -> tuple[protocol.ForkRequest, socket.socket] | None:
-    """A spare's wait: the ``ForkRequest`` and the container's socket, or None at end-of-file."""
+def _take_request(sock: socket.socket) -> protocol.ForkRequest | None:
+    """A spare's wait: the ``ForkRequest`` the platform sends on its socket, or None at end-of-file."""
     decoder = protocol.FrameDecoder()
-    fds: list[int] = []
     while (message := decoder.next_message()) is None:
-        data, received, _, _ = socket.recv_fds(sock, protocol.READ_SIZE, 1)
-        fds += received
+        data = sock.recv(protocol.READ_SIZE)
         if not data:
             return None
         decoder.feed(data)
-    sock.close()
-    if type(message) is not protocol.ForkRequest or len(fds) != 1:
-        raise protocol.ProtocolError(f"a spare got {type(message).__name__} with {len(fds)} fds")
-    return message, socket.socket(fileno=fds[0])
+    if type(message) is not protocol.ForkRequest:
+        raise protocol.ProtocolError(f"a spare got {type(message).__name__}, not a ForkRequest")
+    return message
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="microfaas-zygote", description="A microfaas node's zygote.")
     parser.add_argument("--fd", type=int, required=True, help="file descriptor of the control socket")
     parser.add_argument("--stop-grace", type=float, default=1.0, help="seconds children get between SIGTERM and SIGKILL")
-    parser.add_argument("--no-spare", action="store_true", help="fork each container when it is asked for")
     args = parser.parse_args(argv)
     worker.prepare_process()
     ctrl = socket.socket(fileno=args.fd)
     ctrl.setblocking(True)
     try:
-        Zygote(ctrl, stop_grace=args.stop_grace, spare=not args.no_spare).run()
+        Zygote(ctrl, stop_grace=args.stop_grace).run()
     except SystemExit:
         pass
 

@@ -165,9 +165,10 @@ class ZygoteLink:
         self.preloaded = reply.value.preloaded
         return reply.value
 
-    async def fork(self, request: protocol.ForkRequest, child: socket.socket) -> int:
-        """Fork a container that serves on ``child``; its pid. :raises StartFailed: the zygote is gone."""
-        reply = self._forks[request.container_id] = _Reply()
+    async def fork(self, request: protocol.ForkRequest | protocol.SpareRequest, child: socket.socket) -> int:
+        """Fork a container (or a spare) on ``child``; its pid. :raises StartFailed: the zygote is gone."""
+        key = request.container_id if isinstance(request, protocol.ForkRequest) else request.spare_id
+        reply = self._forks[key] = _Reply()
         try:
             if self.gone is None:
                 await self._send(protocol.encode(request), fd=child.fileno())
@@ -175,7 +176,7 @@ class ZygoteLink:
                 reply.fail(f"the zygote {self.gone}")
             await reply.event.wait()
         finally:
-            self._forks.pop(request.container_id, None)
+            self._forks.pop(key, None)
         if not isinstance(reply.value, protocol.Forked):
             raise StartFailed(f"node {self.node_id}: {reply.error}", stage="process")
         return reply.value.pid
