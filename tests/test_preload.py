@@ -254,3 +254,26 @@ async def test_a_spare_killed_while_it_waits_is_replaced_and_cold_starts_still_w
         [pid] = await cold_starts(faas, 1)
         assert pid != spare.pid
         assert not faas.events(kind=ev.START_FAILED)
+
+
+@app.function(idle_timeout=0, timeout=60)
+def imports_beside_a_thread(name: str) -> int:
+    import importlib
+    import threading
+
+    threading.Thread(target=threading.Event().wait, daemon=True).start()  # a library's worker thread
+    importlib.import_module(name)
+    return os.getpid()
+
+
+async def test_a_container_stopped_right_after_its_first_reply_still_reports_its_imports(modules: ModuleMaker) -> None:
+    # The platform sends SIGTERM as soon as the reply arrives (idle_timeout=0); with a second
+    # thread in the container, a signal blocked in the main thread alone would be taken there.
+    name = modules.make()
+    async with app.run() as faas:
+        await imports_beside_a_thread.invoke(name)
+        await wait_until(lambda: any(e.detail["learned"] for e in faas.events(kind=ev.ZYGOTE_PRELOADED)))
+        [learned] = [e for e in faas.events(kind=ev.ZYGOTE_PRELOADED) if e.detail["learned"]]
+        assert name in learned.detail["modules"]
+        [exited] = faas.events(kind=ev.CONTAINER_EXITED, function="imports_beside_a_thread")
+        assert exited.detail["returncode"] == 128 + 15  # it still ended on its SIGTERM

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import importlib
 import inspect
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -252,14 +253,32 @@ class Container:
             return
         # The first reply, then what the function imported. A SIGTERM (the container is
         # stopped as soon as it answered, with idle_timeout=0) waits until both are sent.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        try:
+        # Not by blocking the signal: pthread_sigmask holds it off this thread only, and a
+        # library's thread (numpy's OpenBLAS) would take it.
+        with _sigterm_deferred():
             self.channel.send(reply)
             known, self.known_modules = self.known_modules, None
             if known is not None and (report := imports_since(known)).modules:
                 self.channel.send(report)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    """Hold a SIGTERM's handler until the block ends (in the main thread; elsewhere, do nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    handler = signal.signal(signal.SIGTERM, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        if arrived:
+            if callable(handler):
+                handler(signal.SIGTERM, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGTERM)
 
 
 # -- loading a function and running one call, shared with other container kinds (ray.py) --------
