@@ -15,8 +15,9 @@ new one that preloads what it had preloaded.
 Each fork node keeps one *spare*: a child of its zygote, forked ahead of need,
 that waits on its own socket. A cold start sends its ``ForkRequest`` straight to
 the spare (no round trip through the zygote, no fork on the way); the next spare
-is forked ``SPARE_DELAY`` later. With no spare at hand (a burst), the zygote forks
-the container on request. A spare forked before the zygote preloaded more is let
+is forked ``SPARE_DELAY`` later, or at once when a cold start comes first and
+waits for it. With no spare at hand and one start already waiting (a burst), the
+zygote forks the container on request. A spare forked before the zygote preloaded more is let
 go, so a container always has what its zygote has.
 """
 
@@ -179,6 +180,9 @@ class LocalNode:
         self._spare_pids: set[int] = set()  # spares let go, whose exits are not containers'
         self._spare_ids = itertools.count(1)
         self._refilling = False
+        self._spare_waiting = False  # a cold start waits for the spare being forked
+        self._spare_hurry = anyio.Event()
+        self._spare_ready = anyio.Event()
 
     @property
     def containers(self) -> dict[str, LocalContainer]:
@@ -271,6 +275,14 @@ class LocalNode:
         fork = protocol.ForkRequest(
             container_id=container_id, busy_poll_s=self.busy_poll_s, bundle=bundle_blob, report_imports=self.learn_imports
         )
+        if self.start_method == "fork" and self._spare is None and self._refilling and not self._spare_waiting:
+            # The next spare is on its way: it is ready sooner than a fork asked for now.
+            self._spare_waiting = True
+            try:
+                self._spare_hurry.set()
+                await self._spare_ready.wait()
+            finally:
+                self._spare_waiting = False
         if self.start_method == "fork" and (spare := self._take_spare()) is not None:
             try:
                 return await self._started(container_id, spare.sock, spare.pid, None, spare.preloaded, first=fork, zygote=spare.zygote)
@@ -357,11 +369,13 @@ class LocalNode:
         """Fork the next spare soon (after ``SPARE_DELAY``, so it does not compete with the start under way)."""
         if not self._refilling and self.start_method == "fork":
             self._refilling = True
+            self._spare_hurry, self._spare_ready = anyio.Event(), anyio.Event()
             self._tg.start_soon(self._refill_spare)
 
     async def _refill_spare(self) -> None:
         try:
-            await anyio.sleep(SPARE_DELAY)
+            with anyio.move_on_after(SPARE_DELAY):
+                await self._spare_hurry.wait()  # a cold start waits for this spare: fork it now
             link = self._zygote
             if self._spare is not None or self._stopping or link is None or link.gone is not None:
                 return
@@ -381,6 +395,7 @@ class LocalNode:
             pass  # the zygote is gone: the next cold start replaces it, and asks for a spare
         finally:
             self._refilling = False
+            self._spare_ready.set()
 
     def _take_spare_now(self) -> _Spare | None:
         spare, self._spare = self._spare, None
