@@ -332,6 +332,19 @@ async def test_a_node_whose_zygote_fails_to_start_fails_its_cold_starts(min_node
     assert _zygotes() == []
 
 
+async def test_a_zygote_left_with_a_thread_after_preloading_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICROFAAS_TEST_ZYGOTE", "thread")
+    monkeypatch.setenv("MICROFAAS_TEST_PLATFORM", str(os.getpid()))
+    with anyio.fail_after(60):
+        async with misbehaving.app.run() as faas:
+            assert await misbehaving.pid.invoke() > 0
+            [replaced] = faas.events(kind=ev.ZYGOTE_REPLACED)
+            assert replaced.detail["reason"] == "it had 2 threads after preloading"
+            [zygote] = _zygotes()
+            assert zygote.pid != replaced.detail["pid"] and zygote.num_threads() == 1
+    assert _zygotes() == []
+
+
 @app.function(timeout=60)
 def sleeps(seconds: float) -> int:
     time.sleep(seconds)

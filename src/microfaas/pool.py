@@ -215,6 +215,15 @@ class LocalNode:
             raise
         self.preload_failures.update(done.failures)
         self._report_preload(done, modules, learned=learned)
+        if done.threads > 1 and modules:
+            # A module started a thread here though not in its probe: this zygote must not fork.
+            # Its successor preloads nothing; the containers import the modules themselves.
+            if self.setup.on_event is not None:
+                reason = f"it had {done.threads} threads after preloading"
+                self.setup.on_event(ev.ZYGOTE_REPLACED, self.id, {"reason": reason, "pid": link.pid})
+            await link.stop()
+            self.preload_failures.update({module: "the zygote had threads after preloading it" for module in modules})
+            return await self._new_zygote((), learned=learned)
         return link
 
     async def preload(self, modules: Sequence[str], *, memory_mb: float | None = None) -> None:

@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import importlib
 import inspect
-import itertools
 import math
 import os
 import signal
@@ -32,7 +30,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -42,14 +40,13 @@ from . import events, payload, protocol
 
 __all__ = [
     "Bundle",
+    "Channel",
+    "Container",
     "FunctionRef",
     "Started",
     "describe_error",
     "flush_user_output",
-    "imports_since",
     "load_bundle",
-    "refresh_after_fork",
-    "rehearse",
     "run_call",
     "run_call_async",
     "run_init",
@@ -197,7 +194,8 @@ class Container:
         self.container_id = container_id
         self.is_async = inspect.iscoroutinefunction(bundle.fn)
         self.loop = loop
-        self.known_modules: int | None = None  # set: report the imports after the first reply
+        # Sends the first reply in its place, and what else it wants to (nodes/forking.py: the imports).
+        self.after_first_reply: Callable[[Channel, protocol.CallReply], None] | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         if bundle.concurrency > 1:
             if self.is_async:
@@ -248,37 +246,11 @@ class Container:
             flush_user_output()
 
     def _reply(self, reply: protocol.CallReply) -> None:
-        if self.known_modules is None:
+        first, self.after_first_reply = self.after_first_reply, None
+        if first is None:
             self.channel.send(reply)
-            return
-        # The first reply, then what the function imported. A SIGTERM (the container is
-        # stopped as soon as it answered, with idle_timeout=0) waits until both are sent.
-        # Not by blocking the signal: pthread_sigmask holds it off this thread only, and a
-        # library's thread (numpy's OpenBLAS) would take it.
-        with _sigterm_deferred():
-            self.channel.send(reply)
-            known, self.known_modules = self.known_modules, None
-            if known is not None and (report := imports_since(known)).modules:
-                self.channel.send(report)
-
-
-@contextlib.contextmanager
-def _sigterm_deferred() -> Iterator[None]:
-    """Hold a SIGTERM's handler until the block ends (in the main thread; elsewhere, do nothing)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    arrived: list[int] = []
-    handler = signal.signal(signal.SIGTERM, lambda signum, frame: arrived.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-        if arrived:
-            if callable(handler):
-                handler(signal.SIGTERM, None)
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            first(self.channel, reply)
 
 
 # -- loading a function and running one call, shared with other container kinds (ray.py) --------
@@ -454,20 +426,19 @@ def serve(
     bundle_blob: protocol.Blob | None = None,
     *,
     busy_poll_s: float = 0.0,
-    known_modules: int | None = None,
+    after_first_reply: Callable[[Channel, protocol.CallReply], None] | None = None,
 ) -> None:
     """Run a container on ``sock`` until the platform closes it.
 
     :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``LoadRequest``.
     :param busy_poll_s: how long to poll for the next call, while calls come back to back,
         before sleeping until it comes.
-    :param known_modules: how many modules this process had before it loaded the function (its
-        ``len(sys.modules)``); given, the container sends ``Imports`` (the modules imported since)
-        after its first reply.
+    :param after_first_reply: sends the first reply instead of the container, and then what
+        else it wants to (a forked container's imports, ``nodes/forking.py``).
     :raises protocol.ProtocolError: the platform sent what this side cannot decode, or a message out of turn.
     """
     try:
-        _serve(sock, container_id, bundle_blob, busy_poll_s=busy_poll_s, known_modules=known_modules)
+        _serve(sock, container_id, bundle_blob, busy_poll_s=busy_poll_s, after_first_reply=after_first_reply)
     except (BrokenPipeError, ConnectionResetError):
         # The platform closed the channel while this container sent ("ready", a reply) or read
         # (calls it had queued here): it is stopping the container. That ends it as a closed
@@ -476,7 +447,12 @@ def serve(
 
 
 def _serve(
-    sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None, *, busy_poll_s: float, known_modules: int | None
+    sock: socket.socket,
+    container_id: str,
+    bundle_blob: protocol.Blob | None,
+    *,
+    busy_poll_s: float,
+    after_first_reply: Callable[[Channel, protocol.CallReply], None] | None,
 ) -> None:
     started = time.perf_counter()
     channel = Channel(sock)
@@ -494,73 +470,8 @@ def _serve(
         return
     channel.send(protocol.Ready(pid=os.getpid(), load_s=result.load_s, init_s=result.init_s))
     container = Container(channel, result.bundle, container_id, result.loop, busy_poll_s=busy_poll_s)
-    container.known_modules = known_modules
+    container.after_first_reply = after_first_reply
     container.serve_forever()
-
-
-def _echo(x: object) -> object:
-    return x
-
-
-def rehearse(calls: int = 10) -> None:
-    """Run a container's start and ``calls`` calls of a no-op, over a socketpair of this process.
-
-    A zygote does this before it forks: Python specialises a function's bytecode in place
-    once it has run a few times, so a forked child that runs code the zygote never ran writes
-    to that code (and the kernel copies the page). Rehearsed, the start and a call's path
-    are already specialised, and the children share them untouched.
-    """
-    ours, theirs = socket.socketpair()
-    try:
-        bundle = Bundle(name="rehearsal", fn=FunctionRef(__name__, _echo.__qualname__), init=None, memory_mb=128, concurrency=1)
-        started = start_function(cloudpickle.dumps(bundle))
-        assert isinstance(started, Started), started
-        for attempt in range(1, calls + 1):
-            call = protocol.CallRequest(
-                invocation_id=f"rehearsal-{attempt}",
-                attempt=attempt,
-                timeout_s=1.0,
-                cold_start=True,
-                args=payload.dumps_call((attempt,), {}),
-            )
-            _sendmsg_all(ours, protocol.encode(call))
-        ours.shutdown(socket.SHUT_WR)
-        channel = Channel(theirs)
-        channel.send(protocol.Ready(pid=os.getpid(), load_s=started.load_s, init_s=started.init_s))
-        Container(channel, started.bundle, "rehearsal", started.loop).serve_forever()
-        replies = protocol.FrameDecoder()
-        theirs.shutdown(socket.SHUT_WR)
-        while data := ours.recv(protocol.READ_SIZE):
-            replies.feed(data)
-        while replies.next_message() is not None:
-            pass
-    finally:
-        ours.close()
-        theirs.close()
-
-
-def refresh_after_fork() -> None:
-    """Give a forked process what it must not share with its zygote and its siblings.
-
-    ``random`` reseeds itself in a forked child (CPython registers that); numpy's global
-    generator does not, so it is reseeded here from the operating system's entropy.
-    """
-    numpy_random = sys.modules.get("numpy.random")
-    if numpy_random is not None:
-        numpy_random.seed()
-
-
-def imports_since(known: int) -> protocol.Imports:
-    """The modules imported since ``sys.modules`` held ``known`` of them, with their files.
-
-    New modules are the last entries of ``sys.modules`` (an import puts its module at the
-    end once it has run). Only those are read: touching every module would make a forked
-    container copy the pages of the zygote's module objects (their reference counts).
-    """
-    extra = len(sys.modules) - known
-    modules = list(itertools.islice(reversed(sys.modules.items()), extra)) if extra > 0 else []
-    modules.reverse()
-    return protocol.Imports(modules=[name for name, _ in modules], files=[getattr(m, "__file__", None) or "" for _, m in modules])
 
 
 def main(argv: list[str] | None = None) -> None:

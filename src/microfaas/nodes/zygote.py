@@ -23,7 +23,7 @@ generators) and then waits on its socket for its ``ForkRequest``, which the
 platform sends it directly when a cold start needs a container (``pool.py``
 keeps one spare per node). The zygote never forks while it has more than one
 thread, and rehearses a container's start and calls before its first fork
-(``worker.rehearse``), so that its children find that code already specialised.
+(``nodes/forking.py``), so that its children find that code already specialised.
 
 The passed fd is the container's end of a socketpair; the child serves on it.
 When the control socket closes, or on SIGTERM, the zygote asks every child to
@@ -46,7 +46,7 @@ import time
 import traceback
 
 from .. import protocol, worker
-from . import preloading
+from . import forking, preloading
 
 
 class Zygote:
@@ -106,7 +106,7 @@ class Zygote:
     def _preload(self, modules: tuple[str, ...], memory_mb: float | None) -> None:
         done = preloading.preload(modules, memory_mb=memory_mb)
         self.preloaded += [name for name in done.imported if name not in self.preloaded]
-        worker.rehearse()
+        forking.rehearse()
         # Objects alive now are shared copy-on-write with every child; keep the
         # collector from touching (and so copying) them.
         gc.collect()
@@ -153,15 +153,15 @@ class Zygote:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             if os.getppid() != zygote_pid:  # the zygote died before the death signal was set
                 os._exit(1)
-            worker.refresh_after_fork()
+            forking.refresh_after_fork()
             known = len(sys.modules)
             sock = socket.socket(fileno=fd)
             if fork is None:
                 fork = _take_request(sock)
                 if fork is None:
                     os._exit(0)  # a spare the platform let go before it was needed
-            learn = known if fork.report_imports else None
-            worker.serve(sock, fork.container_id, fork.bundle, busy_poll_s=fork.busy_poll_s, known_modules=learn)
+            first = forking.report_imports(known) if fork.report_imports else None
+            worker.serve(sock, fork.container_id, fork.bundle, busy_poll_s=fork.busy_poll_s, after_first_reply=first)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
