@@ -8,6 +8,8 @@ Figures (contenders interleaved per round, so a noisy machine hits all alike):
 - throughput of 10,000 concurrent no-op calls on 2 workers (calls/s);
 - cold start to first result p50, start_method fork and spawn, and a raw
   fork-and-pipe floor;
+- cold starts of a function that imports numpy, jinja2, networkx and Pillow: nothing
+  preloaded, declared, learned; the preloaded zygote's PSS (benchmarks/cold_real.py);
 - a 10 MiB bytes argument echoed back (p50);
 - idle worker USS/PSS;
 - mf.Executor against ProcessPoolExecutor, loky and pebble, used from blocking
@@ -42,10 +44,39 @@ import anyio
 import anyio.to_thread
 
 import microfaas as mf
-from benchmarks import brokers, cold, core_decisions, durable, executor, memory, payload, peers, redis_streams, report, throughput, warm
+from benchmarks import (
+    brokers,
+    cold,
+    cold_real,
+    core_decisions,
+    durable,
+    executor,
+    memory,
+    payload,
+    peers,
+    redis_streams,
+    report,
+    throughput,
+    warm,
+)
 from benchmarks.common import log, settle_allocator
 
-PACKAGES = ("microfaas", "anyio", "cloudpickle", "attrs", "loky", "pebble", "psutil", "matplotlib", "ray", "huey")
+PACKAGES = (
+    "microfaas",
+    "anyio",
+    "cloudpickle",
+    "attrs",
+    "loky",
+    "pebble",
+    "psutil",
+    "matplotlib",
+    "ray",
+    "huey",
+    "numpy",
+    "jinja2",
+    "networkx",
+    "pillow",
+)
 
 
 def machine_facts() -> dict[str, Any]:
@@ -155,6 +186,12 @@ async def main(quick: bool, with_ray: bool) -> dict[str, Any]:
     log(f"cold start: fork x {cfg['cold_fork']} with the raw fork floor interleaved; spawn x {cfg['cold_spawn']}")
     results["cold_start"] = await cold.measure("fork", cfg["cold_fork"], rounds=cfg["cold_rounds"], with_floor=True)
     results["cold_start"].update(await cold.measure("spawn", cfg["cold_spawn"]))
+    why_not_real = cold_real.missing()
+    if why_not_real is None:
+        results["cold_real"] = await cold_real.measure(quick)
+    else:
+        results["cold_real"] = None
+        notes.append(f"real-import cold starts skipped: {why_not_real} (pip install -e '.[bench]')")
     ex_cfg = cfg["executor"]
     log(
         f"executors: submit->result x {ex_cfg['rounds'] * ex_cfg['calls_per_round']}, "

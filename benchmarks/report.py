@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import brokers, durable, redis_streams
+from benchmarks import brokers, cold_real, durable, redis_streams
 
 from . import executor
 
@@ -26,6 +26,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "warm_p50_vs_anyio": ("<=", 0.8),
     "throughput_vs_mp_pool": (">=", 2.0),
     "cold_start_fork_ms": ("<=", 5.0),
+    "cold_start_fork_vs_raw_fork": ("<=", 1.5),
+    "cold_start_real_vs_noop": ("<=", 2.0),
     "payload_10mib_vs_ppe": ("<=", 0.7),
     "idle_container_uss_mb": ("<=", 5.0),
     "core_decisions_per_s": (">=", 200_000.0),
@@ -55,6 +57,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         **(durable.ratios(results["durable"]) if results.get("durable") else {}),
         **(brokers.ratios(results["brokers"]) if results.get("brokers") else {}),
         **(redis_streams.ratios(results["redis_streams"]) if results.get("redis_streams") else {}),
+        **(cold_real.ratios(results["cold_real"]) if results.get("cold_real") else {}),
     }
 
 
@@ -120,6 +123,7 @@ def rows(results: dict[str, Any], ratio: dict[str, float]) -> list[list[str]]:
         ),
         row("cold start fork vs raw fork+pipe", [None] * len(COLUMNS), "cold_start_fork_vs_raw_fork"),
         row("cold start, spawn, p50 (ms)", [cold["microfaas_spawn"]["p50_ms"], *none]),
+        *cold_real.rows(results.get("cold_real"), row, len(COLUMNS)),
         row("10 MiB echo p50 (ms)", per("payload_10mib", "p50_ms"), "payload_10mib_vs_ppe"),
         row("idle worker USS (MiB)", per("idle_memory", "uss_mb"), "idle_container_uss_mb"),
         row("idle worker PSS (MiB)", per("idle_memory", "pss_mb")),

@@ -275,6 +275,28 @@ async def test_a_container_that_ignores_sigterm_is_killed_when_the_platform_stop
     assert exits == [-signal.SIGKILL]
 
 
+@app.function(timeout=60, idle_timeout=None)
+def graceful(note: str) -> int:
+    def on_sigterm(signum: int, frame: object) -> None:
+        time.sleep(0.3)  # cleaning up takes a while, well within the grace
+        with open(note, "w") as f:
+            f.write(f"SIGTERM in {os.getpid()}")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+async def test_containers_get_sigterm_and_a_grace_when_the_platform_stops(start_method: str, tmp_path: pathlib.Path) -> None:
+    note = tmp_path / "note"
+    with anyio.fail_after(60):
+        async with app.run(nodes=mf.LocalNodes(start_method=start_method)):
+            pid = await graceful.invoke(str(note))
+    assert not pid_alive(pid)
+    assert note.read_text() == f"SIGTERM in {pid}"
+
+
 def _zygotes() -> list[psutil.Process]:
     return [p for p in psutil.Process().children() if "microfaas.nodes.zygote" in " ".join(p.cmdline())]
 
@@ -282,6 +304,7 @@ def _zygotes() -> list[psutil.Process]:
 async def test_a_zygote_that_ignores_sigterm_is_killed_when_the_platform_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool, "STOP_GRACE", 0.2)
     monkeypatch.setenv("MICROFAAS_TEST_ZYGOTE", "stubborn")
+    monkeypatch.setenv("MICROFAAS_TEST_PLATFORM", str(os.getpid()))
     with anyio.fail_after(60):
         async with misbehaving.app.run():
             assert await misbehaving.pid.invoke() > 0
@@ -295,6 +318,7 @@ async def test_a_zygote_that_ignores_sigterm_is_killed_when_the_platform_stops(m
 @pytest.mark.parametrize("min_nodes", [0, 1], ids=["acquired-for-the-call", "acquired-at-start"])
 async def test_a_node_whose_zygote_fails_to_start_fails_its_cold_starts(min_nodes: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MICROFAAS_TEST_ZYGOTE", "exit")
+    monkeypatch.setenv("MICROFAAS_TEST_PLATFORM", str(os.getpid()))
     with anyio.fail_after(60):
         async with misbehaving.app.run(nodes=mf.LocalNodes(min_nodes=min_nodes)) as faas:
             with pytest.raises(mf.ColdStartFailed, match=r"node (n-\d+) could not be acquired: node \1: the zygote exited"):
@@ -305,6 +329,19 @@ async def test_a_node_whose_zygote_fails_to_start_fails_its_cold_starts(min_node
             monkeypatch.delenv("MICROFAAS_TEST_ZYGOTE")
             assert await misbehaving.pid.invoke() > 0  # the next node comes up
             assert [c.node for c in faas.containers()] == [f"n-{min_nodes + 2}"]
+    assert _zygotes() == []
+
+
+async def test_a_zygote_left_with_a_thread_after_preloading_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICROFAAS_TEST_ZYGOTE", "thread")
+    monkeypatch.setenv("MICROFAAS_TEST_PLATFORM", str(os.getpid()))
+    with anyio.fail_after(60):
+        async with misbehaving.app.run() as faas:
+            assert await misbehaving.pid.invoke() > 0
+            [replaced] = faas.events(kind=ev.ZYGOTE_REPLACED)
+            assert replaced.detail["reason"] == "it had 2 threads after preloading"
+            [zygote] = _zygotes()
+            assert zygote.pid != replaced.detail["pid"] and zygote.num_threads() == 1
     assert _zygotes() == []
 
 
@@ -335,10 +372,6 @@ async def test_a_zygote_that_dies_takes_its_running_containers_with_it() -> None
         assert faas.containers("sleeps") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node whose zygote died stays in use: every later cold start on it fails with BrokenPipeError",
-)
 async def test_after_its_zygote_dies_a_node_is_replaced() -> None:
     async with app.run() as faas:
         await sleeps.invoke(0)
@@ -347,6 +380,11 @@ async def test_after_its_zygote_dies_a_node_is_replaced() -> None:
         await wait_until(lambda: faas.containers("sleeps") == [])
         with anyio.fail_after(30):
             assert await sleeps.invoke(0) > 0
+        [replaced] = faas.events(kind=ev.ZYGOTE_REPLACED)
+        assert replaced.detail["pid"] == zygote.pid
+        assert replaced.detail["reason"] == "the zygote exited"
+        [new] = _zygotes()
+        assert new.pid != zygote.pid
 
 
 # -- callers that leave, platforms run twice -------------------------------------------------

@@ -63,9 +63,10 @@ async def test_the_second_call_is_warm_and_a_cold_start_reports_its_init_time():
         assert cold.detail["start_s"] >= cold.detail["init_s"] >= 0
         [started] = faas.events(ev.CONTAINER_STARTED, function="echo")
         assert started.container == cold.container and started.detail["pinned"] is False
-        # The record is ordered: the node came first, the container was ready before its first call.
+        # The record is ordered: the node came first (its zygote preloaded the app's module
+        # as it came up), the container was ready before its first call.
         everything = faas.events()
-        assert everything[0].kind == ev.NODE_ACQUIRED
+        assert [e.kind for e in everything[:2]] == [ev.ZYGOTE_PRELOADED, ev.NODE_ACQUIRED]
         assert everything.index(started) < everything.index(cold)
         assert [e.time for e in everything] == sorted(e.time for e in everything)
 
@@ -178,7 +179,7 @@ async def test_subscribers_get_later_events_and_their_stream_ends_when_the_platf
         await faas.invoke("echo", 2)
         # Leaving the platform ends every subscription; follow() returns.
     assert seen == ["cold_start", "warm_start"]
-    assert faas.subscribe_events(replay=True).receive_nowait().kind == ev.NODE_ACQUIRED  # after the stop: the past only
+    assert faas.subscribe_events(replay=True).receive_nowait().kind == ev.ZYGOTE_PRELOADED  # after the stop: the past only
 
 
 async def test_unknown_kinds_are_rejected():

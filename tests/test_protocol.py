@@ -55,8 +55,21 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
     protocol.BadPayloadReply: st.builds(protocol.BadPayloadReply, invocation_id=texts, message=texts),
     protocol.SetupRequest: st.builds(protocol.SetupRequest, sys_path=paths, cwd=texts, modules=paths),
-    protocol.SetupDone: st.builds(protocol.SetupDone, failures=st.dictionaries(texts, texts, max_size=3)),
-    protocol.ForkRequest: st.builds(protocol.ForkRequest, container_id=texts, busy_poll_s=seconds, bundle=blobs),
+    protocol.SetupDone: st.builds(
+        protocol.SetupDone,
+        failures=st.dictionaries(texts, texts, max_size=3),
+        refused=st.dictionaries(texts, texts, max_size=3),
+        preloaded=paths,
+        import_s=seconds,
+        rss_mb=seconds,
+        threads=st.integers(min_value=1, max_value=64),
+    ),
+    protocol.ForkRequest: st.builds(
+        protocol.ForkRequest, container_id=texts, busy_poll_s=seconds, bundle=blobs, report_imports=st.booleans()
+    ),
+    protocol.PreloadRequest: st.builds(protocol.PreloadRequest, modules=paths, memory_mb=st.none() | seconds),
+    protocol.Imports: st.builds(protocol.Imports, modules=paths, files=paths),
+    protocol.SpareRequest: st.builds(protocol.SpareRequest, spare_id=texts),
     protocol.Forked: st.builds(protocol.Forked, container_id=texts, pid=pids),
     protocol.ChildExited: st.builds(protocol.ChildExited, pid=pids, returncode=st.integers(min_value=-64, max_value=255)),
 }
@@ -77,6 +90,9 @@ ONE_OF_EACH = [
     protocol.ForkRequest(container_id="c-1", busy_poll_s=0.0002, bundle=b"bundle"),
     protocol.Forked(container_id="c-1", pid=43),
     protocol.ChildExited(pid=43, returncode=-9),
+    protocol.PreloadRequest(modules=["numpy", "PIL.Image"], memory_mb=512.0),
+    protocol.Imports(modules=["numpy", "numpy.linalg"], files=["/site/numpy/__init__.py", ""]),
+    protocol.SpareRequest(spare_id="n-1-spare-1"),
 ]
 
 

@@ -131,11 +131,19 @@ class App:
     """A named set of functions, run together by ``async with app.run() as faas``.
 
     :param name: the app's name (shown in errors and stats).
+    :param preload: modules every node's zygote imports before it forks, so that cold
+        starts inherit them (``("numpy", "jinja2")``; see "Preloading" in docs/lifecycle.md).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, preload: Iterable[str] = ()) -> None:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ValueError(f"App: name must start with a letter or _ and hold only letters, digits, '_', '.' or '-', got {name!r}")
+        if isinstance(preload, str):
+            raise ValueError(f"App: preload must be a tuple of module names, got the string {preload!r} (write ({preload!r},))")
+        self.preload: tuple[str, ...] = tuple(preload)
+        for module in self.preload:
+            if not isinstance(module, str) or not all(part.isidentifier() for part in module.split(".")):
+                raise ValueError(f"App: preload must hold module names like 'numpy' or 'PIL.Image', got {module!r}")
         self.name = name
         self._functions: dict[str, FunctionHandle[Any, Any]] = {}
         self._topics: dict[str, Topic] = {}

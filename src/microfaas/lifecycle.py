@@ -32,10 +32,13 @@ __all__ = [
     "NODE_FAILED",
     "NODE_RELEASED",
     "OUT_OF_MEMORY",
+    "PRELOAD_REFUSED",
     "RETRY",
     "START_FAILED",
     "TIMEOUT",
     "WARM_START",
+    "ZYGOTE_PRELOADED",
+    "ZYGOTE_REPLACED",
     "LifecycleEvent",
 ]
 
@@ -62,6 +65,12 @@ NODE_ACQUIRED: Final = "node_acquired"
 NODE_FAILED: Final = "node_failed"
 #: A node was released [reason: "empty" or "shutdown"].
 NODE_RELEASED: Final = "node_released"
+#: A node's zygote preloaded modules [modules (this time), preloaded (all so far), import_s, rss_mb, learned].
+ZYGOTE_PRELOADED: Final = "zygote_preloaded"
+#: A module was not preloaded; containers import it themselves [module, reason, learned].
+PRELOAD_REFUSED: Final = "preload_refused"
+#: A node's zygote was replaced by a new one [reason, pid (the old zygote's)].
+ZYGOTE_REPLACED: Final = "zygote_replaced"
 #: An invocation ran past its timeout; its container was killed [invocation_id, attempt, timeout, injected].
 TIMEOUT: Final = "timeout"
 #: A container died under an invocation [invocation_id, attempt, returncode, injected].
@@ -100,6 +109,9 @@ KINDS: Final = frozenset(
         DEAD_LETTER,
         CONNECTOR_DOWN,
         CONNECTOR_UP,
+        ZYGOTE_PRELOADED,
+        PRELOAD_REFUSED,
+        ZYGOTE_REPLACED,
     }
 )
 

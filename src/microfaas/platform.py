@@ -84,6 +84,7 @@ class Platform:
             events_kept=events_kept,
             store=store,
             wiring=TriggerWiring(check_routes=build_routes),
+            preload=tuple(getattr(app, "preload", ())),
         )
         self.nodes_config: NodeProvider = self._runtime.provider
 

@@ -51,13 +51,16 @@ __all__ = [
     "ForkRequest",
     "Forked",
     "FrameDecoder",
+    "Imports",
     "LoadRequest",
     "Message",
+    "PreloadRequest",
     "ProtocolError",
     "Ready",
     "ResultReply",
     "SetupDone",
     "SetupRequest",
+    "SpareRequest",
     "StartFailure",
     "byte_views",
     "drop_sent",
@@ -65,7 +68,7 @@ __all__ = [
 ]
 
 # 3: a kind byte in the header, and typed messages instead of a pickled tuple naming its kind.
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 HEADER: Final = struct.Struct(">IBBI")  # body_len, version, kind, meta_len
 _HEADER_SIZE: Final = HEADER.size
 # What body_len counts before the meta: version, kind, meta_len.
@@ -193,9 +196,33 @@ class SetupRequest:
 
 @attrs.frozen(kw_only=True)
 class SetupDone:
-    """Zygote -> platform: set up; the modules that failed to import, with their errors."""
+    """Zygote -> platform: set up (or preloaded more); what it imported and what it refused.
+
+    Answers a ``SetupRequest`` and each ``PreloadRequest``.
+    """
 
     failures: dict[str, str]  # module -> repr of what importing it raised
+    refused: dict[str, str] = attrs.field(factory=dict)  # module -> why it was not preloaded (a thread, too slow, too big)
+    preloaded: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)  # every module it preloaded so far
+    import_s: float = 0.0  # how long this request's imports took
+    rss_mb: float = 0.0  # the zygote's resident memory after them
+    threads: int = 1  # the zygote's threads after them (more than one: it can no longer fork)
+
+
+@attrs.frozen(kw_only=True)
+class PreloadRequest:
+    """Platform -> zygote: import ``modules`` too (learned ones), refusing the unsafe; answered by ``SetupDone``."""
+
+    modules: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    memory_mb: float | None  # refuse a module that would take the zygote past this resident memory
+
+
+@attrs.frozen(kw_only=True)
+class Imports:
+    """Container -> platform, after its first reply: the modules its function's load, init and first call imported."""
+
+    modules: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    files: tuple[str, ...] = attrs.field(converter=_str_tuple)  # each module's ``__file__`` ("" for none)
 
 
 @attrs.frozen(kw_only=True)
@@ -205,6 +232,14 @@ class ForkRequest:
     container_id: str
     busy_poll_s: float  # how long the container polls for its next call (``worker.serve``)
     bundle: Blob  # the cloudpickled ``worker.Bundle``
+    report_imports: bool = False  # send ``Imports`` after the first call
+
+
+@attrs.frozen(kw_only=True)
+class SpareRequest:
+    """Platform -> zygote: fork a spare on the frame's fd; it waits there for its ``ForkRequest``."""
+
+    spare_id: str
 
 
 @attrs.frozen(kw_only=True)
@@ -250,6 +285,9 @@ Message: TypeAlias = (
     | ForkRequest
     | Forked
     | ChildExited
+    | PreloadRequest
+    | Imports
+    | SpareRequest
 )
 
 # The kind byte of each message. Never renumber a kind: append, and bump PROTOCOL_VERSION.
@@ -266,6 +304,9 @@ KINDS: Final[dict[type[Any], int]] = {
     ForkRequest: 10,
     Forked: 11,
     ChildExited: 12,
+    PreloadRequest: 13,
+    Imports: 14,
+    SpareRequest: 15,
 }
 # The field of each kind that travels as the frame's blob (the others are its meta).
 _BLOB_FIELD: Final[dict[type[Any], str]] = {LoadRequest: "bundle", CallRequest: "args", ResultReply: "value", ForkRequest: "bundle"}

@@ -40,6 +40,8 @@ from . import events, payload, protocol
 
 __all__ = [
     "Bundle",
+    "Channel",
+    "Container",
     "FunctionRef",
     "Started",
     "describe_error",
@@ -197,6 +199,8 @@ class Container:
         self.container_id = container_id
         self.is_async = inspect.iscoroutinefunction(bundle.fn)
         self.loop = loop
+        # Sends the first reply in its place, and what else it wants to (nodes/forking.py: the imports).
+        self.after_first_reply: Callable[[Channel, protocol.CallReply], None] | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         if bundle.concurrency > 1:
             if self.is_async:
@@ -236,15 +240,22 @@ class Container:
 
     def _run(self, ctx: events.Context, blob: protocol.Blob) -> None:
         try:
-            self.channel.send(run_call(self.bundle, ctx, blob, self.loop))
+            self._reply(run_call(self.bundle, ctx, blob, self.loop))
         finally:
             flush_user_output()
 
     async def _run_async(self, ctx: events.Context, blob: protocol.Blob) -> None:
         try:
-            self.channel.send(await run_call_async(self.bundle, ctx, blob))
+            self._reply(await run_call_async(self.bundle, ctx, blob))
         finally:
             flush_user_output()
+
+    def _reply(self, reply: protocol.CallReply) -> None:
+        first, self.after_first_reply = self.after_first_reply, None
+        if first is None:
+            self.channel.send(reply)
+        else:
+            first(self.channel, reply)
 
 
 # -- loading a function and running one call, shared with other container kinds (ray.py) --------
@@ -414,16 +425,25 @@ def adopt_environment(sys_path: Sequence[str], cwd: str) -> None:
         pass
 
 
-def serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None = None, *, busy_poll_s: float = 0.0) -> None:
+def serve(
+    sock: socket.socket,
+    container_id: str,
+    bundle_blob: protocol.Blob | None = None,
+    *,
+    busy_poll_s: float = 0.0,
+    after_first_reply: Callable[[Channel, protocol.CallReply], None] | None = None,
+) -> None:
     """Run a container on ``sock`` until the platform closes it.
 
     :param bundle_blob: the cloudpickled ``Bundle``; None to read it from a ``LoadRequest``.
     :param busy_poll_s: how long to poll for the next call, while calls come back to back,
         before sleeping until it comes.
+    :param after_first_reply: sends the first reply instead of the container, and then what
+        else it wants to (a forked container's imports, ``nodes/forking.py``).
     :raises protocol.ProtocolError: the platform sent what this side cannot decode, or a message out of turn.
     """
     try:
-        _serve(sock, container_id, bundle_blob, busy_poll_s=busy_poll_s)
+        _serve(sock, container_id, bundle_blob, busy_poll_s=busy_poll_s, after_first_reply=after_first_reply)
     except (BrokenPipeError, ConnectionResetError):
         # The platform closed the channel while this container sent ("ready", a reply) or read
         # (calls it had queued here): it is stopping the container. That ends it as a closed
@@ -431,7 +451,14 @@ def serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | N
         return
 
 
-def _serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | None, *, busy_poll_s: float) -> None:
+def _serve(
+    sock: socket.socket,
+    container_id: str,
+    bundle_blob: protocol.Blob | None,
+    *,
+    busy_poll_s: float,
+    after_first_reply: Callable[[Channel, protocol.CallReply], None] | None,
+) -> None:
     started = time.perf_counter()
     channel = Channel(sock)
     if bundle_blob is None:
@@ -447,7 +474,9 @@ def _serve(sock: socket.socket, container_id: str, bundle_blob: protocol.Blob | 
         channel.send(result)
         return
     channel.send(protocol.Ready(pid=os.getpid(), load_s=result.load_s, init_s=result.init_s))
-    Container(channel, result.bundle, container_id, result.loop, busy_poll_s=busy_poll_s).serve_forever()
+    container = Container(channel, result.bundle, container_id, result.loop, busy_poll_s=busy_poll_s)
+    container.after_first_reply = after_first_reply
+    container.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:

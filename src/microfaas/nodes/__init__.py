@@ -3,7 +3,9 @@
 * ``contract`` -- ``NodeProvider``, ``Node``, ``Container`` (typing protocols), ``NodeSetup``,
   the ``Outcome`` of a call and ``StartFailed``.
 * ``container`` -- ``LocalContainer``: the platform's end of one worker process's socket.
-* ``zygote`` -- the warm process each local node forks its containers from.
+* ``zygote`` -- the warm process each local node forks its containers from;
+  ``zygote_link`` -- the platform's end of one; ``preloading`` -- the modules it imports
+  (each tried in a probe first); ``forking`` -- what a forked container does differently.
 * ``memory`` -- a process's private memory from /proc, for the memory limits.
 
 This package imports the sans-I/O core and the ContainerService (``worker``,

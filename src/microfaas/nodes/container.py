@@ -25,7 +25,7 @@ from typing import Any, Final
 import anyio
 
 from .. import protocol
-from ..protocol import BadPayloadReply, CallRequest, ErrorReply, Ready, ResultReply, StartFailure
+from ..protocol import BadPayloadReply, CallRequest, ErrorReply, Imports, Ready, ResultReply, StartFailure
 from .contract import BadPayload, Died, NotStarted, Outcome, Raised, Returned, StartFailed, describe_exit, outcome_of
 from .memory import private_mb
 
@@ -77,6 +77,8 @@ class ContainerHandle:
         self.on_reply: Callable[[Any], None] | None = None  # a call was answered
         self.on_call_started: Callable[[str], None] | None = None  # a queued call got its slot
         self.last_call_s: float | None = None  # how long the call just answered ran, when known
+        self.preloaded: tuple[str, ...] = ()  # the modules its zygote had preloaded when it forked it
+        self.on_imports: Callable[[Any, Any], None] | None = None  # what its function imported (a protocol.Imports)
 
 
 class LocalContainer(ContainerHandle):
@@ -258,6 +260,10 @@ class LocalContainer(ContainerHandle):
         elif type(message) is ErrorReply or type(message) is BadPayloadReply:
             invocation_id = message.invocation_id
             result = outcome_of(message)
+        elif type(message) is Imports:
+            if self.on_imports is not None:
+                self.on_imports(self, message)
+            return
         else:
             raise protocol.ProtocolError(f"container {self.id} sent {type(message).__name__} in answer to a call")
         outcome = self._pending.pop(invocation_id, None)

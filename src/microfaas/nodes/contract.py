@@ -53,11 +53,17 @@ __all__ = [
 
 @attrs.frozen(kw_only=True)
 class NodeSetup:
-    """What every container on a node needs from the platform's process."""
+    """What every container on a node needs from the platform's process.
+
+    :param preload: modules the node's zygote imports before it forks (the app's and the declared).
+    :param on_event: how a node reports a lifecycle event of its own: ``on_event(kind, node_id, detail)``
+        (kinds from ``microfaas.lifecycle``: what a zygote preloaded or refused, a zygote replaced).
+    """
 
     sys_path: tuple[str, ...]
     cwd: str
     preload: tuple[str, ...] = ()
+    on_event: Callable[[str, str, dict[str, Any]], None] | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(slots=True)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
+import attrs
 
 from .. import lifecycle as ev
 from ..actions import FailRequest, RunOn, StartContainer, StopContainer
@@ -34,10 +35,12 @@ from ..nodes import NodeSetup, StartFailed
 from ..resources import AcquireNode, ReleaseNode
 from ..scheduler import ContainerState, FunctionProfile, Scheduler
 from .deadlines import Deadlines
+from .learning import ImportLearner, learnable
 
 if TYPE_CHECKING:
     from ..keepalive import KeepAlivePolicy
     from ..nodes import Container, Node, NodeProvider
+    from ..protocol import Imports
     from ..spec import FunctionSpec
     from .eventlog import LifecycleLog
     from .faults import FaultPlan
@@ -69,8 +72,12 @@ class Cluster:
         faults: FaultPlan,
         shipper: Shipper,
         clock: Callable[[], float],
+        preload: tuple[str, ...] = (),
     ) -> None:
         self.provider = provider
+        self.preload = preload
+        learns = getattr(provider, "learn_imports", False)
+        self.learner = ImportLearner(max_packages=getattr(provider, "max_learned_packages", 0)) if learns else None
         self.specs = specs
         self.lifecycle = lifecycle
         self.stats = stats
@@ -108,7 +115,8 @@ class Cluster:
         """Come up with the core's minimum nodes and every pinned container ready (or failed)."""
         self._tg = tg
         self.loop = asyncio.get_running_loop()
-        self._setup = NodeSetup(sys_path=tuple(sys.path), cwd=os.getcwd(), preload=self.shipper.modules_to_preload())
+        preload = (*self.shipper.modules_to_preload(), *self.preload)
+        self._setup = NodeSetup(sys_path=tuple(sys.path), cwd=os.getcwd(), preload=preload, on_event=self._node_event)
         tg.start_soon(self._run_timer)
         tg.start_soon(self._watch_memory)
         self.apply(self.sched.start(now=self.clock()))
@@ -190,6 +198,8 @@ class Cluster:
             container.on_exit = self._container_exited
             container.on_reply = self._call_done
             container.on_call_started = self.call_started
+            if self.learner is not None and hasattr(container, "on_imports"):
+                container.on_imports = self._imported
             self.containers[container_id] = container
             stats = self.stats[action.function]
             stats.containers_started += 1
@@ -258,7 +268,7 @@ class Cluster:
     async def _acquire_node(self, node_id: str) -> None:
         try:
             try:
-                node = await self.provider.acquire(node_id, self._setup, self._tg)
+                node = await self.provider.acquire(node_id, self._node_setup(), self._tg)
             except (StartFailed, OSError) as exc:
                 for record in self.sched.containers():
                     if record.node_id == node_id:
@@ -278,6 +288,32 @@ class Cluster:
             event = self._pending_nodes.pop(node_id, None)
             if event is not None:
                 event.set()
+
+    # -- preloading ----------------------------------------------------------------------------
+
+    def _node_setup(self) -> NodeSetup:
+        """What a new node gets: the app's, the declared and the learned modules to preload."""
+        if self.learner is None or not self.learner.learned:
+            return self._setup
+        learned = tuple(m for m in self.learner.learned if m not in self._setup.preload)
+        return attrs.evolve(self._setup, preload=(*self._setup.preload, *learned))
+
+    def _node_event(self, kind: str, node_id: str, detail: dict[str, Any]) -> None:
+        if kind == ev.PRELOAD_REFUSED and self.learner is not None:
+            self.learner.refused(detail["module"])
+        self.lifecycle.emit(kind, node=node_id, **detail)
+
+    def _imported(self, container: Container, report: Imports) -> None:
+        """A container reported what its function imported: the zygotes preload what is new."""
+        assert self.learner is not None
+        new = self.learner.learn(learnable(report.modules, report.files, self._setup.cwd))
+        if not new or self.closed:
+            return
+        memory_mb = getattr(self.provider, "zygote_memory_mb", None)
+        for node in self.nodes.values():
+            preload = getattr(node, "preload", None)
+            if preload is not None:
+                self._tg.start_soon(functools.partial(preload, new, memory_mb=memory_mb))
 
     async def _run_timer(self) -> None:
         """Tick the core at its next wake. ``apply`` lowers ``_timer_target`` (and kicks

@@ -83,8 +83,10 @@ class Runtime:
         events_kept: int | None = EVENTS_KEPT,
         store: Store | None = None,
         wiring: Wiring | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self._app_name = app_name
+        self.preload = preload
         self.provider: NodeProvider = nodes if nodes is not None else LocalNodes()
         self.queue_limit = queue_limit
         self.clock: Callable[[], float] = time.monotonic
@@ -136,6 +138,7 @@ class Runtime:
             faults=self.faults,
             shipper=Shipper(self.specs),
             clock=self.clock,
+            preload=self.preload,
         )
         self.invoker = Invoker(self._app_name, self.cluster, stats=self.stats, lifecycle=self.lifecycle, faults=self.faults)
 
@@ -394,6 +397,7 @@ class Runtime:
                     start_s=container.start_s if container is not None else None,
                     load_s=container.load_s if container is not None else None,
                     init_s=container.init_s if container is not None else None,
+                    preloaded=getattr(container, "preloaded", ()),
                 )
             )
         return infos

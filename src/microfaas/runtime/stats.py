@@ -94,6 +94,7 @@ class ContainerInfo:
     :param start_s: its whole cold start, from the start request to ready (None while starting).
     :param load_s: of which loading the function in the container.
     :param init_s: of which running the function's ``init``.
+    :param preloaded: the modules it inherited from its node's zygote (forked containers).
     """
 
     id: str
@@ -106,6 +107,7 @@ class ContainerInfo:
     start_s: float | None = None
     load_s: float | None = None
     init_s: float | None = None
+    preloaded: tuple[str, ...] = ()
 
 
 @attrs.define(eq=False)
