@@ -15,77 +15,179 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .app import App, FunctionHandle
-from .aws import lambda_handler
-from .errors import (
-    CallCancelled,
-    ColdStartFailed,
-    ConnectorUnreachable,
-    ContainerCrashed,
-    FaaSError,
-    FunctionError,
-    FunctionTimeout,
-    InvocationError,
-    OutOfMemory,
-    PlatformClosed,
-    SerializationError,
-    StoreCorrupt,
-    StoreError,
-    StoreFull,
-    StoreLocked,
-    StoreReadOnly,
-    StoreVersionError,
-    Throttled,
-    UnknownCall,
-    UnknownFunction,
-    UnknownSource,
-)
-from .events import (
-    BatchResult,
-    BatchTask,
-    Context,
-    Http,
-    HttpRequest,
-    HttpResponse,
-    Message,
-    ObjectEvent,
-    Record,
-    RecordBatch,
-    Tick,
-    Trigger,
-    context,
-)
-from .executor import Executor
-from .keepalive import (
-    AdaptiveKeepAlive,
-    FixedKeepAlive,
-    GreedyDualKeepAlive,
-    HistogramKeepAlive,
-    KeepAliveDecision,
-    KeepAlivePolicy,
-    NeverUnload,
-)
-from .lifecycle import LifecycleEvent
-from .platform import Platform
-from .pool import LocalNodes
-from .runtime.call import Call, CallStatus
-from .runtime.deploy import Deployment
-from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
-from .scheduler import ContainerState
-from .sources.batch import BatchJob, BatchProgress
-from .sources.directory import Directory
-from .sources.files import Files
-from .sources.mqtt import MQTT
-from .sources.rabbitmq import RabbitMQ
-from .sources.redis_streams import RedisStream
-from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
-from .spec import FunctionSpec, Retries
-from .store import DeadLetter, MemoryStore, SqliteStore, Store
+import importlib
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from .app import App, FunctionHandle
+    from .aws import lambda_handler
+    from .errors import (
+        CallCancelled,
+        ColdStartFailed,
+        ConnectorUnreachable,
+        ContainerCrashed,
+        FaaSError,
+        FunctionError,
+        FunctionTimeout,
+        InvocationError,
+        OutOfMemory,
+        PlatformClosed,
+        SerializationError,
+        StoreCorrupt,
+        StoreError,
+        StoreFull,
+        StoreLocked,
+        StoreReadOnly,
+        StoreVersionError,
+        Throttled,
+        UnknownCall,
+        UnknownFunction,
+        UnknownSource,
+    )
+    from .events import (
+        BatchResult,
+        BatchTask,
+        Context,
+        Http,
+        HttpRequest,
+        HttpResponse,
+        Message,
+        ObjectEvent,
+        Record,
+        RecordBatch,
+        Tick,
+        Trigger,
+        context,
+    )
+    from .executor import Executor
+    from .keepalive import (
+        AdaptiveKeepAlive,
+        FixedKeepAlive,
+        GreedyDualKeepAlive,
+        HistogramKeepAlive,
+        KeepAliveDecision,
+        KeepAlivePolicy,
+        NeverUnload,
+    )
+    from .lifecycle import LifecycleEvent
+    from .platform import Platform
+    from .pool import LocalNodes
     from .ray import RayNodes as RayNodes
+    from .runtime.call import Call, CallStatus
+    from .runtime.deploy import Deployment
+    from .runtime.stats import ContainerInfo, FunctionStats, PlatformUsage, Summary
+    from .scheduler import ContainerState
+    from .sources.batch import BatchJob, BatchProgress
+    from .sources.directory import Directory
+    from .sources.files import Files
+    from .sources.mqtt import MQTT
+    from .sources.rabbitmq import RabbitMQ
+    from .sources.redis_streams import RedisStream
+    from .sources.triggers import Cron, Every, Stream, StreamConsumer, Topic, TopicSubscription
+    from .spec import FunctionSpec, Retries
+    from .store import DeadLetter, MemoryStore, SqliteStore, Store
+
+# The public names and the module each comes from. They are imported on first use
+# (PEP 562 ``__getattr__`` below), so ``import microfaas`` is cheap: a zygote, and every
+# container forked from it, holds only the modules its work needs (fewer pages to copy
+# on fork), and a program that never runs a broker connector never imports one.
+_WHERE: Final[dict[str, tuple[str, ...]]] = {
+    "app": (
+        "App",
+        "FunctionHandle",
+    ),
+    "aws": ("lambda_handler",),
+    "errors": (
+        "CallCancelled",
+        "ColdStartFailed",
+        "ConnectorUnreachable",
+        "ContainerCrashed",
+        "FaaSError",
+        "FunctionError",
+        "FunctionTimeout",
+        "InvocationError",
+        "OutOfMemory",
+        "PlatformClosed",
+        "SerializationError",
+        "StoreCorrupt",
+        "StoreError",
+        "StoreFull",
+        "StoreLocked",
+        "StoreReadOnly",
+        "StoreVersionError",
+        "Throttled",
+        "UnknownCall",
+        "UnknownFunction",
+        "UnknownSource",
+    ),
+    "events": (
+        "BatchResult",
+        "BatchTask",
+        "Context",
+        "Http",
+        "HttpRequest",
+        "HttpResponse",
+        "Message",
+        "ObjectEvent",
+        "Record",
+        "RecordBatch",
+        "Tick",
+        "Trigger",
+        "context",
+    ),
+    "executor": ("Executor",),
+    "keepalive": (
+        "AdaptiveKeepAlive",
+        "FixedKeepAlive",
+        "GreedyDualKeepAlive",
+        "HistogramKeepAlive",
+        "KeepAliveDecision",
+        "KeepAlivePolicy",
+        "NeverUnload",
+    ),
+    "lifecycle": ("LifecycleEvent",),
+    "platform": ("Platform",),
+    "pool": ("LocalNodes",),
+    "runtime.call": (
+        "Call",
+        "CallStatus",
+    ),
+    "runtime.deploy": ("Deployment",),
+    "runtime.stats": (
+        "ContainerInfo",
+        "FunctionStats",
+        "PlatformUsage",
+        "Summary",
+    ),
+    "scheduler": ("ContainerState",),
+    "sources.batch": (
+        "BatchJob",
+        "BatchProgress",
+    ),
+    "sources.directory": ("Directory",),
+    "sources.files": ("Files",),
+    "sources.mqtt": ("MQTT",),
+    "sources.rabbitmq": ("RabbitMQ",),
+    "sources.redis_streams": ("RedisStream",),
+    "sources.triggers": (
+        "Cron",
+        "Every",
+        "Stream",
+        "StreamConsumer",
+        "Topic",
+        "TopicSubscription",
+    ),
+    "spec": (
+        "FunctionSpec",
+        "Retries",
+    ),
+    "store": (
+        "DeadLetter",
+        "MemoryStore",
+        "SqliteStore",
+        "Store",
+    ),
+}
 
 __all__ = [
     "MQTT",
@@ -165,21 +267,14 @@ __all__ = [
     "lambda_handler",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if hasattr(_obj, "__module__") and not isinstance(_obj, type(lambda: None)):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
 
-# RayNodes needs the `ray` extra: imported on first use, so `import microfaas` never
-# imports ray. It is left out of __all__ so that `from microfaas import *` works without it.
+# RayNodes needs the `ray` extra: it is left out of __all__ so that `from microfaas import *`
+# works without it.
+_MODULE_OF: Final = {name: module for module, names in _WHERE.items() for name in names}
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "RayNodes"])
+    return sorted({*globals(), *_MODULE_OF, "RayNodes"})
 
 
 def __getattr__(name: str) -> object:
@@ -188,10 +283,22 @@ def __getattr__(name: str) -> object:
             from .ray import RayNodes
         except ImportError as exc:
             raise ImportError(f"mf.RayNodes needs Ray: pip install 'microfaas[ray]' ({exc})") from exc
-        RayNodes.__module__ = __name__
-        globals()["RayNodes"] = RayNodes
-        return RayNodes
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _adopt(name, RayNodes)
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _adopt(name, getattr(importlib.import_module(f".{module}", __name__), name))
+
+
+def _adopt(name: str, obj: object) -> object:
+    """Keep ``obj`` as ``microfaas.<name>``: classes say so in ``__module__`` (reprs, pickles by reference)."""
+    if isinstance(obj, type):
+        try:
+            obj.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
+    globals()[name] = obj
+    return obj
 
 
 __version__ = "0.1.0"
