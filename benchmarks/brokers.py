@@ -30,7 +30,6 @@ phase is skipped with a note.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -45,7 +44,7 @@ from typing import Any
 import anyio
 
 import microfaas as mf
-from benchmarks.common import log
+from benchmarks.common import log, print_ratios_and_notes
 
 PREFETCH = 100
 WORKERS = 2
@@ -278,13 +277,7 @@ def cli() -> None:
                 f"batched by {BATCH} {figures['microfaas_batched']['messages_per_s']:7.0f} msg/s, "
                 f"bare {figures['bare']['messages_per_s']:7.0f} msg/s"
             )
-    for key, value in result["ratios"].items():
-        print(f"{key} = {value:.3g}")
-    for note in result["notes"]:
-        print(f"note: {note}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    print_ratios_and_notes(result, args.json)
 
 
 if __name__ == "__main__":

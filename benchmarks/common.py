@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -49,3 +51,14 @@ _T0 = time.perf_counter()
 
 def log(message: str) -> None:
     print(f"[bench {time.perf_counter() - _T0:6.1f}s] {message}", flush=True)
+
+
+def print_ratios_and_notes(result: dict[str, Any], json_path: str | None) -> None:
+    """The end of a benchmark module run on its own: its ratios and notes, and its JSON if asked."""
+    for key, value in result["ratios"].items():
+        print(f"{key} = {value:.3g}")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+        print(f"wrote {json_path}")

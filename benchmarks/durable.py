@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import microfaas as mf
-from benchmarks.common import log, pct
+from benchmarks.common import log, pct, print_ratios_and_notes
 
 WORKERS = 2
 
@@ -206,13 +205,7 @@ def cli() -> None:
             f"{name:>7}: {figures['calls_per_s']:8.0f} calls/s spawn->done (best {figures['best_calls_per_s']:.0f}), "
             f"accept p50 {figures['accept_p50_ms']:.3f} ms, p99 {figures['accept_p99_ms']:.3f} ms"
         )
-    for key, value in result["ratios"].items():
-        print(f"{key} = {value:.3g}")
-    for note in result["notes"]:
-        print(f"note: {note}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    print_ratios_and_notes(result, args.json)
 
 
 if __name__ == "__main__":

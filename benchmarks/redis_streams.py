@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import socket
 import statistics
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import microfaas as mf
-from benchmarks.common import log
+from benchmarks.common import log, print_ratios_and_notes
 
 BATCH = 100
 
@@ -170,13 +168,7 @@ def cli() -> None:
     for name in ("bare", "microfaas"):
         if name in result:
             print(f"{name:>9}: {result[name]['entries_per_s']:8.0f} entries/s (best {result[name]['best_entries_per_s']:.0f})")
-    for key, value in result["ratios"].items():
-        print(f"{key} = {value:.3g}")
-    for note in result["notes"]:
-        print(f"note: {note}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    print_ratios_and_notes(result, args.json)
 
 
 if __name__ == "__main__":
