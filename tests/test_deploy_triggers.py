@@ -58,6 +58,7 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+@pytest.mark.slow  # a few seconds; CI runs it with -m slow
 async def test_a_deployed_subscription_is_replaced_by_the_next_versions_and_removed_by_undeploy(tmp_path: Path) -> None:
     log = tmp_path / "log"
     async with app.run() as faas:

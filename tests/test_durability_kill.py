@@ -189,6 +189,7 @@ def test_a_platform_killed_at_other_points_handles_every_accepted_event_after_a_
     _crash_and_resume(tmp_path, kill_point)
 
 
+@pytest.mark.slow  # a few seconds; CI runs it with -m slow
 def test_a_second_crash_during_the_resume_still_loses_nothing(tmp_path: Path) -> None:
     store, handled_file = tmp_path / "faas.db", tmp_path / "handled"
     accepted = _produce_until(store, tmp_path, "accepted 80")

@@ -223,6 +223,7 @@ def _spawn(folder: Path, store: Path, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
 
 
+@pytest.mark.slow  # a few seconds; CI runs it with -m slow
 async def test_a_killed_platform_resumes_every_file_after_its_checkpoint(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -158,6 +158,7 @@ async def test_hangs(faas):
 """
 
 
+@pytest.mark.slow  # a few seconds; CI runs it with -m slow
 def test_a_test_timing_out_in_its_event_loop_leaves_no_process_behind(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(myapp=APP)
     pytester.makeconftest(CONFTEST)
@@ -169,6 +170,7 @@ def test_a_test_timing_out_in_its_event_loop_leaves_no_process_behind(pytester: 
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pytest_timeout") is None, reason="needs pytest-timeout")
+@pytest.mark.slow  # a few seconds; CI runs it with -m slow
 def test_a_test_killed_by_pytest_timeout_leaves_no_process_behind(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(myapp=APP)
     pytester.makeconftest(CONFTEST)
@@ -237,6 +239,7 @@ def test_it_works_with_pytest_asyncio(pytester: pytest.Pytester, mode: str) -> N
     run(pytester, "-p", "no:anyio", f"--asyncio-mode={mode}", "-W", "error::pytest.PytestDeprecationWarning").assert_outcomes(passed=1)
 
 
+@pytest.mark.slow  # a few seconds; CI runs it with -m slow
 def test_the_example_project_passes_its_own_tests() -> None:
     """examples/testing_project is a small project tested with the plugin; run its pytest as a user would."""
     project = pathlib.Path(__file__).parent.parent / "examples" / "testing_project"
