@@ -222,8 +222,10 @@ def test_learning_keeps_each_module_once_and_counts_packages() -> None:
     assert learner.learn(["numpy", "numpy.linalg", "jinja2"]) == ["numpy", "numpy.linalg", "jinja2"]
     assert learner.learn(["numpy", "numpy.fft", "networkx"]) == ["numpy.fft"]
     assert learner.capped and learner.packages == {"numpy", "jinja2"}
+    assert learner.learn(["random", "_csv", "csv", "xml.etree"]) == ["random", "_csv", "csv", "xml.etree"]  # not counted
+    assert learner.packages == {"numpy", "jinja2"}
     learner.refused("jinja2")
-    assert learner.learned == ["numpy", "numpy.linalg", "numpy.fft"]
+    assert learner.learned == ["numpy", "numpy.linalg", "numpy.fft", "random", "_csv", "csv", "xml.etree"]
     assert learner.learn(["jinja2"]) == []  # refused: not asked for again
 
 

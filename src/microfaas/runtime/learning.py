@@ -8,12 +8,16 @@ directory, other than installed packages): their import may open files, sockets
 or connections that forked containers must not share. ``ImportLearner`` decides
 which of them the zygotes preload next: each module once, until the modules
 learned come from ``max_packages`` top-level packages; past that, learning
-stops. A module a zygote refused is not asked for again.
+stops. Modules of the standard library are learned too but do not count toward the
+cap (they are many, small and already installed): otherwise the first function's
+``random``, ``pathlib`` and ``csv`` would use up the places that its real packages
+need. A module a zygote refused is not asked for again.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import sysconfig
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -24,6 +28,10 @@ __all__ = ["ImportLearner", "learnable"]
 _INSTALLED: Final = tuple(
     {os.path.realpath(path) + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib") if (path := sysconfig.get_path(key))}
 )
+
+
+# Top-level names of the standard library (``_csv`` counts as ``csv``'s).
+_STDLIB: Final = frozenset(name.lstrip("_") for name in sys.stdlib_module_names)
 
 
 def learnable(modules: Sequence[str], files: Sequence[str], cwd: str) -> list[str]:
@@ -55,7 +63,7 @@ class ImportLearner:
             if name in self._seen:
                 continue
             package = name.partition(".")[0]
-            if package not in self.packages:
+            if package not in self.packages and package.lstrip("_") not in _STDLIB:
                 if len(self.packages) >= self.max_packages:
                     self.capped = True
                     continue
