@@ -92,10 +92,7 @@ if TYPE_CHECKING:
 # container forked from it, holds only the modules its work needs (fewer pages to copy
 # on fork), and a program that never runs a broker connector never imports one.
 _WHERE: Final[dict[str, tuple[str, ...]]] = {
-    "app": (
-        "App",
-        "FunctionHandle",
-    ),
+    "app": ("App", "FunctionHandle"),
     "aws": ("lambda_handler",),
     "errors": (
         "CallCancelled",
@@ -148,45 +145,19 @@ _WHERE: Final[dict[str, tuple[str, ...]]] = {
     "lifecycle": ("LifecycleEvent",),
     "platform": ("Platform",),
     "pool": ("LocalNodes",),
-    "runtime.call": (
-        "Call",
-        "CallStatus",
-    ),
+    "runtime.call": ("Call", "CallStatus"),
     "runtime.deploy": ("Deployment",),
-    "runtime.stats": (
-        "ContainerInfo",
-        "FunctionStats",
-        "PlatformUsage",
-        "Summary",
-    ),
+    "runtime.stats": ("ContainerInfo", "FunctionStats", "PlatformUsage", "Summary"),
     "scheduler": ("ContainerState",),
-    "sources.batch": (
-        "BatchJob",
-        "BatchProgress",
-    ),
+    "sources.batch": ("BatchJob", "BatchProgress"),
     "sources.directory": ("Directory",),
     "sources.files": ("Files",),
     "sources.mqtt": ("MQTT",),
     "sources.rabbitmq": ("RabbitMQ",),
     "sources.redis_streams": ("RedisStream",),
-    "sources.triggers": (
-        "Cron",
-        "Every",
-        "Stream",
-        "StreamConsumer",
-        "Topic",
-        "TopicSubscription",
-    ),
-    "spec": (
-        "FunctionSpec",
-        "Retries",
-    ),
-    "store": (
-        "DeadLetter",
-        "MemoryStore",
-        "SqliteStore",
-        "Store",
-    ),
+    "sources.triggers": ("Cron", "Every", "Stream", "StreamConsumer", "Topic", "TopicSubscription"),
+    "spec": ("FunctionSpec", "Retries"),
+    "store": ("DeadLetter", "MemoryStore", "SqliteStore", "Store"),
 }
 
 __all__ = [
