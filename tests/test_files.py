@@ -289,3 +289,78 @@ async def test_a_missing_directory_fails_app_run_naming_it(tmp_path):
     with pytest.raises(mf.ConnectorUnreachable, match=r"on_object: Directory .*nope.* does not exist"):
         async with app.run():
             pass
+
+
+def record_object_or_fail(event: mf.ObjectEvent) -> None:
+    record_object(event)
+    if os.path.basename(event.path).startswith("bad"):
+        raise RuntimeError(f"cannot take {event.path}")
+
+
+def directory_app(folder: Path) -> mf.App:
+    app = mf.App("directory-restart")
+    app.function(record_object_or_fail, name="on_object", retries=FAST, triggers=[mf.Directory(str(folder))])
+    return app
+
+
+def objects(lines: list[str]) -> set[tuple[str, str]]:
+    """(kind, file name) of each object event logged."""
+    return {(line.split()[0], line.split()[1]) for line in lines}
+
+
+@pytest.mark.connectors
+async def test_changes_made_while_the_platform_was_down_are_delivered_after_a_restart(tmp_path):
+    folder = tmp_path / "bucket"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "kept.txt").write_text("same")
+    (folder / "edited.txt").write_text("v1")
+    (folder / "removed.txt").write_text("x")
+    store = tmp_path / "faas.db"
+    async with app_run(directory_app(folder), store) as faas:
+        await faas.drain(timeout=30)
+    assert LOG.lines() == []  # the first platform on a store takes the directory as it is
+    (folder / "edited.txt").write_text("version two")
+    (folder / "removed.txt").unlink()
+    (folder / "new.txt").write_text("hello")
+    (folder / "sub" / "deep.bin").write_bytes(b"123")
+    (folder / "bad.txt").write_text("fails")
+    (folder / "brief.txt").write_text("made and removed while down")
+    (folder / "brief.txt").unlink()
+    async with app_run(directory_app(folder), store) as faas:
+        await faas.drain(timeout=30)
+        assert [os.path.basename(letter.event.path) for letter in faas.dead_letters("on_object")] == ["bad.txt"]
+    assert objects(LOG.lines()) == {
+        ("modified", "edited.txt"),
+        ("deleted", "removed.txt"),
+        ("created", "new.txt"),
+        ("created", "deep.bin"),
+        ("created", "bad.txt"),
+    }
+    assert "modified edited.txt 11" in LOG.lines()
+    LOG.clear()
+    async with app_run(directory_app(folder), store) as faas:  # nothing changed since: nothing again, the dead letter kept
+        (folder / "live.txt").write_text("seen while running")
+        await wait_until(lambda: LOG.lines() != [])
+        await faas.drain(timeout=30)
+        assert len(faas.dead_letters("on_object")) == 1
+    assert objects(LOG.lines()) == {("created", "live.txt")}
+    LOG.clear()
+    (folder / "live.txt").unlink()
+    async with app_run(directory_app(folder), store) as faas:  # the live change was listed: only the deletion since
+        await faas.drain(timeout=30)
+    assert objects(LOG.lines()) == {("deleted", "live.txt")}
+
+
+@pytest.mark.connectors
+async def test_on_the_memory_store_changes_made_while_down_are_not_replayed(tmp_path):
+    (tmp_path / "a.txt").write_text("one")
+    async with directory_app(tmp_path).run() as faas:
+        await faas.drain(timeout=30)
+    (tmp_path / "b.txt").write_text("two")
+    async with directory_app(tmp_path).run() as faas:
+        await faas.drain(timeout=30)
+    assert LOG.lines() == []
+
+
+def app_run(app: mf.App, store: Path):
+    return app.run(store=str(store))

@@ -51,6 +51,7 @@ AREAS = {
         st.tuples(st.just("checkpoint"), st.sampled_from(FUNCTIONS), st.integers(0, 1), st.integers(0, 9)),
         st.tuples(st.just("trim"), st.integers(0, 1), st.integers(1, 9)),
         st.tuples(st.just("offset"), st.sampled_from(FUNCTIONS), st.sampled_from(("a.csv", "b.csv")), st.integers(0, 9)),
+        st.tuples(st.just("forget"), st.sampled_from(FUNCTIONS), st.lists(st.sampled_from(("a.csv", "b.csv", "c.csv")), max_size=2)),
         REOPEN,
     ),
     "letters": st.one_of(
@@ -175,6 +176,13 @@ async def apply(store: Any, model: Model, op: tuple[Any, ...]) -> Any:
         function, part, offset = args
         model.offsets.setdefault(("files:*.csv", function), {})[part] = offset
         await store.set_offset("files:*.csv", function, part, offset)
+        assert store.get_offsets("files:*.csv", function) == model.offsets[("files:*.csv", function)]  # committed: read back
+    elif name == "forget":
+        function, parts = args
+        for part in parts:
+            model.offsets.get(("files:*.csv", function), {}).pop(part, None)
+        await store.forget_offsets("files:*.csv", function, parts)
+        assert store.get_offsets("files:*.csv", function) == model.offsets.get(("files:*.csv", function), {})
     elif name == "letter":
         function, event = args
         letter = DeadLetter(
@@ -235,7 +243,8 @@ def check_snapshot(snapshot: Any, model: Model) -> None:
     else:
         assert stream is None
     assert [(d.id, d.event, str(d.error)) for d in snapshot.dead_letters] == [(d.id, d.event, str(d.error)) for d in model.letters.values()]
-    assert {where: dict(parts) for where, parts in snapshot.offsets.items()} == model.offsets
+    offsets = {where: parts for where, parts in model.offsets.items() if parts}
+    assert {where: dict(parts) for where, parts in snapshot.offsets.items()} == offsets
     assert list(snapshot.deployments) == sorted(model.deployments.values(), key=lambda d: (d.name, d.version))
 
 

@@ -148,7 +148,7 @@ class FilesSource:
 
     async def run(self, runtime: SourceRuntime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._runtime = runtime
-        stored = runtime.snapshot.offsets.get((self.offsets_key, self.function), {})
+        stored = runtime.store.get_offsets(self.offsets_key, self.function)  # committed now: a redeployed trigger's too
         for path, offset in stored.items():
             self._files[path] = _FileReader(self, path, offset)
         spec = runtime.function(self.function)

@@ -303,6 +303,10 @@ class Store(Protocol):
         (a file: its rows) for ``function``; it resumes after them."""
         ...
 
+    def forget_offsets(self, source: str, function: str, parts: Sequence[str]) -> Awaitable[None]:
+        """Drop these parts' offsets (a directory's files that are gone); a part never set is no error."""
+        ...
+
     # -- dead letters and deployments ----------------------------------------------------
 
     def put_dead_letter(self, letter: DeadLetter) -> Awaitable[None]:
@@ -333,4 +337,8 @@ class Store(Protocol):
 
     def get_job(self, job_id: str) -> StoredJob | None:
         """Batch job ``job_id`` with all its tasks (None: never stored, or pruned)."""
+        ...
+
+    def get_offsets(self, source: str, function: str) -> dict[str, int]:
+        """The parts' offsets of ``source`` for ``function`` (``set_offset``), as committed now."""
         ...

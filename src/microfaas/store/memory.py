@@ -157,7 +157,7 @@ class MemoryStore:
             streams={name: StoredStream(next_sequence=s["n"], records=s["r"], checkpoints=s["c"]) for name, s in streams.items()},
             dead_letters=tuple(self._letters.values()),
             deployments=tuple(sorted(self._deployments.values(), key=lambda d: (d.name, d.version))),
-            offsets={where: dict(parts) for where, parts in self._offsets.items()},
+            offsets={where: dict(parts) for where, parts in self._offsets.items() if parts},
         )
 
     # -- calls and batch jobs ------------------------------------------------------------------
@@ -236,6 +236,12 @@ class MemoryStore:
         self._offsets.setdefault((source, function), {})[part] = offset
         return DONE
 
+    def forget_offsets(self, source: str, function: str, parts: Sequence[str]) -> Awaitable[None]:
+        offsets = self._offsets.get((source, function), {})
+        for part in parts:
+            offsets.pop(part, None)
+        return DONE
+
     def trim_records(self, stream: str, shard: int, below: int) -> Awaitable[None]:
         records = self._records.get((stream, shard))
         while records and records[0].sequence < below:
@@ -285,6 +291,9 @@ class MemoryStore:
     def get_call(self, call_id: str) -> StoredCall | None:
         row = self._calls.get(call_id)
         return row.stored() if row is not None else None
+
+    def get_offsets(self, source: str, function: str) -> dict[str, int]:
+        return dict(self._offsets.get((source, function), {}))
 
     def get_job(self, job_id: str) -> StoredJob | None:
         job = self._jobs.get(job_id)

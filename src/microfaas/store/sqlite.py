@@ -406,6 +406,10 @@ class SqliteStore:
         )
         return self._write((sql, (source, function, part, offset)))
 
+    def forget_offsets(self, source: str, function: str, parts: Sequence[str]) -> Awaitable[None]:
+        sql = "DELETE FROM offsets WHERE source = ? AND function = ? AND part = ?"
+        return self._write(*((sql, (source, function, part)) for part in parts))
+
     def trim_records(self, stream: str, shard: int, below: int) -> Awaitable[None]:
         if below <= 0:
             return self._write()
@@ -465,6 +469,10 @@ class SqliteStore:
             return None
         tasks = self._read(f"SELECT rowid, {CALL_COLUMNS} FROM calls WHERE job_id = ? ORDER BY idx", (job_id,))
         return attrs.evolve(job, tasks=tuple(t for row in tasks if (t := _loaded(call_from_row, row)) is not None))
+
+    def get_offsets(self, source: str, function: str) -> dict[str, int]:
+        rows = self._read("SELECT part, offset FROM offsets WHERE source = ? AND function = ?", (source, function))
+        return {part: offset for part, offset in rows}
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         reader = self._reader
