@@ -169,6 +169,30 @@ async def test_a_batch_retries_only_what_the_handler_reported_and_acks_the_rest(
     assert sorted(LOG.lines()) == ["m0 1", "m1 1", "m1 2", "m2 1"]
 
 
+def takes_lists(batch: list[mf.Message]) -> None:
+    assert isinstance(batch, list), f"a batch handler was given {type(batch).__name__}"
+    for msg in batch:
+        LOG.write(f"{msg.id} {msg.data}")
+        if msg.data == "bad" and not LOG.path.with_suffix(".fixed").exists():
+            raise ValueError("cannot take it yet")
+
+
+async def test_a_batch_connectors_dead_letter_is_redriven_as_a_list_of_one_message() -> None:
+    broker = Broker()
+    broker.put("m0", b'"bad"')
+    async with app_with(takes_lists, broker, batch_size=4, batch_window=0.01).run() as faas:
+        await wait_until(lambda: broker.rejected == ["m0"])
+        await wait_until(lambda: len(faas.dead_letters("takes_lists")) == 1)
+        LOG.path.with_suffix(".fixed").touch()
+        try:
+            assert await faas.redrive("takes_lists") == 1
+            await wait_until(lambda: LOG.lines().count("m0 bad") == 2)
+            await faas.drain(timeout=30)
+            assert faas.dead_letters("takes_lists") == []
+        finally:
+            LOG.path.with_suffix(".fixed").unlink()
+
+
 async def test_a_message_still_being_handled_when_the_platform_stops_is_not_settled(tmp_path: Path) -> None:
     gate = Gate(tmp_path / "gate")
     broker = Broker()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 import anyio
 
 from ..errors import FaaSError, PlatformClosed, StoreCorrupt, UnknownCall, UnknownFunction, UnknownSource
-from ..events import BatchTask, Record, RecordBatch
+from ..events import BatchTask, Message, Record, RecordBatch
 from ..store import StoredCall
 from .call import Call
 from .delivery import CallDelivery, Undeliverable, expired_at_restart
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # The runtime that owns this part (runtime.py imports this module, so it is not imported back).
 Runtime = Any
 
-__all__ = ["RECENT_CALLS", "Durable", "Redrivable"]
+__all__ = ["RECENT_CALLS", "Durable", "Redrivable", "TakesBatches"]
 
 # Finished calls kept in memory for ``faas.call(id)``, newest last; older ones are read from the store.
 RECENT_CALLS: Final = 10_000
@@ -49,6 +49,15 @@ class Redrivable(Protocol):
     async def redrive(self, letters: list[DeadLetter]) -> list[DeadLetter]:
         """Accept these letters' events again, durably, before returning; the letters it took."""
         ...
+
+
+@runtime_checkable
+class TakesBatches(Protocol):
+    """A source whose handler takes a list of its messages (a connector with ``batch_size > 1``):
+    a redriven letter's message is handed to it as a list of one."""
+
+    @property
+    def takes_batches(self) -> bool: ...
 
 
 class Durable:
@@ -152,7 +161,7 @@ class Durable:
                 by_source[letter.source].append(letter)
             else:
                 call_id = runtime.new_invocation_id()
-                args = redrive_args(name, letter)
+                args = redrive_args(name, letter, batched=isinstance(source, TakesBatches) and source.takes_batches)
                 rows.append((StoredCall(id=call_id, function=name, source=letter.source, args=args, accepted_at=now), letter))
         writes: list[Awaitable[None]] = [self.store.put_call(row) for row, _ in rows]
         for write in writes:
@@ -178,9 +187,12 @@ def _cut_short(call: Call[Any]) -> bool:
     return isinstance(call._error, PlatformClosed)
 
 
-def redrive_args(name: str, letter: DeadLetter) -> bytes:
-    """The pickled ``(args, kwargs)`` that call ``name`` again with what the letter's handler had."""
+def redrive_args(name: str, letter: DeadLetter, *, batched: bool = False) -> bytes:
+    """The pickled ``(args, kwargs)`` that call ``name`` again with what the letter's handler had
+    (``batched``: its source hands the handler a list of messages)."""
     event = letter.event
+    if batched and isinstance(event, Message):
+        return dump_args(name, ([event],), {})
     if isinstance(event, bytes):
         return event  # the arguments as the store kept them (they did not unpickle here)
     if isinstance(event, tuple) and len(event) == 2 and isinstance(event[0], tuple) and isinstance(event[1], dict):

@@ -231,6 +231,11 @@ class BrokerSource(Generic[Link]):
     def __repr__(self) -> str:
         return f"<{self.what} at {self.address} for {self.function}>"
 
+    @property
+    def takes_batches(self) -> bool:
+        """Whether the handler takes a list of messages (``batch_size > 1``); a redriven dead letter comes as a list of one."""
+        return bool(self.trigger.batch_size > 1)
+
     def pending(self) -> list[str]:
         return self.pump.pending()
 
