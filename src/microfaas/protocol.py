@@ -65,6 +65,7 @@ __all__ = [
     "byte_views",
     "drop_sent",
     "encode",
+    "slot_setters",
 ]
 
 # 3: a kind byte in the header, and typed messages instead of a pickled tuple naming its kind.
@@ -125,7 +126,7 @@ class CallRequest:
     args: Blob  # ``payload.dumps_call(args, kwargs)``
 
     def __init__(self, *, invocation_id: str, attempt: int, timeout_s: float | None, cold_start: bool, args: Blob) -> None:
-        # What attrs' own __init__ does, faster (see _slot_setters).
+        # What attrs' own __init__ does, faster (see slot_setters).
         set_id, set_attempt, set_timeout, set_cold, set_args = _CALL_SLOTS
         set_id(self, invocation_id)
         set_attempt(self, attempt)
@@ -161,7 +162,7 @@ class ResultReply:
     value: Blob  # ``payload.dumps(result)``
 
     def __init__(self, *, invocation_id: str, value: Blob) -> None:
-        # What attrs' own __init__ does, faster (see _slot_setters).
+        # What attrs' own __init__ does, faster (see slot_setters).
         set_id, set_value = _RESULT_SLOTS
         set_id(self, invocation_id)
         set_value(self, value)
@@ -258,18 +259,18 @@ class ChildExited:
     returncode: int  # negative: killed by that signal
 
 
-def _slot_setters(cls: type[Any]) -> tuple[Callable[[Any, Any], None], ...]:
+def slot_setters(cls: type[Any]) -> tuple[Callable[[Any, Any], None], ...]:
     """The ``__set__`` of each field's slot, in field order.
 
     attrs' __init__ of a frozen class sets each field through ``object.__setattr__`` by name
-    (a look-up per field); setting the slots directly costs a third less, and the two records
-    of every warm call, built twice each per call, have no validators or converters to run.
+    (a look-up per field); setting the slots directly costs a third less. For the records
+    built on every warm call, which have no validators or converters to run.
     """
     return tuple(cls.__dict__[field.name].__set__ for field in attrs.fields(cls))
 
 
-_CALL_SLOTS: Final = _slot_setters(CallRequest)
-_RESULT_SLOTS: Final = _slot_setters(ResultReply)
+_CALL_SLOTS: Final = slot_setters(CallRequest)
+_RESULT_SLOTS: Final = slot_setters(ResultReply)
 
 CallReply: TypeAlias = ResultReply | ErrorReply | BadPayloadReply
 Message: TypeAlias = (
