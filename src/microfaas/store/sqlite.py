@@ -71,6 +71,10 @@ __all__ = ["SqliteStore"]
 logger = logging.getLogger("microfaas.store")
 
 _SYNCHRONOUS: Final = ("normal", "full")
+# How long a group holding only writes nobody waits for (a finished call's outcome) may
+# collect more before it goes to the writer: results arrive one or a few per loop
+# iteration, and a commit per iteration would write the same pages again and again.
+LAZY_FLUSH_S: Final = 0.02
 _PAGE_SIZE: Final = 4096
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -134,6 +138,7 @@ class SqliteStore:
         self._queue: queue.SimpleQueue[tuple[list[Statement], asyncio.Future[None]] | None] = queue.SimpleQueue()
         self._group: list[Statement] | None = None
         self._future: asyncio.Future[None] | None = None
+        self._urgent = False  # whether the group's hand-off is scheduled for the next iteration
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -280,7 +285,13 @@ class SqliteStore:
 
     # -- the writer ------------------------------------------------------------------------
 
-    def _write(self, *statements: Statement) -> asyncio.Future[None]:
+    def _write(self, *statements: Statement, lazy: bool = False) -> asyncio.Future[None]:
+        """Add ``statements`` to the current group; its future.
+
+        The group goes to the writer in the next loop iteration, or, while it holds only
+        ``lazy`` writes (that nobody waits for, and that may be lost in a crash: a result),
+        after ``LAZY_FLUSH_S``; an urgent write hands it over, the lazy ones with it, in order.
+        """
         group = self._group
         if group is None:
             loop = self._loop
@@ -288,7 +299,15 @@ class SqliteStore:
                 raise StoreError(f"store {self.path} is not open; it opens with `async with app.run(store=...)`")
             group = self._group = []
             self._future = loop.create_future()
-            loop.call_soon(self._flush)
+            self._urgent = not lazy
+            if lazy:
+                loop.call_later(LAZY_FLUSH_S, self._flush)
+            else:
+                loop.call_soon(self._flush)
+        elif not lazy and not self._urgent:
+            self._urgent = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
         group.extend(statements)
         assert self._future is not None
         return self._future
@@ -362,7 +381,7 @@ class SqliteStore:
 
     def call_finished(self, call_id: str, *, succeeded: bool, outcome: Any, finished_at: float) -> Awaitable[None]:
         blob = dump(outcome, f"the outcome of call {call_id}")
-        return self._write((_FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)))
+        return self._write((_FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)), lazy=True)
 
     def put_job(self, job: StoredJob, tasks: Sequence[StoredCall]) -> Awaitable[None]:
         statement = (
