@@ -215,7 +215,10 @@ async def test_triggers_that_cannot_be_wired_are_refused_and_nothing_changes(tmp
             ([mf.Every(seconds=1, name="nightly")], "timer name 'nightly' is already used by a timer of declared_nightly"),
             ([mf.Http("GET", "/declared")], "collides with GET /declared of declared_nightly"),
             ([mf.Http("GET", "/healthz")], "reserved by the gateway"),
-            ([orders.subscribe(buffer_size=5)], "buffer_size of its subscription to topic 'orders' cannot change while it runs"),
+            (
+                [orders.subscribe(buffer_size=5)],
+                "buffer_size of its subscription to topic .orders. cannot change while it runs .1000 -> 5.: .*Deploy with buffer_size=1000 .*redrive",
+            ),
         ]
         for triggers, message in bad:
             with pytest.raises(ValueError, match=message):
