@@ -4,7 +4,10 @@ How this works. The file is in WAL mode. Writes never run on the event loop: eac
 write method turns its record into SQL parameters (pickling payloads there, so a
 payload that will not pickle fails the call that made it) and appends them to the
 current group; the first write of a loop iteration schedules the group's hand-off
-for the next iteration, so every write made in one iteration shares one group.
+for the next iteration, so every write made in one iteration shares one group (a
+group of ``GROUP_LIMIT`` writes goes at once, so a burst is committed in parts while
+the loop makes the rest; a group of writes nobody waits for, a finished call's outcome,
+waits up to ``LAZY_FLUSH_S`` for more).
 One writer thread, holding its own connection, takes every group waiting and runs
 them in one transaction (group commit: the busier the loop, the more each commit
 carries), then resolves each group's future from the loop. A write's awaitable is
@@ -75,6 +78,10 @@ _SYNCHRONOUS: Final = ("normal", "full")
 # collect more before it goes to the writer: results arrive one or a few per loop
 # iteration, and a commit per iteration would write the same pages again and again.
 LAZY_FLUSH_S: Final = 0.02
+# A group this long goes to the writer at once, without waiting for the loop iteration to
+# end: a burst of accepts (a thousand spawns at once) is committed in parts while the loop
+# is still making the rest, and only the last part's commit is left to wait for.
+GROUP_LIMIT: Final = 256
 _PAGE_SIZE: Final = 4096
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -309,8 +316,11 @@ class SqliteStore:
             assert self._loop is not None
             self._loop.call_soon(self._flush)
         group.extend(statements)
-        assert self._future is not None
-        return self._future
+        future = self._future
+        assert future is not None
+        if len(group) >= GROUP_LIMIT and self._urgent:
+            self._flush()
+        return future
 
     def _flush(self) -> None:
         group, future = self._group, self._future
