@@ -48,7 +48,7 @@ from .eventlog import LifecycleLog
 from .faults import INJECTED, FaultPlan
 from .invoker import Invoker
 from .shipping import Shipper, dump_args
-from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
+from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder, container_info
 
 if TYPE_CHECKING:
     from ..keepalive import KeepAlivePolicy
@@ -409,25 +409,7 @@ class Runtime:
         if name is not None:
             self._known(name)
         names = self.deployer.scheduler_names(name) if name is not None else [None]
-        infos = []
-        for rec in (rec for n in names for rec in self.cluster.sched.containers(n)):
-            container = self.cluster.containers.get(rec.id)
-            infos.append(
-                ContainerInfo(
-                    id=rec.id,
-                    function=rec.function.partition("@")[0],
-                    state=rec.state,
-                    node=rec.node_id,
-                    pinned=rec.pinned,
-                    pid=container.pid if container is not None else None,
-                    calls=rec.calls,
-                    start_s=container.start_s if container is not None else None,
-                    load_s=container.load_s if container is not None else None,
-                    init_s=container.init_s if container is not None else None,
-                    preloaded=getattr(container, "preloaded", ()),
-                )
-            )
-        return infos
+        return [container_info(rec, self.cluster.containers.get(rec.id)) for n in names for rec in self.cluster.sched.containers(n)]
 
     def dead_letters(self, name: str) -> list[DeadLetter]:
         if name not in self.deliverer.dead_letters:

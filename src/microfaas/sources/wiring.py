@@ -134,9 +134,7 @@ class TriggerWiring:
         starting += timers.values()
         old_connectors = _connectors(name, previous) if previous is not None else {}
         new_connectors = _connectors(name, spec) if spec is not None else {}
-        for key, trigger in old_connectors.items():
-            if key not in new_connectors:
-                rewiring.retired.append(key)
+        rewiring.retired += [key for key in old_connectors if key not in new_connectors]
         starting += [trigger.source(name) for key, trigger in new_connectors.items() if old_connectors.get(key) != trigger]
         try:
             for source in starting:

@@ -68,6 +68,7 @@ from .rows import (
     record_from_row,
 )
 from .schema import FileLock, check_header, migrate, store_error
+from .transactions import ATTEMPTED, FINISHED, PUT_CALL, Statement, run_statements
 
 __all__ = ["SqliteStore"]
 
@@ -83,12 +84,6 @@ LAZY_FLUSH_S: Final = 0.02
 # is still making the rest, and only the last part's commit is left to wait for.
 GROUP_LIMIT: Final = 256
 _PAGE_SIZE: Final = 4096
-
-Statement = tuple[str, tuple[Any, ...]]
-
-_PUT_CALL: Final = f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_ATTEMPTED: Final = "UPDATE calls SET attempt = ?, not_before = ? WHERE id = ?"
-_FINISHED: Final = "UPDATE calls SET state = ?, outcome = ?, finished_at = ? WHERE id = ? AND state = 'pending'"
 _PUT_MESSAGE: Final = "INSERT OR REPLACE INTO messages (topic, function, id, message, attempt) VALUES (?, ?, ?, ?, 1)"
 _PUT_RECORD: Final = "INSERT OR REPLACE INTO records (stream, shard, sequence, key, value, put_at) VALUES (?, ?, ?, ?, ?, ?)"
 _MARK: Final = (
@@ -190,7 +185,7 @@ class SqliteStore:
                     raise StoreError(f"could not open store {path}: SQLite would not put it in WAL mode")
                 migrate(writer, path)
                 snapshot, fixes = self._load(writer)
-                self._run(writer, fixes)
+                run_statements(writer, fixes)
                 self._writer = writer
                 self._reader = self._connect()
             except (sqlite3.Error, OSError) as exc:
@@ -348,7 +343,7 @@ class SqliteStore:
                 continue
             error: StoreError | None = None
             try:
-                self._run(conn, [statement for group, _ in groups for statement in group])
+                run_statements(conn, [statement for group, _ in groups for statement in group])
             except BaseException as exc:  # noqa: BLE001 - every failure goes to the writers
                 error = store_error(exc, self.path, "write to")
                 logger.error("%s (%d writes were not stored)", error, sum(len(g) for g, _ in groups))
@@ -357,48 +352,24 @@ class SqliteStore:
             except RuntimeError:  # pragma: no cover - the loop is closed: nobody waits any more
                 pass
 
-    @staticmethod
-    def _run(conn: sqlite3.Connection, statements: list[Statement]) -> None:
-        """Run ``statements`` in one transaction; runs of one statement go through ``executemany``."""
-        if not statements:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            i, n = 0, len(statements)
-            while i < n:
-                sql = statements[i][0]
-                j = i + 1
-                while j < n and statements[j][0] is sql:
-                    j += 1
-                if j - i == 1:
-                    conn.execute(sql, statements[i][1])
-                else:
-                    conn.executemany(sql, [params for _, params in statements[i:j]])
-                i = j
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
     # -- calls and batch jobs ----------------------------------------------------------------
 
     def put_call(self, call: StoredCall) -> Awaitable[None]:
-        return self._write((_PUT_CALL, call_params(call)))
+        return self._write((PUT_CALL, call_params(call)))
 
     def call_attempted(self, call_id: str, attempt: int, not_before: float) -> Awaitable[None]:
-        return self._write((_ATTEMPTED, (attempt, not_before, call_id)))
+        return self._write((ATTEMPTED, (attempt, not_before, call_id)))
 
     def call_finished(self, call_id: str, *, succeeded: bool, outcome: Any, finished_at: float) -> Awaitable[None]:
         blob = dump(outcome, f"the outcome of call {call_id}")
-        return self._write((_FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)), lazy=True)
+        return self._write((FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)), lazy=True)
 
     def put_job(self, job: StoredJob, tasks: Sequence[StoredCall]) -> Awaitable[None]:
         statement = (
             "INSERT OR REPLACE INTO jobs (id, function, total, max_parallel, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?)",
             (job.id, job.function, job.total, job.max_parallel, job.created_at, job.finished_at),
         )
-        return self._write(statement, *((_PUT_CALL, call_params(task)) for task in tasks))
+        return self._write(statement, *((PUT_CALL, call_params(task)) for task in tasks))
 
     def job_finished(self, job_id: str, finished_at: float) -> Awaitable[None]:
         return self._write(("UPDATE jobs SET finished_at = ? WHERE id = ? AND finished_at IS NULL", (finished_at, job_id)))
