@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import microfaas as mf
@@ -127,11 +128,11 @@ async def test_waiters_of_a_call_wait_each_on_their_own_and_a_finished_call_answ
         nonlocal ticks
         while True:
             ticks += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         before = ticks
         for _ in range(100):
             assert await call.result() == 7
