@@ -12,6 +12,7 @@ from typing import ClassVar
 import psutil
 import pytest
 
+from handlerlog import HandlerLog as HandlerLog  # re-exported: tests import it from here
 from microfaas.nodes import container
 
 # The real servers the connector tests start (redis_server, ...).
@@ -102,30 +103,6 @@ def pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-class HandlerLog:
-    """A file that handlers (running in containers) append lines to, for tests to read back.
-
-    Declare one at module level (``LOG = HandlerLog("topics")``) so that a container
-    importing the test module finds the same path.
-    """
-
-    def __init__(self, name: str) -> None:
-        import pathlib
-        import tempfile
-
-        self.path = pathlib.Path(tempfile.gettempdir()) / f"microfaas-test-{name}.log"
-
-    def write(self, line: str) -> None:
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-
-    def lines(self) -> list[str]:
-        return self.path.read_text().splitlines() if self.path.exists() else []
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 class Gate:

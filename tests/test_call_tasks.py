@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import microfaas as mf
@@ -98,3 +99,42 @@ async def test_a_bug_in_a_call_task_fails_the_platform(monkeypatch: pytest.Monke
             await anyio.sleep(5)  # cancelled by the failure well before this ends
     errors = caught.value.exceptions if isinstance(caught.value, BaseExceptionGroup) else (caught.value,)
     assert any(isinstance(e, Bug) for e in errors), repr(caught.value)
+
+
+async def test_waiters_of_a_call_wait_each_on_their_own_and_a_finished_call_answers_at_once() -> None:
+    from microfaas.runtime.call import Call
+
+    call: Call[int] = Call("c1", "f")
+    got: list[object] = []
+
+    async def wait() -> None:
+        got.append(await call.result())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        async with anyio.create_task_group() as impatient:
+            impatient.start_soon(wait)
+            await anyio.sleep(0.01)
+            impatient.cancel_scope.cancel()  # this waiter gives up ...
+        with pytest.raises(TimeoutError):
+            await call.result(timeout=0.01)  # ... and so does this one ...
+        assert not call.done() and call._waiters is not None and len(call._waiters) == 1
+        call._succeed(7)  # ... the first still waits, and gets the value
+    assert got == [7] and call.done() and call._waiters is None
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()
+        before = ticks
+        for _ in range(100):
+            assert await call.result() == 7
+        assert ticks == before  # no loop iteration per result: the ticker never ran in between
+        tg.cancel_scope.cancel()

@@ -5,6 +5,7 @@ platform, replaced by the next version's, stopped by undeploy, refused when they
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -214,7 +215,11 @@ async def test_triggers_that_cannot_be_wired_are_refused_and_nothing_changes(tmp
             ([mf.Every(seconds=1, name="nightly")], "timer name 'nightly' is already used by a timer of declared_nightly"),
             ([mf.Http("GET", "/declared")], "collides with GET /declared of declared_nightly"),
             ([mf.Http("GET", "/healthz")], "reserved by the gateway"),
-            ([orders.subscribe(buffer_size=5)], "buffer_size of its subscription to topic 'orders' cannot change while it runs"),
+            (
+                [orders.subscribe(buffer_size=5)],
+                r"buffer_size of its subscription to topic 'orders' cannot change while it runs \(1000 -> 5\): .*"
+                r"Deploy with buffer_size=1000 .*redrive",
+            ),
         ]
         for triggers, message in bad:
             with pytest.raises(ValueError, match=message):
@@ -284,3 +289,47 @@ async def test_a_restored_deployment_whose_triggers_the_app_no_longer_allows_is_
         assert faas.versions("audit") == [1]  # still kept in the store
         with pytest.raises(mf.UnknownFunction):
             await faas.invoke("audit", "x")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_deploy_whose_new_connector_cannot_start_leaves_the_old_version_wired_and_the_store_as_it_was(tmp_path: Path) -> None:
+    store, log, inbox = tmp_path / "faas.db", tmp_path / "log", tmp_path / "in"
+    inbox.mkdir()
+    unreachable = mf.RedisStream(url=f"redis://127.0.0.1:{closed_port()}", stream="clicks", group="g")
+    files = mf.Files(str(inbox / "*.csv"), poll_interval=0.05)
+    v1 = [orders.subscribe(), mf.Every(seconds=3600, name="audit-hourly"), files]
+    async with app.run(store=store) as faas:
+        await faas.deploy(logger(log, "v1"), name="audit", triggers=v1)
+        timer, reader = faas.source("timer:audit-hourly"), faas.source(f"files:audit:{files.glob}")
+        v2 = [orders.subscribe(batch_size=2), mf.Every(seconds=1800, name="audit-hourly"), unreachable]
+        with pytest.raises(mf.ConnectorUnreachable, match=r"audit: RedisStream 'clicks' could not reach redis://127\.0\.0\.1"):
+            await faas.deploy(logger(log, "v2"), name="audit", triggers=v2)
+        with pytest.raises(mf.ConnectorUnreachable):
+            await faas.deploy(logger(log, "new"), name="newcomer", triggers=[mf.Every(seconds=0.05), unreachable])
+        # Nothing changed: v1 serves, with each of its triggers as it was (the very same sources).
+        assert faas.versions("audit") == [1]
+        assert faas.function("audit").triggers == tuple(v1)
+        assert faas.source("timer:audit-hourly") is timer and timer.trigger == mf.Every(seconds=3600, name="audit-hourly")
+        assert faas.source(f"files:audit:{files.glob}") is reader
+        assert faas.topic("orders").subscribers()["audit"] == orders.subscribe()
+        assert "newcomer" not in faas.function_names()
+        for key in ("redis:audit:clicks", "redis:newcomer:clicks", "timer:newcomer"):
+            with pytest.raises(mf.UnknownSource):
+                faas.source(key)
+        await faas.topic("orders").publish("after")
+        (inbox / "a.csv").write_text("n\n1\n")
+        with anyio.fail_after(60):
+            while len(lines(log)) < 2:
+                await anyio.sleep(0.05)
+        await faas.drain(timeout=60)
+        assert sorted(line.split()[0] for line in lines(log)) == ["v1", "v1"]
+    async with app.run(store=store) as faas:  # the store kept no trace of the failed deploys
+        assert faas.versions("audit") == [1]
+        assert faas.function("audit").triggers == tuple(v1)
+        assert "newcomer" not in faas.function_names()

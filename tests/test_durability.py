@@ -7,7 +7,6 @@ file. (tests/test_durability_kill.py kills a real platform process instead of st
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,79 +14,25 @@ from typing import Any
 import anyio
 import pytest
 
+import durability_handlers as handlers
 import microfaas as mf
-from conftest import HandlerLog
+from durability_handlers import FIXED, LOG
 
 pytestmark = pytest.mark.anyio
-
-LOG = HandlerLog("durability")
-FIXED = HandlerLog("durability-fixed")  # a line here makes `flaky` succeed
 
 app = mf.App("durability")
 orders = app.topic("orders")
 clicks = app.stream("clicks", shards=2)
 
-
-@app.function(timeout=60)
-def slow_first(x: int) -> dict[str, int]:
-    """Hangs on its first attempt (the test stops the platform under it); returns on the next."""
-    ctx = mf.context()
-    LOG.write(f"slow_first {x} attempt {ctx.attempt}")
-    if ctx.attempt == 1:
-        time.sleep(60)
-    return {"x": x, "attempt": ctx.attempt}
-
-
-@app.function
-def double(x: int) -> int:
-    return 2 * x
-
-
-@app.function(retries=mf.Retries(1, initial_delay=0.01))
-def flaky(x: int) -> int:
-    LOG.write(f"flaky {x}")
-    if not FIXED.lines():
-        raise RuntimeError(f"cannot handle {x} yet")
-    return x
-
-
-@app.function(retries=mf.Retries(0, max_event_age=0.5), timeout=60)
-def short_lived(x: int) -> None:
-    time.sleep(60)
-
-
-@app.function(triggers=[orders.subscribe(batch_size=2, batch_window=0.05)], timeout=60)
-def ship(batch: list[mf.Message]) -> None:
-    """Hangs on attempt 1 of a batch holding message 0 (the test stops the platform under it)."""
-    for msg in batch:
-        LOG.write(f"ship {msg.data} attempt {msg.attempt}")
-    if any(msg.data == 0 and msg.attempt == 1 for msg in batch):
-        time.sleep(60)
-
-
-@app.function(triggers=[orders.subscribe(max_retries=0)])
-def bill(msg: mf.Message) -> None:
-    LOG.write(f"bill {msg.data}")
-    if not FIXED.lines():
-        raise RuntimeError(f"cannot bill {msg.data} yet")
-
-
-@app.function(triggers=[clicks.consume(batch_size=1)], timeout=60)
-def count(batch: mf.RecordBatch) -> None:
-    """Hangs on value 5 until FIXED has a line (the test stops the platform under it first)."""
-    for r in batch:
-        LOG.write(f"count {r.key} {r.shard} {r.sequence} {r.value}")
-        if r.value == 5 and not FIXED.lines():
-            time.sleep(60)
-
-
-@app.function
-def square(x: int) -> int:
-    """Hangs on 3 until FIXED has a line."""
-    LOG.write(f"square {x}")
-    if x == 3 and not FIXED.lines():
-        time.sleep(60)
-    return x * x
+# The handlers live in a light module: a zygote preloads the module that defines them (see its doc).
+slow_first = app.function(handlers.slow_first, timeout=60)
+double = app.function(handlers.double)
+flaky = app.function(handlers.flaky, retries=mf.Retries(1, initial_delay=0.01))
+short_lived = app.function(handlers.short_lived, retries=mf.Retries(0, max_event_age=0.5), timeout=60)
+app.function(handlers.ship, triggers=[orders.subscribe(batch_size=2, batch_window=0.05)], timeout=60)
+app.function(handlers.bill, triggers=[orders.subscribe(max_retries=0)])
+app.function(handlers.count, triggers=[clicks.consume(batch_size=1)], timeout=60)
+square = app.function(handlers.square)
 
 
 @pytest.fixture(autouse=True)

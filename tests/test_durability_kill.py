@@ -2,7 +2,7 @@
 store, and check that every event it had accepted was handled at least once, that per-key stream
 order held, that the batch job completed and that dead letters were kept.
 
-The platform runs in a child process (``child`` below, with this module's app). It accepts events
+The platform runs in a child process (``child`` in tests/durability_kill_app.py, with that module's app). It accepts events
 -- spawned calls, topic messages, stream records, a batch job, calls that always fail -- and prints
 a line for each once the call that accepted it has returned. The handlers, in containers, append a
 line for each event they handle to a file. The test kills the child (SIGKILL) at a kill point,
@@ -20,98 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
-import microfaas as mf
+from durability_kill_app import TASKS
 from platform_process import kill_with_everything_it_started
-
-app = mf.App("kill")
-orders = app.topic("orders")
-clicks = app.stream("clicks", shards=2)
-KEYS = ("alice", "bob", "carol", "dave")
-EVENTS = 60  # of each kind
-TASKS = 20
-
-
-def _handled(line: str) -> None:
-    with open(Path(os.environ["MF_KILL_DIR"]) / "handled", "a") as f:
-        f.write(line + "\n")
-
-
-@app.function(max_containers=2, retries=mf.Retries(2, initial_delay=0.01))
-def work(i: int) -> int:
-    time.sleep(0.05)  # slower than the producer: a backlog builds up, and a kill finds work accepted but not done
-    _handled(f"spawn {mf.context().invocation_id}")
-    return i
-
-
-@app.function(triggers=[orders.subscribe(batch_size=4, batch_window=0.01)])
-def on_order(batch: list[mf.Message]) -> None:
-    time.sleep(0.05)
-    for msg in batch:
-        _handled(f"message {msg.id}")
-
-
-@app.function(triggers=[clicks.consume(batch_size=5)])
-def on_click(batch: mf.RecordBatch) -> None:
-    time.sleep(0.05)
-    for r in batch:
-        _handled(f"record {r.key} {r.shard} {r.sequence} {r.value}")
-
-
-@app.function(max_containers=2)
-def crunch(x: int) -> int:
-    time.sleep(0.05)
-    _handled(f"task {mf.context().invocation_id}")
-    return 2 * x
-
-
-@app.function(retries=0)
-def poison(i: int) -> None:
-    raise ValueError(f"poison {i}")
-
-
-# -- the child process ------------------------------------------------------------------------
-
-
-def child(mode: str, store: str) -> None:
-    """Run the platform: ``produce`` accepts events until killed; ``resume`` drains what is left and reports."""
-    anyio.run(_child, mode, store)
-
-
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-async def _child(mode: str, store: str) -> None:
-    async with app.run(store=store) as faas:
-        if mode == "resume":
-            await faas.drain(timeout=120)
-            jobs = {job_id: faas.batch_job(job_id).results() for job_id in sys.argv[3:]}
-            _say(json.dumps({"letters": [letter.invocation_id for letter in faas.dead_letters("poison")], "jobs": jobs}))
-            return
-        stream, topic = faas.stream("clicks"), faas.topic("orders")
-        for i in range(EVENTS):
-            _say(f"accepted spawn {(await work.spawn(i)).id}")
-            _say(f"accepted message {await topic.publish(i)}")
-            record = await stream.put(i, key=KEYS[i % len(KEYS)])
-            _say(f"accepted record {record.key} {record.shard} {record.sequence} {i}")
-            if i == 10:
-                _say(f"accepted job {(await crunch.batch(range(TASKS), max_parallel=4)).id}")
-            if i % 10 == 3:
-                _say(f"accepted poison {(await poison.spawn(i)).id}")
-        _say("produced")
-        await anyio.sleep(600)  # killed before this ends
-
 
 # -- the test ---------------------------------------------------------------------------------
 
 
 def _start(mode: str, store: Path, folder: Path, *args: str) -> subprocess.Popen[str]:
     tests = str(Path(__file__).parent)
-    code = f"import sys; sys.path.insert(0, {tests!r}); import test_durability_kill as t; t.child(sys.argv[1], sys.argv[2])"
+    code = f"import sys; sys.path.insert(0, {tests!r}); import durability_kill_app as t; t.child(sys.argv[1], sys.argv[2])"
     env = {**os.environ, "MF_KILL_DIR": str(folder)}
     return subprocess.Popen([sys.executable, "-c", code, mode, str(store), *args], stdout=subprocess.PIPE, text=True, env=env)
 

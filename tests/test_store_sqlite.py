@@ -19,12 +19,22 @@ import pytest
 import microfaas as mf
 from microfaas.events import Message, Record
 from microfaas.store import SqliteStore, StoredCall, StoredJob, schema
+from microfaas.store import sqlite as sqlite_store
+from microfaas.store import transactions as transactions_module
+from microfaas.store.rows import call_params
+from microfaas.store.schema import migrate
 
 ARGS = pickle.dumps(((1,), {}))
 
 
 def run(coro_fn, *args):
     return asyncio.run(coro_fn(*args))
+
+
+def store_rows(path: Path) -> list[tuple[object, ...]]:
+    """The calls committed to the file at ``path``, as another connection sees them: (id, state), by id."""
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        return other.execute("SELECT id, state FROM calls ORDER BY id").fetchall()
 
 
 def call(call_id: str = "c1", **fields: object) -> StoredCall:
@@ -211,16 +221,21 @@ def test_a_write_is_committed_when_its_awaitable_returns(tmp_path: Path) -> None
     run(main)
 
 
-def test_writes_made_in_one_loop_iteration_share_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    transactions: list[int] = []
-    real_run = SqliteStore._run
+@pytest.fixture
+def transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of writes in each transaction the store's writer commits from now on."""
+    counted: list[int] = []
+    real_run = sqlite_store.run_statements
 
     def counting_run(conn: sqlite3.Connection, statements: list[tuple[str, tuple[object, ...]]]) -> None:
-        transactions.append(len(statements))
+        counted.append(len(statements))
         real_run(conn, statements)
 
-    monkeypatch.setattr(SqliteStore, "_run", staticmethod(counting_run))
+    monkeypatch.setattr(sqlite_store, "run_statements", counting_run)
+    return counted
 
+
+def test_writes_made_in_one_loop_iteration_share_one_transaction(tmp_path: Path, transactions: list[int]) -> None:
     async def main() -> None:
         store = SqliteStore(tmp_path / "faas.db")
         await store.open()
@@ -234,6 +249,75 @@ def test_writes_made_in_one_loop_iteration_share_one_transaction(tmp_path: Path,
 
     run(main)
     assert transactions == [202]
+
+
+def test_a_burst_of_writes_goes_to_the_writer_in_parts(tmp_path: Path, transactions: list[int]) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "faas.db")
+        await store.open()
+        transactions.clear()
+        try:
+            await asyncio.gather(*[store.put_call(call(f"c{i}")) for i in range(3 * sqlite_store.GROUP_LIMIT + 5)])
+            assert len(store_rows(tmp_path / "faas.db")) == 3 * sqlite_store.GROUP_LIMIT + 5
+        finally:
+            await store.close()
+
+    run(main)
+    # Handed over at GROUP_LIMIT writes each (the writer may commit some parts together), in order.
+    assert sum(transactions) == 3 * sqlite_store.GROUP_LIMIT + 5 and 1 < len(transactions) <= 4
+
+
+def test_outcomes_nobody_waits_for_share_a_commit_across_loop_iterations(tmp_path: Path, transactions: list[int]) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "faas.db")
+        await store.open()
+        try:
+            await asyncio.gather(*[store.put_call(call(f"c{i}")) for i in range(5)])
+            transactions.clear()
+            for i in range(3):  # one per loop iteration, as calls finish
+                store.call_finished(f"c{i}", succeeded=True, outcome=i, finished_at=2.0)
+                await asyncio.sleep(0)
+            assert transactions == []  # held for LAZY_FLUSH_S
+            await asyncio.sleep(sqlite_store.LAZY_FLUSH_S * 5)
+            assert transactions == [3]
+            # An outcome then a write that is waited for: they go together, at once, in order.
+            store.call_finished("c3", succeeded=False, outcome=mf.FunctionTimeout("boom"), finished_at=3.0)
+            await asyncio.sleep(0)
+            await store.put_call(call("c5"))
+            assert transactions == [3, 2]
+            assert store.get_call("c3").state == "failed"  # type: ignore[union-attr]
+            store.call_finished("c4", succeeded=True, outcome=4, finished_at=4.0)
+        finally:
+            await store.close()  # commits the last outcome, held or not
+
+    run(main)
+    assert transactions[-1] == 1
+    assert [(row[0], row[1]) for row in store_rows(tmp_path / "faas.db")] == [
+        ("c0", "succeeded"),
+        ("c1", "succeeded"),
+        ("c2", "succeeded"),
+        ("c3", "failed"),
+        ("c4", "succeeded"),
+        ("c5", "pending"),
+    ]
+
+
+def test_accepted_and_finished_calls_written_many_rows_at_a_time_as_one_by_one(tmp_path: Path) -> None:
+    rows = [call_params(call(f"c{i % 90}", accepted_at=float(i))) for i in range(120)]  # repeated ids: the last insert wins
+    finished = [("succeeded" if i % 3 else "failed", pickle.dumps(i), float(i), f"c{i % 95}") for i in range(130)]  # the first wins
+    results = []
+    for many_at_once in (False, True):
+        with contextlib.closing(sqlite3.connect(tmp_path / f"{many_at_once}.db", isolation_level=None)) as conn:
+            migrate(conn, str(tmp_path))
+            if many_at_once:
+                transactions_module.run_statements(
+                    conn, [(transactions_module.PUT_CALL, r) for r in rows] + [(transactions_module.FINISHED, f) for f in finished]
+                )
+            else:
+                conn.executemany(transactions_module.PUT_CALL, rows)
+                conn.executemany(transactions_module.FINISHED, finished)
+            results.append(conn.execute("SELECT rowid, * FROM calls ORDER BY rowid").fetchall())
+    assert results[0] == results[1] and len(results[0]) == 90
 
 
 def test_damaged_rows_become_dead_letters_with_the_reason_and_the_rest_loads(tmp_path: Path) -> None:

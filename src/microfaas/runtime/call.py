@@ -4,6 +4,12 @@ The platform owns the task that runs it (an asyncio task: ``calltasks.py``); the
 ``Call`` is the caller's view of it: ``id``, ``status``, ``await result()`` and
 ``cancel()``, which cancels that task (``Runtime.run_call`` turns it into the
 call's ``CallCancelled``).
+
+A call is made for every ``spawn`` and ``map`` item, so it is kept cheap (the hot
+path may use asyncio directly: DESIGN.md): it holds no event of its own; a caller
+that waits for an unfinished call gets an asyncio future of its own (so cancelling
+one waiter leaves the others waiting), and ``result()`` of a finished call returns
+at once, as awaiting a finished asyncio future does.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ class CallStatus(enum.StrEnum):
 class Call(Generic[R]):
     """A spawned invocation. ``await call.result()`` gives its value or raises its error."""
 
+    __slots__ = ("_cancel_requested", "_done", "_error", "_task", "_value", "_waiters", "attempts", "function_name", "id", "status")
+
     def __init__(self, call_id: str, function_name: str) -> None:
         self.id = call_id
         self.function_name = function_name
         self.status = CallStatus.PENDING
         self.attempts = 0
-        self._done = anyio.Event()
+        self._done = False
+        self._waiters: list[asyncio.Future[None]] | None = None  # callers waiting for it to finish
         self._value: R | None = None
         self._error: BaseException | None = None
         # The platform's task running it (set by that task: ``Runtime.run_call``), and whether
@@ -46,28 +55,37 @@ class Call(Generic[R]):
         return f"<Call {self.id} of {self.function_name}: {self.status}>"
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._done
 
     async def result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - the API asks for it
-        """Wait for the call to finish and return its value.
+        """Wait for the call to finish and return its value (at once, once it has finished).
 
         :param timeout: seconds to wait (None: as long as it takes).
         :raises TimeoutError: it did not finish in ``timeout`` seconds (it keeps running).
         :raises FaaSError: the invocation failed (the same error ``invoke`` would raise);
             ``CallCancelled`` after ``cancel()``.
         """
-        if timeout is None:
-            await self._done.wait()
-        else:
-            with anyio.fail_after(timeout):
-                await self._done.wait()
+        if not self._done:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                if timeout is None:
+                    await waiter
+                else:
+                    with anyio.fail_after(timeout):
+                        await waiter
+            finally:
+                if not self._done:
+                    self._waiters.remove(waiter)
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
 
     def cancel(self) -> None:
         """Stop waiting for a container, or abandon the running invocation."""
-        if self.done() or self._cancel_requested:
+        if self._done or self._cancel_requested:
             return
         self._cancel_requested = True
         if self._task is not None:
@@ -78,9 +96,17 @@ class Call(Generic[R]):
     def _succeed(self, value: R) -> None:
         self._value = value
         self.status = CallStatus.SUCCEEDED
-        self._done.set()
+        self._finish()
 
     def _fail(self, error: BaseException, *, cancelled: bool = False) -> None:
         self._error = error
         self.status = CallStatus.CANCELLED if cancelled else CallStatus.FAILED
-        self._done.set()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 # The runtime that owns this part (runtime.py imports this module, so it is not imported back).
 Runtime = Any
 
-__all__ = ["Deployer", "Deployment", "SourceHost", "Wiring", "scheduler_name"]
+__all__ = ["Deployer", "Deployment", "Rewiring", "SourceHost", "Wiring", "scheduler_name"]
 
 logger = logging.getLogger("microfaas.deploy")
 
@@ -82,12 +82,37 @@ class SourceHost(SourceRuntime, Protocol):
         """The platform's event sources by key."""
         ...
 
-    async def start_source(self, source: Source) -> None:
-        """Run ``source`` from now on (with the others, if they have not started yet)."""
+    async def start_source(self, source: Source, runtime: SourceRuntime | None = None) -> None:
+        """Run ``source`` from now on (with the others, if they have not started yet), showing it ``runtime``
+        (None: the platform itself); what it raises before it is ready goes to the caller, and it is not kept."""
         ...
 
-    def stop_source(self, key: str) -> None:
-        """Stop source ``key`` (its ``stop()`` if it has one, to finish what it is doing; else cancelled)."""
+    def stop_source(self, key: str, *, cancel: bool = False) -> None:
+        """Stop source ``key`` (its ``stop()`` if it has one, to finish what it is doing; else, or with ``cancel``, cancelled)."""
+        ...
+
+    def detach_source(self, key: str) -> tuple[Source, Any]:
+        """Take source ``key`` out of the table, still running, so that a new one may take its key."""
+        ...
+
+    def reattach_source(self, key: str, detached: tuple[Source, Any]) -> None:
+        """Put back what ``detach_source`` took out."""
+        ...
+
+    def end_source(self, detached: tuple[Source, Any], *, cancel: bool = False) -> None:
+        """Stop what ``detach_source`` took out (its ``stop()``, else, or with ``cancel``, cancelled)."""
+        ...
+
+
+class Rewiring(Protocol):
+    """A function's new triggers running beside the old ones while a deploy completes (``Wiring.open``)."""
+
+    def finish(self) -> None:
+        """The deploy is done: let the new triggers' events through, and retire the old triggers."""
+        ...
+
+    def undo(self) -> None:
+        """The deploy failed: stop the new triggers; the old ones run on as they were."""
         ...
 
 
@@ -96,6 +121,13 @@ class Wiring(Protocol):
 
     def check(self, host: SourceHost, name: str, spec: FunctionSpec) -> None:
         """:raises ValueError: ``spec``'s triggers cannot replace those of ``name`` now (the message says why)."""
+        ...
+
+    async def open(self, host: SourceHost, name: str, previous: FunctionSpec | None, spec: FunctionSpec) -> Rewiring:
+        """Start the sources ``spec``'s triggers add or change, beside the old ones, their events held until ``finish``.
+
+        :raises Exception: a source that could not start (``ConnectorUnreachable``); those started are stopped again.
+        """
         ...
 
     async def rewire(self, host: SourceHost, name: str, previous: FunctionSpec | None, spec: FunctionSpec | None) -> None:
@@ -121,6 +153,7 @@ class Deployer:
 
         :raises ValueError: a bad setting, a trigger that cannot be wired, a clash with a decorated function, or it fits no node.
         :raises SerializationError: the function (or its init) will not pickle.
+        :raises ConnectorUnreachable: a new connector could not reach its server; nothing changed.
         :raises StoreError: the deployment could not be stored; nothing changed.
         """
         runtime = self.runtime
@@ -142,11 +175,21 @@ class Deployer:
             )
         code = dumps_by_value((fn, dict(settings)), (fn, spec.init), name)
         version = max(self.versions.get(name, [0]), default=0) + 1
-        await runtime.store.put_deployment(StoredDeployment(name=name, version=version, code=code, deployed_at=time.time()))
         previous = runtime.functions.get(name)
-        self._serve(name, version, spec)
+        rewiring = None
         if wiring is not None and (spec.triggers or (previous is not None and previous.triggers)):
-            await wiring.rewire(runtime, name, previous, spec)
+            # The new triggers start first, beside the old ones, so that one that cannot start
+            # (a connector whose server is down) fails the deploy with nothing changed.
+            rewiring = await wiring.open(runtime, name, previous, spec)
+        try:
+            await runtime.store.put_deployment(StoredDeployment(name=name, version=version, code=code, deployed_at=time.time()))
+        except BaseException:
+            if rewiring is not None:
+                rewiring.undo()
+            raise
+        self._serve(name, version, spec)
+        if rewiring is not None:
+            rewiring.finish()
         return Deployment(name, version)
 
     async def undeploy(self, name: str) -> None:

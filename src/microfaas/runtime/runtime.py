@@ -48,14 +48,14 @@ from .eventlog import LifecycleLog
 from .faults import INJECTED, FaultPlan
 from .invoker import Invoker
 from .shipping import Shipper, dump_args
-from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder
+from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder, container_info
 
 if TYPE_CHECKING:
     from ..keepalive import KeepAlivePolicy
     from ..nodes import NodeProvider
     from ..spec import FunctionSpec, Retries
     from ..store import Store
-    from .delivery import Source
+    from .delivery import Source, SourceRuntime
     from .deploy import Wiring
 
 __all__ = ["Runtime"]
@@ -164,28 +164,55 @@ class Runtime:
         self._sources_started = True
         tg.start_soon(self.durable.prune)
 
-    async def start_source(self, source: Source) -> None:
-        """Run ``source`` (a deployed function's trigger) from now on: at once, or with the others if they have not started."""
+    async def start_source(self, source: Source, runtime: SourceRuntime | None = None) -> None:
+        """Run ``source`` (a deployed function's trigger) from now on: at once, or with the others if they have not started.
+
+        :param runtime: what the source sees of the platform (None: this runtime; a deploy under way
+            passes its own view, see ``sources/wiring.py``).
+        :raises Exception: what the source raised before it was ready (``ConnectorUnreachable``): it is not kept.
+        """
         if source.key in self.sources:
             raise ValueError(f"two event sources are both named {source.key!r}")
         self.sources[source.key] = source
         if self._sources_started:
-            await self._tg.start(self._run_source, source)
+            try:
+                await self._tg.start(self._run_source, source, runtime)
+            except BaseException:
+                if self.sources.get(source.key) is source:
+                    del self.sources[source.key]
+                self._source_scopes.pop(source.key, None)
+                raise
 
-    def stop_source(self, key: str) -> None:
-        """Stop source ``key``: through its ``stop()`` (it finishes what it is doing), else by cancelling it."""
-        source = self.sources.pop(key)
-        scope = self._source_scopes.pop(key, None)
+    def stop_source(self, key: str, *, cancel: bool = False) -> None:
+        """Stop source ``key``: through its ``stop()`` (it finishes what it is doing), else (or with ``cancel``) by cancelling it."""
+        self.end_source(self.detach_source(key), cancel=cancel)
+
+    def end_source(self, detached: tuple[Source, anyio.CancelScope | None], *, cancel: bool = False) -> None:
+        """Stop a source ``detach_source`` took out: through its ``stop()`` unless ``cancel``, else by cancelling it."""
+        source, scope = detached
         stop = getattr(source, "stop", None)
-        if callable(stop):
+        if callable(stop) and not cancel:
             stop()
         elif scope is not None:
             scope.cancel()
 
-    async def _run_source(self, source: Source, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    def detach_source(self, key: str) -> tuple[Source, anyio.CancelScope | None]:
+        """Take source ``key`` out of the platform's table, still running (another may take its key)."""
+        return self.sources.pop(key), self._source_scopes.pop(key, None)
+
+    def reattach_source(self, key: str, detached: tuple[Source, anyio.CancelScope | None]) -> None:
+        """Put back a source ``detach_source`` took out (whatever took its key is gone)."""
+        source, scope = detached
+        self.sources[key] = source
+        if scope is not None:
+            self._source_scopes[key] = scope
+
+    async def _run_source(
+        self, source: Source, runtime: SourceRuntime | None = None, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.CancelScope() as scope:
             self._source_scopes[source.key] = scope
-            await source.run(self, task_status=task_status)
+            await source.run(runtime if runtime is not None else self, task_status=task_status)
 
     async def stop(self) -> None:
         """Stop intake and every container and node; shielded, so it completes under cancellation."""
@@ -382,25 +409,7 @@ class Runtime:
         if name is not None:
             self._known(name)
         names = self.deployer.scheduler_names(name) if name is not None else [None]
-        infos = []
-        for rec in (rec for n in names for rec in self.cluster.sched.containers(n)):
-            container = self.cluster.containers.get(rec.id)
-            infos.append(
-                ContainerInfo(
-                    id=rec.id,
-                    function=rec.function.partition("@")[0],
-                    state=rec.state,
-                    node=rec.node_id,
-                    pinned=rec.pinned,
-                    pid=container.pid if container is not None else None,
-                    calls=rec.calls,
-                    start_s=container.start_s if container is not None else None,
-                    load_s=container.load_s if container is not None else None,
-                    init_s=container.init_s if container is not None else None,
-                    preloaded=getattr(container, "preloaded", ()),
-                )
-            )
-        return infos
+        return [container_info(rec, self.cluster.containers.get(rec.id)) for n in names for rec in self.cluster.sched.containers(n)]
 
     def dead_letters(self, name: str) -> list[DeadLetter]:
         if name not in self.deliverer.dead_letters:

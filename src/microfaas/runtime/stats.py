@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
 from ..actions import ContainerState
 from ..usage import Usage
 
-__all__ = ["ContainerInfo", "FunctionStats", "PlatformUsage", "StatsRecorder", "Summary"]
+__all__ = ["ContainerInfo", "FunctionStats", "PlatformUsage", "StatsRecorder", "Summary", "container_info"]
 
 # Latency and init-time summaries are over the most recent samples only.
 SAMPLES_KEPT: Final = 10_000
@@ -144,3 +144,20 @@ class StatsRecorder:
             container_seconds=usage.container_seconds,
             idle_memory_mb_s=usage.idle_memory_mb_s,
         )
+
+
+def container_info(rec: Any, container: Any) -> ContainerInfo:
+    """What ``faas.containers()`` says of the core's record ``rec`` and its running ``container`` (None: gone)."""
+    return ContainerInfo(
+        id=rec.id,
+        function=rec.function.partition("@")[0],
+        state=rec.state,
+        node=rec.node_id,
+        pinned=rec.pinned,
+        pid=container.pid if container is not None else None,
+        calls=rec.calls,
+        start_s=container.start_s if container is not None else None,
+        load_s=container.load_s if container is not None else None,
+        init_s=container.init_s if container is not None else None,
+        preloaded=getattr(container, "preloaded", ()),
+    )

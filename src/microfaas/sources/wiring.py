@@ -18,13 +18,19 @@ new one's, each kind the smallest way:
 * Http routes are not sources: the gateway looks them up per request, so only
   their collisions are checked here (by ``check_routes``, the gateway's own check).
 
-Everything that could refuse is checked (``check``) before the deploy changes anything.
+Everything that could refuse is checked (``check``) before the deploy changes anything,
+and what can still fail -- a connector that cannot reach its server -- is started first
+(``open``): beside the old version's sources, its events held, so that the deploy either
+completes (``finish``: the holds lift, topics and streams change, the old sources stop)
+or fails with the old triggers running as they were (``undo``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
 
 from ..errors import UnknownFunction
 from .connector import Connector
@@ -34,8 +40,10 @@ from .topics import TopicSource
 from .triggers import StreamConsumer, TopicSubscription
 
 if TYPE_CHECKING:
+    from ..runtime.call import Call
+    from ..runtime.delivery import CallDelivery, Delivered, Delivery, Source
     from ..runtime.deploy import SourceHost
-    from ..spec import FunctionSpec
+    from ..spec import FunctionSpec, Retries
 
 __all__ = ["TriggerWiring", "triggers_by_name"]
 
@@ -81,7 +89,10 @@ class TriggerWiring:
                 if current is not None and current.buffer_size != trigger.buffer_size:
                     raise ValueError(
                         f"{name}: the buffer_size of its subscription to topic {topic!r} cannot change while it runs "
-                        f"({current.buffer_size} -> {trigger.buffer_size}); undeploy it first, or restart the platform"
+                        f"({current.buffer_size} -> {trigger.buffer_size}): the messages in that buffer are accepted. Deploy "
+                        f"with buffer_size={current.buffer_size} to change its other settings; to change buffer_size, "
+                        f"undeploy {name!r}, deploy the new version, then faas.redrive({name!r}) sends back the messages "
+                        "the old subscription had not delivered (undeploy keeps them as dead letters)"
                     )
         triggers_by_name({name: spec}, StreamConsumer, "stream", streams, verb="consumes", app_name=app)
         for timer in build_timer_sources({name: spec}):
@@ -100,6 +111,99 @@ class TriggerWiring:
 
     async def rewire(self, host: SourceHost, name: str, previous: FunctionSpec | None, spec: FunctionSpec | None) -> None:
         """Replace the triggers of ``previous`` (None: a new function) by those of ``spec`` (None: undeployed)."""
+        (await self.open(host, name, previous, spec)).finish()
+
+    async def open(self, host: SourceHost, name: str, previous: FunctionSpec | None, spec: FunctionSpec | None) -> _Rewiring:
+        """Start the timers and connectors ``spec`` adds or changes, beside the old ones, their events
+        held until ``finish``; topics and streams change at ``finish`` (they cannot fail).
+
+        :raises Exception: what a source raised before it was ready (``ConnectorUnreachable``): the
+            sources started here are stopped again, and the old ones run on, as they were.
+        """
+        rewiring = _Rewiring(host, name, spec)
+        timers = {timer.key: timer for timer in build_timer_sources({name: spec})} if spec is not None else {}
+        starting: list[Source] = []
+        for key, source in list(host.sources.items()):
+            if isinstance(source, TimerSource) and source.function == name:
+                kept = timers.get(key)
+                if kept is not None and kept.trigger == source.trigger:
+                    rewiring.kept_timers.append(source)
+                    del timers[key]
+                elif key not in timers:
+                    rewiring.retired.append(key)
+        starting += timers.values()
+        old_connectors = _connectors(name, previous) if previous is not None else {}
+        new_connectors = _connectors(name, spec) if spec is not None else {}
+        rewiring.retired += [key for key in old_connectors if key not in new_connectors]
+        starting += [trigger.source(name) for key, trigger in new_connectors.items() if old_connectors.get(key) != trigger]
+        try:
+            for source in starting:
+                if source.key in host.sources:  # the old version's, changed: it runs on until the new one is up
+                    rewiring.replaced[source.key] = host.detach_source(source.key)
+                await host.start_source(source, rewiring.view)
+                rewiring.started.append(source.key)
+        except BaseException:
+            rewiring.undo()
+            raise
+        return rewiring
+
+
+class _Staged:
+    """What a source started for a deploy under way sees of the platform: the new version's
+    settings, and its deliveries held until the deploy completes (so nothing runs on a
+    version that may not be deployed). Everything else is the platform's."""
+
+    def __init__(self, host: SourceHost, name: str, spec: FunctionSpec | None) -> None:
+        self._host = host
+        self._name = name
+        self._spec = spec
+        self._ready = anyio.Event()
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._host, attribute)
+
+    def function(self, name: str) -> FunctionSpec:
+        if name == self._name and self._spec is not None and not self._ready.is_set():
+            return self._spec
+        return self._host.function(name)
+
+    async def deliver(self, delivery: Delivery, retries: Retries) -> Delivered:
+        await self._ready.wait()
+        return await self._host.deliver(delivery, retries)
+
+    async def run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
+        await self._ready.wait()
+        await self._host.run_call(call, delivery, retries)
+
+    def release(self) -> None:
+        self._ready.set()
+
+
+class _Rewiring:
+    """One deploy's triggers under way (see ``TriggerWiring.open``)."""
+
+    def __init__(self, host: SourceHost, name: str, spec: FunctionSpec | None) -> None:
+        self.host = host
+        self.name = name
+        self.spec = spec
+        self.view = _Staged(host, name, spec)
+        self.started: list[str] = []  # the keys of the sources started for the new version
+        self.replaced: dict[str, tuple[Source, Any]] = {}  # old sources whose key a new one took, still running
+        self.retired: list[str] = []  # old sources to stop once the new version serves
+        self.kept_timers: list[TimerSource] = []  # unchanged timers: they keep their schedule
+
+    def undo(self) -> None:
+        """The deploy failed: stop what was started; the old sources keep their keys and run on."""
+        for key in self.started:
+            self.host.stop_source(key, cancel=True)  # nothing of theirs was delivered: their events were held
+        for key, detached in self.replaced.items():
+            self.host.reattach_source(key, detached)
+        self.started, self.replaced = [], {}
+
+    def finish(self) -> None:
+        """The new version serves: let the new sources' events through, change topics and streams, retire the old."""
+        host, name, spec = self.host, self.name, self.spec
+        self.view.release()
         new = spec.triggers if spec is not None else ()
         why = "it was undeployed" if spec is None else "its new version does not"
         subscriptions = {t.topic: t for t in new if isinstance(t, TopicSubscription)}
@@ -117,26 +221,13 @@ class TriggerWiring:
                 stream.consume(name, consumers[stream.name], spec.retries)
             elif name in stream.consumers():
                 stream.unconsume(name)
-        timers = {timer.key: timer for timer in build_timer_sources({name: spec})} if spec is not None else {}
-        for key, source in list(host.sources.items()):
-            if isinstance(source, TimerSource) and source.function == name:
-                kept = timers.get(key)
-                if kept is not None and kept.trigger == source.trigger:
-                    assert spec is not None
-                    source.retries = spec.retries
-                    del timers[key]
-                else:
-                    host.stop_source(key)
-        old_connectors = _connectors(name, previous) if previous is not None else {}
-        new_connectors = _connectors(name, spec) if spec is not None else {}
-        for key, trigger in old_connectors.items():
-            if new_connectors.get(key) != trigger:
-                host.stop_source(key)
-        for timer in timers.values():
-            await host.start_source(timer)
-        for key, trigger in new_connectors.items():
-            if old_connectors.get(key) != trigger:
-                await host.start_source(trigger.source(name))
+        for timer in self.kept_timers:
+            assert spec is not None
+            timer.retries = spec.retries
+        for key in self.retired:
+            host.stop_source(key)
+        for detached in self.replaced.values():
+            host.end_source(detached)
 
 
 S = TypeVar("S", TopicSource, StreamSource)

@@ -4,7 +4,10 @@ How this works. The file is in WAL mode. Writes never run on the event loop: eac
 write method turns its record into SQL parameters (pickling payloads there, so a
 payload that will not pickle fails the call that made it) and appends them to the
 current group; the first write of a loop iteration schedules the group's hand-off
-for the next iteration, so every write made in one iteration shares one group.
+for the next iteration, so every write made in one iteration shares one group (a
+group of ``GROUP_LIMIT`` writes goes at once, so a burst is committed in parts while
+the loop makes the rest; a group of writes nobody waits for, a finished call's outcome,
+waits up to ``LAZY_FLUSH_S`` for more).
 One writer thread, holding its own connection, takes every group waiting and runs
 them in one transaction (group commit: the busier the loop, the more each commit
 carries), then resolves each group's future from the loop. A write's awaitable is
@@ -65,19 +68,22 @@ from .rows import (
     record_from_row,
 )
 from .schema import FileLock, check_header, migrate, store_error
+from .transactions import ATTEMPTED, FINISHED, PUT_CALL, Statement, run_statements
 
 __all__ = ["SqliteStore"]
 
 logger = logging.getLogger("microfaas.store")
 
 _SYNCHRONOUS: Final = ("normal", "full")
+# How long a group holding only writes nobody waits for (a finished call's outcome) may
+# collect more before it goes to the writer: results arrive one or a few per loop
+# iteration, and a commit per iteration would write the same pages again and again.
+LAZY_FLUSH_S: Final = 0.02
+# A group this long goes to the writer at once, without waiting for the loop iteration to
+# end: a burst of accepts (a thousand spawns at once) is committed in parts while the loop
+# is still making the rest, and only the last part's commit is left to wait for.
+GROUP_LIMIT: Final = 256
 _PAGE_SIZE: Final = 4096
-
-Statement = tuple[str, tuple[Any, ...]]
-
-_PUT_CALL: Final = f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_ATTEMPTED: Final = "UPDATE calls SET attempt = ?, not_before = ? WHERE id = ?"
-_FINISHED: Final = "UPDATE calls SET state = ?, outcome = ?, finished_at = ? WHERE id = ? AND state = 'pending'"
 _PUT_MESSAGE: Final = "INSERT OR REPLACE INTO messages (topic, function, id, message, attempt) VALUES (?, ?, ?, ?, 1)"
 _PUT_RECORD: Final = "INSERT OR REPLACE INTO records (stream, shard, sequence, key, value, put_at) VALUES (?, ?, ?, ?, ?, ?)"
 _MARK: Final = (
@@ -134,6 +140,7 @@ class SqliteStore:
         self._queue: queue.SimpleQueue[tuple[list[Statement], asyncio.Future[None]] | None] = queue.SimpleQueue()
         self._group: list[Statement] | None = None
         self._future: asyncio.Future[None] | None = None
+        self._urgent = False  # whether the group's hand-off is scheduled for the next iteration
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -178,7 +185,7 @@ class SqliteStore:
                     raise StoreError(f"could not open store {path}: SQLite would not put it in WAL mode")
                 migrate(writer, path)
                 snapshot, fixes = self._load(writer)
-                self._run(writer, fixes)
+                run_statements(writer, fixes)
                 self._writer = writer
                 self._reader = self._connect()
             except (sqlite3.Error, OSError) as exc:
@@ -280,7 +287,13 @@ class SqliteStore:
 
     # -- the writer ------------------------------------------------------------------------
 
-    def _write(self, *statements: Statement) -> asyncio.Future[None]:
+    def _write(self, *statements: Statement, lazy: bool = False) -> asyncio.Future[None]:
+        """Add ``statements`` to the current group; its future.
+
+        The group goes to the writer in the next loop iteration, or, while it holds only
+        ``lazy`` writes (that nobody waits for, and that may be lost in a crash: a result),
+        after ``LAZY_FLUSH_S``; an urgent write hands it over, the lazy ones with it, in order.
+        """
         group = self._group
         if group is None:
             loop = self._loop
@@ -288,10 +301,21 @@ class SqliteStore:
                 raise StoreError(f"store {self.path} is not open; it opens with `async with app.run(store=...)`")
             group = self._group = []
             self._future = loop.create_future()
-            loop.call_soon(self._flush)
+            self._urgent = not lazy
+            if lazy:
+                loop.call_later(LAZY_FLUSH_S, self._flush)
+            else:
+                loop.call_soon(self._flush)
+        elif not lazy and not self._urgent:
+            self._urgent = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
         group.extend(statements)
-        assert self._future is not None
-        return self._future
+        future = self._future
+        assert future is not None
+        if len(group) >= GROUP_LIMIT and self._urgent:
+            self._flush()
+        return future
 
     def _flush(self) -> None:
         group, future = self._group, self._future
@@ -319,7 +343,7 @@ class SqliteStore:
                 continue
             error: StoreError | None = None
             try:
-                self._run(conn, [statement for group, _ in groups for statement in group])
+                run_statements(conn, [statement for group, _ in groups for statement in group])
             except BaseException as exc:  # noqa: BLE001 - every failure goes to the writers
                 error = store_error(exc, self.path, "write to")
                 logger.error("%s (%d writes were not stored)", error, sum(len(g) for g, _ in groups))
@@ -328,48 +352,24 @@ class SqliteStore:
             except RuntimeError:  # pragma: no cover - the loop is closed: nobody waits any more
                 pass
 
-    @staticmethod
-    def _run(conn: sqlite3.Connection, statements: list[Statement]) -> None:
-        """Run ``statements`` in one transaction; runs of one statement go through ``executemany``."""
-        if not statements:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            i, n = 0, len(statements)
-            while i < n:
-                sql = statements[i][0]
-                j = i + 1
-                while j < n and statements[j][0] is sql:
-                    j += 1
-                if j - i == 1:
-                    conn.execute(sql, statements[i][1])
-                else:
-                    conn.executemany(sql, [params for _, params in statements[i:j]])
-                i = j
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
     # -- calls and batch jobs ----------------------------------------------------------------
 
     def put_call(self, call: StoredCall) -> Awaitable[None]:
-        return self._write((_PUT_CALL, call_params(call)))
+        return self._write((PUT_CALL, call_params(call)))
 
     def call_attempted(self, call_id: str, attempt: int, not_before: float) -> Awaitable[None]:
-        return self._write((_ATTEMPTED, (attempt, not_before, call_id)))
+        return self._write((ATTEMPTED, (attempt, not_before, call_id)))
 
     def call_finished(self, call_id: str, *, succeeded: bool, outcome: Any, finished_at: float) -> Awaitable[None]:
         blob = dump(outcome, f"the outcome of call {call_id}")
-        return self._write((_FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)))
+        return self._write((FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)), lazy=True)
 
     def put_job(self, job: StoredJob, tasks: Sequence[StoredCall]) -> Awaitable[None]:
         statement = (
             "INSERT OR REPLACE INTO jobs (id, function, total, max_parallel, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?)",
             (job.id, job.function, job.total, job.max_parallel, job.created_at, job.finished_at),
         )
-        return self._write(statement, *((_PUT_CALL, call_params(task)) for task in tasks))
+        return self._write(statement, *((PUT_CALL, call_params(task)) for task in tasks))
 
     def job_finished(self, job_id: str, finished_at: float) -> Awaitable[None]:
         return self._write(("UPDATE jobs SET finished_at = ? WHERE id = ? AND finished_at IS NULL", (finished_at, job_id)))
