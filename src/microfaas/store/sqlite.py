@@ -45,30 +45,24 @@ from .base import (
     RESULT_TTL,
     STREAM_RETENTION,
     DeadLetter,
-    PendingMessage,
     Snapshot,
     StoredCall,
     StoredDeployment,
     StoredJob,
-    StoredStream,
     check_retention,
 )
+from .loading import load_snapshot
 from .rows import (
     CALL_COLUMNS,
     Damaged,
     call_from_row,
     call_params,
-    decode_all,
-    deployment_from_row,
     dump,
     job_from_row,
-    letter_from_row,
     letter_params,
-    message_from_row,
-    record_from_row,
 )
 from .schema import FileLock, check_header, migrate, store_error
-from .transactions import ATTEMPTED, FINISHED, PUT_CALL, Statement, run_statements
+from .transactions import ATTEMPTED, FINISHED, PUT_CALL, PUT_LETTER, Statement, run_statements
 
 __all__ = ["SqliteStore"]
 
@@ -89,10 +83,6 @@ _PUT_RECORD: Final = "INSERT OR REPLACE INTO records (stream, shard, sequence, k
 _MARK: Final = (
     "INSERT INTO shards (stream, shard, next_sequence) VALUES (?, ?, ?) "
     "ON CONFLICT (stream, shard) DO UPDATE SET next_sequence = max(next_sequence, excluded.next_sequence)"
-)
-_PUT_LETTER: Final = (
-    "INSERT OR REPLACE INTO dead_letters (id, function, source, event, error, attempts, invocation_id, first_attempt_at, failed_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -184,7 +174,7 @@ class SqliteStore:
                 if writer.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                     raise StoreError(f"could not open store {path}: SQLite would not put it in WAL mode")
                 migrate(writer, path)
-                snapshot, fixes = self._load(writer)
+                snapshot, fixes = load_snapshot(writer, self.path)
                 run_statements(writer, fixes)
                 self._writer = writer
                 self._reader = self._connect()
@@ -213,77 +203,6 @@ class SqliteStore:
                 conn.close()
         self._writer = self._reader = None
         self._lock.release()
-
-    # -- loading --------------------------------------------------------------------------
-
-    def _load(self, conn: sqlite3.Connection) -> tuple[Snapshot, list[Statement]]:
-        damaged: list[Damaged] = []
-        select = f"SELECT rowid, {CALL_COLUMNS} FROM calls"
-        pending = conn.execute(f"{select} WHERE state = 'pending' AND job_id IS NULL ORDER BY accepted_at, rowid").fetchall()
-        calls = decode_all(pending, call_from_row, damaged)
-        jobs = []
-        unfinished = conn.execute("SELECT rowid, * FROM jobs WHERE finished_at IS NULL ORDER BY created_at, rowid").fetchall()
-        for job in decode_all(unfinished, job_from_row, damaged):
-            tasks = []
-            for row in conn.execute(f"{select} WHERE job_id = ? ORDER BY idx", (job.id,)).fetchall():
-                try:
-                    tasks.append(call_from_row(row))
-                except Damaged as bad:  # the task failed for good, with the reason; the job goes on
-                    damaged.append(bad)
-                    if isinstance(row["idx"], int):
-                        tasks.append(_failed_task(row, job, bad.letter))
-            jobs.append(attrs.evolve(job, tasks=tuple(tasks)))
-        rows = conn.execute("SELECT rowid, * FROM messages ORDER BY rowid").fetchall()
-        messages = [
-            PendingMessage(topic=topic, function=function, message=message, attempt=attempt)
-            for topic, function, message, attempt in decode_all(rows, message_from_row, damaged)
-        ]
-        streams = self._load_streams(conn, damaged)
-        letters = decode_all(conn.execute("SELECT rowid, * FROM dead_letters ORDER BY rowid").fetchall(), letter_from_row, damaged)
-        deployments = decode_all(
-            conn.execute("SELECT rowid, * FROM deployments ORDER BY name, version").fetchall(), deployment_from_row, damaged
-        )
-        fixes: list[Statement] = []
-        for row_damage in damaged:
-            logger.warning("store %s: %s", self.path, row_damage.letter.error)
-            fixes += row_damage.fix
-            fixes.append((_PUT_LETTER, letter_params(row_damage.letter)))
-            letters.append(row_damage.letter)
-        snapshot = Snapshot(
-            calls=tuple(calls),
-            jobs=tuple(jobs),
-            messages=tuple(messages),
-            streams=streams,
-            dead_letters=tuple(letters),
-            deployments=tuple(deployments),
-            offsets=_load_offsets(conn),
-        )
-        return snapshot, fixes
-
-    def _load_streams(self, conn: sqlite3.Connection, damaged: list[Damaged]) -> dict[str, StoredStream]:
-        next_sequence: dict[str, dict[int, int]] = {}
-        records: dict[str, dict[int, list[Record]]] = {}
-        checkpoints: dict[str, dict[tuple[str, int], int]] = {}
-        for row in conn.execute("SELECT stream, shard, next_sequence FROM shards"):
-            next_sequence.setdefault(row[0], {})[row[1]] = row[2]
-        rows = conn.execute("SELECT * FROM records ORDER BY stream, shard, sequence").fetchall()
-        for stream, record in decode_all(rows, record_from_row, damaged):
-            records.setdefault(stream, {}).setdefault(record.shard, []).append(record)
-            marks = next_sequence.setdefault(stream, {})
-            marks[record.shard] = max(marks.get(record.shard, 0), record.sequence + 1)
-        for row in conn.execute("SELECT stream, function, shard, sequence FROM checkpoints"):
-            checkpoints.setdefault(row[0], {})[(row[1], row[2])] = row[3]
-            marks = next_sequence.setdefault(row[0], {})
-            marks[row[2]] = max(marks.get(row[2], 0), row[3] + 1)
-        names = set(next_sequence) | set(checkpoints)
-        return {
-            name: StoredStream(
-                next_sequence=next_sequence.get(name, {}),
-                records={shard: tuple(rs) for shard, rs in records.get(name, {}).items()},
-                checkpoints=checkpoints.get(name, {}),
-            )
-            for name in names
-        }
 
     # -- the writer ------------------------------------------------------------------------
 
@@ -421,7 +340,7 @@ class SqliteStore:
     # -- dead letters and deployments ---------------------------------------------------------
 
     def put_dead_letter(self, letter: DeadLetter) -> Awaitable[None]:
-        return self._write((_PUT_LETTER, letter_params(letter)))
+        return self._write((PUT_LETTER, letter_params(letter)))
 
     def remove_dead_letters(self, ids: Sequence[str]) -> Awaitable[None]:
         return self._write(*(("DELETE FROM dead_letters WHERE id = ?", (letter_id,)) for letter_id in ids))
@@ -492,21 +411,6 @@ def _loaded(decode: Any, row: sqlite3.Row) -> Any:
         return None
 
 
-def _failed_task(row: sqlite3.Row, job: StoredJob, letter: DeadLetter) -> StoredCall:
-    return StoredCall(
-        id=str(row["id"]),
-        function=job.function,
-        source=f"batch:{job.id}",
-        args=b"",
-        accepted_at=job.created_at,
-        job_id=job.id,
-        index=row["idx"],
-        state="failed",
-        outcome=letter.error,
-        finished_at=letter.failed_at,
-    )
-
-
 def _settle(futures: list[asyncio.Future[None]], error: StoreError | None) -> None:
     for future in futures:
         if future.done():
@@ -516,10 +420,3 @@ def _settle(futures: list[asyncio.Future[None]], error: StoreError | None) -> No
         else:
             future.set_exception(error)
             future.exception()  # a write nobody awaited was logged by the writer; do not log it again
-
-
-def _load_offsets(conn: sqlite3.Connection) -> dict[tuple[str, str], dict[str, int]]:
-    offsets: dict[tuple[str, str], dict[str, int]] = {}
-    for source, function, part, offset in conn.execute("SELECT source, function, part, offset FROM offsets"):
-        offsets.setdefault((source, function), {})[part] = offset
-    return offsets

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from .rows import CALL_COLUMNS
 
-__all__ = ["ATTEMPTED", "FINISHED", "PUT_CALL", "Statement", "run_statements"]
+__all__ = ["ATTEMPTED", "FINISHED", "PUT_CALL", "PUT_LETTER", "Statement", "run_statements"]
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -23,6 +23,10 @@ _UPDATE_FROM: Final = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE ... FR
 PUT_CALL: Final = f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 ATTEMPTED: Final = "UPDATE calls SET attempt = ?, not_before = ? WHERE id = ?"
 FINISHED: Final = "UPDATE calls SET state = ?, outcome = ?, finished_at = ? WHERE id = ? AND state = 'pending'"
+PUT_LETTER: Final = (
+    "INSERT OR REPLACE INTO dead_letters (id, function, source, event, error, attempts, invocation_id, first_attempt_at, failed_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:
