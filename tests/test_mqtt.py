@@ -256,3 +256,19 @@ async def test_the_broker_restarted_mid_stream_is_reconnected_to_and_nothing_is_
         await publish(url, topic, list(range(MESSAGES, 2 * MESSAGES)))
         await wait_until(lambda: {int(x) for x in LOG.lines()} == set(range(2 * MESSAGES)), seconds=120)
         await faas.drain(timeout=30)
+
+
+async def test_a_packet_queued_as_the_broker_goes_away_touches_no_closed_socket(own_mosquitto: Any, topic: str) -> None:
+    # The race behind a flake: a PUBACK queued in the same turn of the loop as the read that finds the
+    # connection closed. aiomqtt would then watch the closed socket for writing (EBADF in the loop).
+    source = mf.MQTT(own_mosquitto.url, topic=topic, client_id=f"race-{uuid.uuid4().hex[:6]}").source("f")
+    client = await source.open()
+    paho = client._client
+    try:
+        own_mosquitto.stop()  # blocks the loop: the connection's end waits unread in the socket
+        paho.publish(topic, b"x", qos=0)  # a packet queued: paho asks for its socket to be watched for writing
+        paho.loop_read()  # what the loop's reader does next in the same turn: finds the end, closes the socket
+        assert paho.socket() is None
+        await anyio.sleep(0.1)  # the write request runs now: nothing may touch the closed socket
+    finally:
+        await source.close(client)

@@ -19,6 +19,8 @@ A PUBACK goes only to the connection that delivered the message.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
@@ -171,6 +173,7 @@ class MQTTSource(BrokerSource[Any]):
         )
         # aiomqtt has no setting for it: paho's manual acks hold each PUBACK until ``ack`` (see the module's docstring).
         client._client.manual_ack_set(True)
+        _SocketWrites(client).install()
         await client.__aenter__()
         try:
             await client.subscribe([(filter_, self.trigger.qos) for filter_ in self.trigger.topic])
@@ -222,3 +225,57 @@ async def _close_quietly(client: Any) -> None:
         await client.__aexit__(None, None, None)
     except (OSError, aiomqtt.MqttError):
         pass
+
+
+class _SocketWrites:
+    """paho's socket writes, run on the event loop in place of aiomqtt's register/unregister callbacks.
+
+    paho asks for its socket to be watched for writing whenever it queues a packet (a PUBACK,
+    a ping, the DISCONNECT). aiomqtt's callback schedules ``loop.add_writer(fd)`` for a later
+    turn of the loop; when the connection is closed before that turn (the broker went away
+    while a PUBACK was being queued), the loop is handed a closed descriptor -- ``OSError``
+    EBADF in the loop's exception handler -- or, worse, the number of the next connection's
+    socket, watched with the old client's callback. Here every request is checked, when it
+    runs, against the socket paho holds *then*: a closed or replaced socket is left alone.
+    The packets queued in one turn are written together in the next, with no writer
+    registered at all unless the socket's buffer is full (asyncio on this module's hot path:
+    the loop callbacks are cheaper than a task, and paho's callbacks are plain functions).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.paho = client._client
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.watched: int | None = None  # the descriptor the loop watches for writing, while paho's buffer is full
+
+    def install(self) -> None:
+        self.paho.on_socket_register_write = self.wanted
+        self.paho.on_socket_unregister_write = self.unwanted
+
+    def wanted(self, paho: Any, userdata: Any, sock: Any) -> None:
+        # paho calls it from the connecting thread too (for CONNECT, while aiomqtt connects in an executor).
+        if threading.get_ident() == self.thread:
+            self.loop.call_soon(self.write, sock)
+        else:
+            self.loop.call_soon_threadsafe(self.write, sock)
+
+    def unwanted(self, paho: Any, userdata: Any, sock: Any) -> None:
+        # Called before paho closes the socket too, while its descriptor is still open.
+        if self.watched is not None:
+            self.loop.remove_writer(self.watched)
+            self.watched = None
+
+    def write(self, sock: Any) -> None:
+        if self.paho.socket() is not sock:
+            return  # closed (or replaced) since the packet was queued: there is nothing left to write to
+        try:
+            # A socket error closes the connection inside paho, which reports the disconnect to aiomqtt.
+            self.paho.loop_write()
+        except Exception as exc:  # as aiomqtt's own callback does: end the connection with the error
+            if not self.client._disconnected.done():
+                self.client._disconnected.set_exception(exc)
+            return
+        if self.watched is None and self.paho.socket() is sock and self.paho.want_write():
+            self.watched = sock.fileno()
+            self.loop.add_writer(self.watched, self.write, sock)
