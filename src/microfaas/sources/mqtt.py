@@ -20,6 +20,7 @@ A PUBACK goes only to the connection that delivered the message.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
@@ -39,6 +40,7 @@ __all__ = ["MQTT", "MQTTSource"]
 DEFAULT_PORT: Final = 1883
 # Messages the pump buffers; for QoS 1 and 2 the broker's in-flight window bounds them first.
 BUFFER: Final = 1000
+_QOS: Final = ("0", "1", "2")
 
 
 def _topics(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -156,10 +158,10 @@ class MQTTSource(BrokerSource[Any]):
     def connection_errors(self) -> tuple[type[BaseException], ...]:
         return (OSError, _client().MqttError)
 
-    async def close(self, link: Any) -> None:
-        await _close_quietly(link)
+    async def close(self, link: _Link) -> None:
+        await _close_quietly(link.client)
 
-    async def open(self) -> Any:
+    async def open(self) -> _Link:
         aiomqtt = _client()
         parts = urllib.parse.urlsplit(self.trigger.url)
         client = aiomqtt.Client(
@@ -174,44 +176,53 @@ class MQTTSource(BrokerSource[Any]):
         # aiomqtt has no setting for it: paho's manual acks hold each PUBACK until ``ack`` (see the module's docstring).
         client._client.manual_ack_set(True)
         _SocketWrites(client).install()
+        link = _Link(client)
         await client.__aenter__()
+        link.connected()
         try:
             await client.subscribe([(filter_, self.trigger.qos) for filter_ in self.trigger.topic])
         except BaseException:
             await _close_quietly(client)
             raise
-        return client
+        return link
 
-    async def consume(self, runtime: SourceRuntime, client: Any) -> None:
-        """Hand every message to the pump until the connection is lost."""
-        aiomqtt = _client()
-        try:
-            async for incoming in client.messages:
-                await self._accept(runtime, client, incoming)
-        except aiomqtt.MqttError:
-            pass
+    async def consume(self, runtime: SourceRuntime, link: _Link) -> None:
+        """Hand every message to the pump until the connection is lost (those read before it was, too)."""
+        inbox = link.inbox
+        while True:
+            while inbox:
+                await self._accept(runtime, link, inbox.popleft())
+            if link.lost():
+                return
+            await link.arrived()
 
-    async def _accept(self, runtime: SourceRuntime, client: Any, incoming: Any) -> None:
-        payload = incoming.payload if isinstance(incoming.payload, bytes) else str(incoming.payload).encode()
+    async def _accept(self, runtime: SourceRuntime, link: _Link, incoming: Any) -> None:
+        payload = incoming.payload
         try:
             data = decode_body(payload, None, self.trigger.decode)
             error = None
         except SerializationError as exc:
             data, error = payload, exc
-        topic = incoming.topic.value
+        topic, qos, dup = incoming.topic, incoming.qos, incoming.dup
         message = Message(
             id=new_message_id(),
             topic=topic,
             data=data,
-            attributes={"topic": topic, "qos": str(incoming.qos), "retain": "true" if incoming.retain else "false"},
+            attributes={
+                "topic": topic,
+                "qos": _QOS[qos],
+                "retain": "true" if incoming.retain else "false",
+                "dup": "true" if dup else "false",
+            },
         )
-        paho, mid, qos = client._client, incoming.mid, incoming.qos
+        paho, mid = link.paho, incoming.mid
 
         async def ack() -> None:
             if qos and paho.is_connected():  # the PUBACK of a lost connection's message is never sent: the broker resends it
                 paho.ack(mid, qos)
 
-        inbound = Inbound(message, 1, ack, ack)  # MQTT has no reject: a dead-lettered message is acknowledged
+        # A QoS 1 or 2 PUBLISH with DUP set is one the broker sent before and saw no acknowledgement of.
+        inbound = Inbound(message, 2 if dup and qos else 1, ack, ack)  # MQTT has no reject: a dead-lettered message is acknowledged
         if error is not None:
             reason = SerializationError(f"{self.function}: {self.what}: message on {topic!r} could not be decoded: {error}")
             await self.pump.dead_letter(runtime, inbound, reason)
@@ -225,6 +236,45 @@ async def _close_quietly(client: Any) -> None:
         await client.__aexit__(None, None, None)
     except (OSError, aiomqtt.MqttError):
         pass
+
+
+class _Link:
+    """One connection to the broker: the aiomqtt client, and the PUBLISH packets paho read on it, in order.
+
+    paho hands each PUBLISH to ``received`` as it parses it (in the loop's reader callback); the
+    source takes them from ``inbox``. aiomqtt's own message iterator is not used: it starts a
+    task and an ``asyncio.wait`` per message, and hands over aiomqtt's copy of the message,
+    which leaves out the DUP flag that says the broker is sending it again.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.paho = client._client
+        self.inbox: collections.deque[Any] = collections.deque()
+        self._arrived = asyncio.Event()
+        self.paho.on_message = self.received
+
+    def connected(self) -> None:
+        """Call once aiomqtt has connected (it replaces its ``_disconnected`` future on connecting)."""
+        self._disconnected = self.client._disconnected
+        self._disconnected.add_done_callback(self._ended)
+
+    def received(self, paho: Any, userdata: Any, message: Any) -> None:
+        self.inbox.append(message)
+        self._arrived.set()
+
+    def _ended(self, disconnected: asyncio.Future[None]) -> None:
+        if not disconnected.cancelled():
+            disconnected.exception()  # seen here: aiomqtt's iterator, which would look at it, is not used
+        self._arrived.set()
+
+    def lost(self) -> bool:
+        return self._disconnected.done()
+
+    async def arrived(self) -> None:
+        """Wait until a message arrives or the connection is lost."""
+        await self._arrived.wait()
+        self._arrived.clear()
 
 
 class _SocketWrites:
