@@ -322,7 +322,7 @@ class _SocketWrites:
         try:
             # A socket error closes the connection inside paho, which reports the disconnect to aiomqtt.
             self.paho.loop_write()
-        except Exception as exc:  # as aiomqtt's own callback does: end the connection with the error
+        except Exception as exc:  # noqa: BLE001 - as aiomqtt's own callback does: end the connection with the error
             if not self.client._disconnected.done():
                 self.client._disconnected.set_exception(exc)
             return
