@@ -175,7 +175,10 @@ class MessagePump:
         limit = self.trigger.max_concurrency
         limiter = anyio.Semaphore(limit) if limit is not None else None
 
-        async with anyio.create_task_group() as tg:
+        # A delivery runs in a worker task; a worker that finished one waits for the next batch, so a
+        # task is started only when every worker is busy (starting one costs more than a hand-over).
+        handover, idle = anyio.create_memory_object_stream[list[Inbound]](0)
+        async with anyio.create_task_group() as tg, handover, idle:
             while True:
                 # A free slot first, then the batch: what arrives while every slot is busy fills the next batch.
                 if limiter is not None:
@@ -184,7 +187,25 @@ class MessagePump:
                 batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
                 self.in_delivery += len(batch)
                 self.hand = []
-                tg.start_soon(self._deliver, runtime, batch, retries, limiter)
+                try:
+                    handover.send_nowait(batch)  # to a worker waiting for one (the stream holds nothing)
+                except anyio.WouldBlock:
+                    tg.start_soon(self._worker, runtime, batch, retries, limiter, idle)
+
+    async def _worker(
+        self,
+        runtime: SourceRuntime,
+        batch: list[Inbound],
+        retries: Retries,
+        limiter: anyio.Semaphore | None,
+        idle: anyio.abc.ObjectReceiveStream[list[Inbound]],
+    ) -> None:
+        while True:
+            await self._deliver(runtime, batch, retries, limiter)
+            try:
+                batch = await idle.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return
 
     async def _deliver(self, runtime: SourceRuntime, batch: list[Inbound], retries: Retries, limiter: anyio.Semaphore | None) -> None:
         messages = [inbound.message for inbound in batch]
