@@ -43,7 +43,7 @@ def _plain(value: Any, depth: int = 0) -> bool:
         return True
     fields = _RECORDS.get(kind)
     if fields is not None:
-        for field in fields:  # noqa: SIM110 - a loop is faster than all() over a generator
+        for field in fields:
             item = getattr(value, field)
             if type(item) not in _SCALARS and not _plain(item, depth + 1):
                 return False
