@@ -19,6 +19,8 @@ with ``connector_down`` and ``connector_up`` lifecycle events) and consumes it m
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import time
 import uuid
@@ -154,7 +156,10 @@ class MessagePump:
         """Take ``inbound`` (waits while the buffer is full); it counts in flight until acknowledged."""
         runtime.in_flight.started()
         try:
-            await self._send.send(inbound)
+            try:
+                self._send.send_nowait(inbound)  # no checkpoint (a turn of the loop) while there is room
+            except anyio.WouldBlock:
+                await self._send.send(inbound)
         except BaseException:
             runtime.in_flight.finished()
             raise
@@ -176,9 +181,10 @@ class MessagePump:
         limiter = anyio.Semaphore(limit) if limit is not None else None
 
         # A delivery runs in a worker task; a worker that finished one waits for the next batch, so a
-        # task is started only when every worker is busy (starting one costs more than a hand-over).
-        handover, idle = anyio.create_memory_object_stream[list[Inbound]](0)
-        async with anyio.create_task_group() as tg, handover, idle:
+        # task is started only when every worker is busy (starting one costs more than a hand-over,
+        # which is a bare asyncio future: this is the pump's hot path).
+        idle: collections.deque[asyncio.Future[list[Inbound]]] = collections.deque()
+        async with anyio.create_task_group() as tg:
             while True:
                 # A free slot first, then the batch: what arrives while every slot is busy fills the next batch.
                 if limiter is not None:
@@ -187,9 +193,9 @@ class MessagePump:
                 batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
                 self.in_delivery += len(batch)
                 self.hand = []
-                try:
-                    handover.send_nowait(batch)  # to a worker waiting for one (the stream holds nothing)
-                except anyio.WouldBlock:
+                if idle:
+                    idle.popleft().set_result(batch)
+                else:
                     tg.start_soon(self._worker, runtime, batch, retries, limiter, idle)
 
     async def _worker(
@@ -198,14 +204,21 @@ class MessagePump:
         batch: list[Inbound],
         retries: Retries,
         limiter: anyio.Semaphore | None,
-        idle: anyio.abc.ObjectReceiveStream[list[Inbound]],
+        idle: collections.deque[asyncio.Future[list[Inbound]]],
     ) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._deliver(runtime, batch, retries, limiter)
+            waiting = loop.create_future()
+            idle.append(waiting)
             try:
-                batch = await idle.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                return
+                batch = await waiting
+            except BaseException:  # cancelled (the platform stops): take no more, and let go of one handed over
+                if waiting in idle:
+                    idle.remove(waiting)
+                elif waiting.done() and not waiting.cancelled():
+                    self._let_go(runtime, waiting.result(), limiter)
+                raise
 
     async def _deliver(self, runtime: SourceRuntime, batch: list[Inbound], retries: Retries, limiter: anyio.Semaphore | None) -> None:
         messages = [inbound.message for inbound in batch]
@@ -217,10 +230,14 @@ class MessagePump:
                 for inbound in batch:
                     await (inbound.reject() if inbound.message.id in delivery.dead else inbound.ack())
         finally:
-            self.in_delivery -= len(batch)
-            runtime.in_flight.finished(len(batch))
-            if limiter is not None:
-                limiter.release()
+            self._let_go(runtime, batch, limiter)
+
+    def _let_go(self, runtime: SourceRuntime, batch: list[Inbound], limiter: anyio.Semaphore | None) -> None:
+        """``batch`` is out of the pump: settled, or left for the broker to deliver again."""
+        self.in_delivery -= len(batch)
+        runtime.in_flight.finished(len(batch))
+        if limiter is not None:
+            limiter.release()
 
 
 def new_message_id() -> str:
