@@ -199,7 +199,7 @@ class MessageDelivery(Delivery):
         self.topic = source.removeprefix("topic:")
 
     def payload(self, attempt: int) -> bytes:
-        self.remaining = [attrs.evolve(m, attempt=attempt) for m in self.remaining]
+        self.remaining = [m if m.attempt == attempt else attrs.evolve(m, attempt=attempt) for m in self.remaining]
         arg: Any = self.remaining if self.batched else self.remaining[0]
         return dump_args(self.function, (arg,), {})
 
