@@ -10,6 +10,10 @@ so a ``BatchResult`` retries only the messages it names), and only once the loop
 handled or dead-lettered the batch does it acknowledge each message to the broker:
 ``ack`` for those handled, ``reject`` for those in the dead letters. A delivery cut
 short because the platform stopped settles nothing, so the broker delivers it again.
+Deliveries run in worker tasks that stay for the next batch (a task is started only when
+every worker is busy); an idle worker waits on a bare asyncio future, and the buffer is
+used without a checkpoint while it has room or items: the pump's hot path, one message at
+a time, is where a task or a turn of the loop per message shows.
 
 ``BrokerSource`` is the running side both share: it keeps its link to the broker with
 ``reconnect.Connection`` (the first connect fails ``app.run`` with ``ConnectorUnreachable``

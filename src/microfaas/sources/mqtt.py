@@ -15,6 +15,14 @@ finished when the platform died or lost its connection is sent again by the brok
 (PUBREL) before the handler runs and the source sends the final PUBCOMP once it is
 handled; a platform that dies in between loses that message. QoS 0 is at most once.
 A PUBACK goes only to the connection that delivered the message.
+
+Attempts. MQTT counts no deliveries; it marks a QoS 1 or 2 PUBLISH the broker sends again
+(the DUP flag: sent before, never acknowledged). Such a message is attempt 2 (and
+``attributes["dup"]`` says ``"true"``); every other one is attempt 1.
+
+The event loop. aiomqtt runs paho on the loop through socket callbacks; ``_Link`` and
+``_SocketWrites`` replace three of them (the PUBLISH handler and the write watch: see them).
+They are loop callbacks and a bare asyncio future, not anyio: this is the connector's hot path.
 """
 
 from __future__ import annotations
