@@ -197,6 +197,8 @@ class MessagePump:
                 batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
                 self.in_delivery += len(batch)
                 self.hand = []
+                while idle and idle[0].done():
+                    idle.popleft()  # its worker was cancelled and has not yet taken itself off
                 if idle:
                     idle.popleft().set_result(batch)
                 else:
