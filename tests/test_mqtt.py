@@ -96,6 +96,7 @@ async def test_each_publish_on_a_matching_topic_reaches_the_handler_once_with_it
     assert sorted(s["data"]["c"] for s in seen) == [19, 21, 22]
     assert {s["attributes"]["topic"] for s in seen} == {f"{topic}/kitchen/temp", f"{topic}/hall/temp"}
     assert {s["attributes"]["qos"] for s in seen} == {str(qos)}
+    assert {(s["attempt"], s["attributes"]["dup"]) for s in seen} == {(1, "false")}  # sent once: no DUP
 
 
 async def test_messages_published_while_the_platform_was_down_arrive_when_it_is_back(mosquitto_server: Any, topic: str) -> None:
@@ -119,10 +120,14 @@ async def test_a_message_whose_handler_is_running_at_stop_is_not_acknowledged(mo
         async with app_with(held, mf.MQTT(url, topic=topic, qos=1, client_id=client_id, decode="text")).run():
             await publish(url, topic, [gate.path.encode()])
             await wait_until(lambda: LOG.lines() == ["holding"])
-        # The next platform on the same session gets it again: no PUBACK was sent for it.
+        # The next platform on the same session gets it again: no PUBACK was sent for it. The broker
+        # marks it DUP (it sent it before), so the handler sees its second attempt.
         async with app_with(note, mf.MQTT(url, topic=topic, qos=1, client_id=client_id, decode="text")).run():
             await wait_until(lambda: len(LOG.lines()) == 2)
-        assert json.loads(LOG.lines()[1])["data"] == gate.path
+        again = json.loads(LOG.lines()[1])
+        assert again["data"] == gate.path
+        assert again["attempt"] == 2
+        assert again["attributes"]["dup"] == "true"
     finally:
         gate.release()
         gate.close()
@@ -256,3 +261,19 @@ async def test_the_broker_restarted_mid_stream_is_reconnected_to_and_nothing_is_
         await publish(url, topic, list(range(MESSAGES, 2 * MESSAGES)))
         await wait_until(lambda: {int(x) for x in LOG.lines()} == set(range(2 * MESSAGES)), seconds=120)
         await faas.drain(timeout=30)
+
+
+async def test_a_packet_queued_as_the_broker_goes_away_touches_no_closed_socket(own_mosquitto: Any, topic: str) -> None:
+    # The race behind a flake: a PUBACK queued in the same turn of the loop as the read that finds the
+    # connection closed. aiomqtt would then watch the closed socket for writing (EBADF in the loop).
+    source = mf.MQTT(own_mosquitto.url, topic=topic, client_id=f"race-{uuid.uuid4().hex[:6]}").source("f")
+    link = await source.open()
+    paho = link.paho
+    try:
+        own_mosquitto.stop()  # blocks the loop: the connection's end waits unread in the socket
+        paho.publish(topic, b"x", qos=0)  # a packet queued: paho asks for its socket to be watched for writing
+        paho.loop_read()  # what the loop's reader does next in the same turn: finds the end, closes the socket
+        assert paho.socket() is None
+        await anyio.sleep(0.1)  # the write request runs now: nothing may touch the closed socket
+    finally:
+        await source.close(link)

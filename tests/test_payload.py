@@ -49,3 +49,22 @@ def test_deep_or_large_containers_are_not_inspected_but_still_round_trip() -> No
 )
 def test_a_calls_arguments_pickle_as_the_pair_would(args: tuple[object, ...], kwargs: dict[str, object]) -> None:
     assert payload.dumps_call(args, kwargs) == payload.dumps((args, kwargs))
+
+
+def test_a_message_with_plain_data_takes_plain_pickle_and_one_with_a_closure_cloudpickle() -> None:
+    import cloudpickle
+
+    import microfaas as mf
+    from microfaas.runtime import shipping  # noqa: F401 - registers mf.Message as a plain record
+
+    message = mf.Message(id="m1", topic="t", data={"n": [1, 2]}, attributes={"k": "v"}, attempt=2)
+    assert payload._plain(message)
+    blob = payload.dumps_call((message,), {})
+    assert blob == pickle.dumps(((message,), {}), protocol=pickle.HIGHEST_PROTOCOL)
+    assert blob == cloudpickle.dumps(((message,), {}), protocol=pickle.HIGHEST_PROTOCOL)  # the same bytes either way
+    assert payload.loads(blob) == ((message,), {})
+    offset = 3
+    odd = mf.Message(id="m2", topic="t", data=lambda x: x + offset)
+    assert not payload._plain(odd)
+    ((back,), _) = payload.loads(payload.dumps_call((odd,), {}))
+    assert back.data(1) == 4

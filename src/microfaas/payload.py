@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import cloudpickle
 
-__all__ = ["dumps", "dumps_call", "loads"]
+__all__ = ["dumps", "dumps_call", "loads", "plain_record"]
 
 _SCALARS: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
 _CONTAINERS: Final = frozenset({tuple, list, dict})
@@ -26,10 +26,27 @@ _MAX_ITEMS: Final = 64
 _MAX_DEPTH: Final = 3
 
 
+# Record classes (in importable modules, so both picklers name them) whose other fields are
+# scalars or plain by construction: an instance is plain when these fields are.
+_RECORDS: dict[type, tuple[str, ...]] = {}
+
+
+def plain_record(kind: type, fields: tuple[str, ...]) -> None:
+    """Let instances of ``kind`` take the fast path when their ``fields`` are plain (the rest must always be)."""
+    _RECORDS[kind] = fields
+
+
 def _plain(value: Any, depth: int = 0) -> bool:
-    """Whether ``value`` is built-in scalars in (at most a few levels of) built-in containers."""
+    """Whether ``value`` is built-in scalars in (at most a few levels of) built-in containers, or a plain record."""
     kind = type(value)
     if kind in _SCALARS:
+        return True
+    fields = _RECORDS.get(kind)
+    if fields is not None:
+        for field in fields:
+            item = getattr(value, field)
+            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
         return True
     if kind not in _CONTAINERS or depth == _MAX_DEPTH or len(value) > _MAX_ITEMS:
         return False

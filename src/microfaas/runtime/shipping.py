@@ -20,6 +20,7 @@ import cloudpickle
 
 from .. import payload, protocol
 from ..errors import SerializationError
+from ..events import Message
 from ..worker import Bundle, FunctionRef
 
 if TYPE_CHECKING:
@@ -29,6 +30,10 @@ __all__ = ["Shipper", "dump_args", "dumps_by_value", "loads_or_blob"]
 
 # Room in a frame for a call's meta (its kind, invocation id, attempt, timeout), beside the arguments.
 _CALL_META_ROOM: Final = 4096
+
+# A message's fields other than ``data`` are str, int, float and a dict of str (its validators see to it),
+# so a message whose data is plain pickles with plain pickle (every topic and broker message is one call).
+payload.plain_record(Message, ("data",))
 
 
 class Shipper:

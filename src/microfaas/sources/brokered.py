@@ -10,6 +10,10 @@ so a ``BatchResult`` retries only the messages it names), and only once the loop
 handled or dead-lettered the batch does it acknowledge each message to the broker:
 ``ack`` for those handled, ``reject`` for those in the dead letters. A delivery cut
 short because the platform stopped settles nothing, so the broker delivers it again.
+Deliveries run in worker tasks that stay for the next batch (a task is started only when
+every worker is busy); an idle worker waits on a bare asyncio future, and the buffer is
+used without a checkpoint while it has room or items: the pump's hot path, one message at
+a time, is where a task or a turn of the loop per message shows.
 
 ``BrokerSource`` is the running side both share: it keeps its link to the broker with
 ``reconnect.Connection`` (the first connect fails ``app.run`` with ``ConnectorUnreachable``
@@ -19,6 +23,8 @@ with ``connector_down`` and ``connector_up`` lifecycle events) and consumes it m
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import time
 import uuid
@@ -154,7 +160,10 @@ class MessagePump:
         """Take ``inbound`` (waits while the buffer is full); it counts in flight until acknowledged."""
         runtime.in_flight.started()
         try:
-            await self._send.send(inbound)
+            try:
+                self._send.send_nowait(inbound)  # no checkpoint (a turn of the loop) while there is room
+            except anyio.WouldBlock:
+                await self._send.send(inbound)
         except BaseException:
             runtime.in_flight.finished()
             raise
@@ -175,6 +184,10 @@ class MessagePump:
         limit = self.trigger.max_concurrency
         limiter = anyio.Semaphore(limit) if limit is not None else None
 
+        # A delivery runs in a worker task; a worker that finished one waits for the next batch, so a
+        # task is started only when every worker is busy (starting one costs more than a hand-over,
+        # which is a bare asyncio future: this is the pump's hot path).
+        idle: collections.deque[asyncio.Future[list[Inbound]]] = collections.deque()
         async with anyio.create_task_group() as tg:
             while True:
                 # A free slot first, then the batch: what arrives while every slot is busy fills the next batch.
@@ -184,7 +197,34 @@ class MessagePump:
                 batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
                 self.in_delivery += len(batch)
                 self.hand = []
-                tg.start_soon(self._deliver, runtime, batch, retries, limiter)
+                while idle and idle[0].done():
+                    idle.popleft()  # its worker was cancelled and has not yet taken itself off
+                if idle:
+                    idle.popleft().set_result(batch)
+                else:
+                    tg.start_soon(self._worker, runtime, batch, retries, limiter, idle)
+
+    async def _worker(
+        self,
+        runtime: SourceRuntime,
+        batch: list[Inbound],
+        retries: Retries,
+        limiter: anyio.Semaphore | None,
+        idle: collections.deque[asyncio.Future[list[Inbound]]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._deliver(runtime, batch, retries, limiter)
+            waiting = loop.create_future()
+            idle.append(waiting)
+            try:
+                batch = await waiting
+            except BaseException:  # cancelled (the platform stops): take no more, and let go of one handed over
+                if waiting in idle:
+                    idle.remove(waiting)
+                elif waiting.done() and not waiting.cancelled():
+                    self._let_go(runtime, waiting.result(), limiter)
+                raise
 
     async def _deliver(self, runtime: SourceRuntime, batch: list[Inbound], retries: Retries, limiter: anyio.Semaphore | None) -> None:
         messages = [inbound.message for inbound in batch]
@@ -196,10 +236,14 @@ class MessagePump:
                 for inbound in batch:
                     await (inbound.reject() if inbound.message.id in delivery.dead else inbound.ack())
         finally:
-            self.in_delivery -= len(batch)
-            runtime.in_flight.finished(len(batch))
-            if limiter is not None:
-                limiter.release()
+            self._let_go(runtime, batch, limiter)
+
+    def _let_go(self, runtime: SourceRuntime, batch: list[Inbound], limiter: anyio.Semaphore | None) -> None:
+        """``batch`` is out of the pump: settled, or left for the broker to deliver again."""
+        self.in_delivery -= len(batch)
+        runtime.in_flight.finished(len(batch))
+        if limiter is not None:
+            limiter.release()
 
 
 def new_message_id() -> str:

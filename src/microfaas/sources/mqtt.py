@@ -15,10 +15,21 @@ finished when the platform died or lost its connection is sent again by the brok
 (PUBREL) before the handler runs and the source sends the final PUBCOMP once it is
 handled; a platform that dies in between loses that message. QoS 0 is at most once.
 A PUBACK goes only to the connection that delivered the message.
+
+Attempts. MQTT counts no deliveries; it marks a QoS 1 or 2 PUBLISH the broker sends again
+(the DUP flag: sent before, never acknowledged). Such a message is attempt 2 (and
+``attributes["dup"]`` says ``"true"``); every other one is attempt 1.
+
+The event loop. aiomqtt runs paho on the loop through socket callbacks; ``_Link`` and
+``_SocketWrites`` replace three of them (the PUBLISH handler and the write watch: see them).
+They are loop callbacks and a bare asyncio future, not anyio: this is the connector's hot path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,6 +48,7 @@ __all__ = ["MQTT", "MQTTSource"]
 DEFAULT_PORT: Final = 1883
 # Messages the pump buffers; for QoS 1 and 2 the broker's in-flight window bounds them first.
 BUFFER: Final = 1000
+_QOS: Final = ("0", "1", "2")
 
 
 def _topics(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -154,10 +166,10 @@ class MQTTSource(BrokerSource[Any]):
     def connection_errors(self) -> tuple[type[BaseException], ...]:
         return (OSError, _client().MqttError)
 
-    async def close(self, link: Any) -> None:
-        await _close_quietly(link)
+    async def close(self, link: _Link) -> None:
+        await _close_quietly(link.client)
 
-    async def open(self) -> Any:
+    async def open(self) -> _Link:
         aiomqtt = _client()
         parts = urllib.parse.urlsplit(self.trigger.url)
         client = aiomqtt.Client(
@@ -171,44 +183,54 @@ class MQTTSource(BrokerSource[Any]):
         )
         # aiomqtt has no setting for it: paho's manual acks hold each PUBACK until ``ack`` (see the module's docstring).
         client._client.manual_ack_set(True)
+        _SocketWrites(client).install()
+        link = _Link(client)
         await client.__aenter__()
+        link.connected()
         try:
             await client.subscribe([(filter_, self.trigger.qos) for filter_ in self.trigger.topic])
         except BaseException:
             await _close_quietly(client)
             raise
-        return client
+        return link
 
-    async def consume(self, runtime: SourceRuntime, client: Any) -> None:
-        """Hand every message to the pump until the connection is lost."""
-        aiomqtt = _client()
-        try:
-            async for incoming in client.messages:
-                await self._accept(runtime, client, incoming)
-        except aiomqtt.MqttError:
-            pass
+    async def consume(self, runtime: SourceRuntime, link: _Link) -> None:
+        """Hand every message to the pump until the connection is lost (those read before it was, too)."""
+        inbox = link.inbox
+        while True:
+            while inbox:
+                await self._accept(runtime, link, inbox.popleft())
+            if link.lost():
+                return
+            await link.arrived()
 
-    async def _accept(self, runtime: SourceRuntime, client: Any, incoming: Any) -> None:
-        payload = incoming.payload if isinstance(incoming.payload, bytes) else str(incoming.payload).encode()
+    async def _accept(self, runtime: SourceRuntime, link: _Link, incoming: Any) -> None:
+        payload = incoming.payload
         try:
             data = decode_body(payload, None, self.trigger.decode)
             error = None
         except SerializationError as exc:
             data, error = payload, exc
-        topic = incoming.topic.value
+        topic, qos, dup = incoming.topic, incoming.qos, incoming.dup
         message = Message(
             id=new_message_id(),
             topic=topic,
             data=data,
-            attributes={"topic": topic, "qos": str(incoming.qos), "retain": "true" if incoming.retain else "false"},
+            attributes={
+                "topic": topic,
+                "qos": _QOS[qos],
+                "retain": "true" if incoming.retain else "false",
+                "dup": "true" if dup else "false",
+            },
         )
-        paho, mid, qos = client._client, incoming.mid, incoming.qos
+        paho, mid = link.paho, incoming.mid
 
         async def ack() -> None:
             if qos and paho.is_connected():  # the PUBACK of a lost connection's message is never sent: the broker resends it
                 paho.ack(mid, qos)
 
-        inbound = Inbound(message, 1, ack, ack)  # MQTT has no reject: a dead-lettered message is acknowledged
+        # A QoS 1 or 2 PUBLISH with DUP set is one the broker sent before and saw no acknowledgement of.
+        inbound = Inbound(message, 2 if dup and qos else 1, ack, ack)  # MQTT has no reject: a dead-lettered message is acknowledged
         if error is not None:
             reason = SerializationError(f"{self.function}: {self.what}: message on {topic!r} could not be decoded: {error}")
             await self.pump.dead_letter(runtime, inbound, reason)
@@ -222,3 +244,96 @@ async def _close_quietly(client: Any) -> None:
         await client.__aexit__(None, None, None)
     except (OSError, aiomqtt.MqttError):
         pass
+
+
+class _Link:
+    """One connection to the broker: the aiomqtt client, and the PUBLISH packets paho read on it, in order.
+
+    paho hands each PUBLISH to ``received`` as it parses it (in the loop's reader callback); the
+    source takes them from ``inbox``. aiomqtt's own message iterator is not used: it starts a
+    task and an ``asyncio.wait`` per message, and hands over aiomqtt's copy of the message,
+    which leaves out the DUP flag that says the broker is sending it again.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.paho = client._client
+        self.inbox: collections.deque[Any] = collections.deque()
+        self._arrived = asyncio.Event()
+        self.paho.on_message = self.received
+
+    def connected(self) -> None:
+        """Call once aiomqtt has connected (it replaces its ``_disconnected`` future on connecting)."""
+        self._disconnected = self.client._disconnected
+        self._disconnected.add_done_callback(self._ended)
+
+    def received(self, paho: Any, userdata: Any, message: Any) -> None:
+        self.inbox.append(message)
+        self._arrived.set()
+
+    def _ended(self, disconnected: asyncio.Future[None]) -> None:
+        if not disconnected.cancelled():
+            disconnected.exception()  # seen here: aiomqtt's iterator, which would look at it, is not used
+        self._arrived.set()
+
+    def lost(self) -> bool:
+        return self._disconnected.done()
+
+    async def arrived(self) -> None:
+        """Wait until a message arrives or the connection is lost."""
+        await self._arrived.wait()
+        self._arrived.clear()
+
+
+class _SocketWrites:
+    """paho's socket writes, run on the event loop in place of aiomqtt's register/unregister callbacks.
+
+    paho asks for its socket to be watched for writing whenever it queues a packet (a PUBACK,
+    a ping, the DISCONNECT). aiomqtt's callback schedules ``loop.add_writer(fd)`` for a later
+    turn of the loop; when the connection is closed before that turn (the broker went away
+    while a PUBACK was being queued), the loop is handed a closed descriptor -- ``OSError``
+    EBADF in the loop's exception handler -- or, worse, the number of the next connection's
+    socket, watched with the old client's callback. Here every request is checked, when it
+    runs, against the socket paho holds *then*: a closed or replaced socket is left alone.
+    The packets queued in one turn are written together in the next, with no writer
+    registered at all unless the socket's buffer is full (asyncio on this module's hot path:
+    the loop callbacks are cheaper than a task, and paho's callbacks are plain functions).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.paho = client._client
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.watched: int | None = None  # the descriptor the loop watches for writing, while paho's buffer is full
+
+    def install(self) -> None:
+        self.paho.on_socket_register_write = self.wanted
+        self.paho.on_socket_unregister_write = self.unwanted
+
+    def wanted(self, paho: Any, userdata: Any, sock: Any) -> None:
+        # paho calls it from the connecting thread too (for CONNECT, while aiomqtt connects in an executor).
+        if threading.get_ident() == self.thread:
+            self.loop.call_soon(self.write, sock)
+        else:
+            self.loop.call_soon_threadsafe(self.write, sock)
+
+    def unwanted(self, paho: Any, userdata: Any, sock: Any) -> None:
+        # Called before paho closes the socket too, while its descriptor is still open.
+        if self.watched is not None:
+            self.loop.remove_writer(self.watched)
+            self.watched = None
+
+    def write(self, sock: Any) -> None:
+        if self.paho.socket() is not sock:
+            return  # closed (or replaced) since the packet was queued: there is nothing left to write to
+        try:
+            # A socket error closes the connection inside paho, which reports the disconnect to aiomqtt.
+            self.paho.loop_write()
+        except Exception as exc:  # noqa: BLE001 - as aiomqtt's own callback does: end the connection with the error
+            if not self.client._disconnected.done():
+                self.client._disconnected.set_exception(exc)
+            return
+        if self.watched is None and self.paho.socket() is sock and self.paho.want_write():
+            self.watched = sock.fileno()
+            self.loop.add_writer(self.watched, self.write, sock)

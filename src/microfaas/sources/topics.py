@@ -169,7 +169,10 @@ class _Subscription:
 async def collect_batch(receive: MemoryObjectReceiveStream[T], size: int, window: float, batch: list[T]) -> list[T]:
     """Up to ``size`` items from ``receive`` into ``batch`` (which the caller holds, to see what is in
     hand): waits for the first, takes what is there, then waits at most ``window`` seconds for more."""
-    batch.append(await receive.receive())
+    try:
+        batch.append(receive.receive_nowait())  # no checkpoint (a turn of the loop) for one already there
+    except anyio.WouldBlock:
+        batch.append(await receive.receive())
     while len(batch) < size:
         try:
             batch.append(receive.receive_nowait())
@@ -196,7 +199,7 @@ class MessageDelivery(Delivery):
         self.topic = source.removeprefix("topic:")
 
     def payload(self, attempt: int) -> bytes:
-        self.remaining = [attrs.evolve(m, attempt=attempt) for m in self.remaining]
+        self.remaining = [m if m.attempt == attempt else attrs.evolve(m, attempt=attempt) for m in self.remaining]
         arg: Any = self.remaining if self.batched else self.remaining[0]
         return dump_args(self.function, (arg,), {})
 
