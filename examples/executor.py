@@ -60,7 +60,7 @@ def executor_demo() -> None:
 app = mf.App("blocking")
 
 
-@app.function(max_containers=2)
+@app.function(max_containers=1)  # one container: every call below is warm after the first
 def greet(name: str) -> str:
     return f"hello, {name} (from pid {os.getpid()})"
 
