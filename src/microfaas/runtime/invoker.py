@@ -94,15 +94,17 @@ class _EagerFuture(asyncio.Future[Any]):
 
     def __init__(self, call: Attempt, hook: Callable[[Attempt], object], *, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
-        self._call = call
+        self._call: Attempt | None = call
         self._hook = hook
 
     def set_result(self, result: Any) -> None:
         super().set_result(result)
+        call, self._call = self._call, None  # the attempt refers to this future: no cycle left for the collector
+        assert call is not None
         if type(result) is Returned or type(result) is Raised:
-            self._hook(self._call)
+            self._hook(call)
         else:
-            self.get_loop().call_soon(self._hook, self._call)
+            self.get_loop().call_soon(self._hook, call)
 
 
 class Invoker:
