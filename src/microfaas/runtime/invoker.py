@@ -10,6 +10,11 @@ call's timeout runs on its container's loop timer (``deadlines.py``) from the
 moment the call gets its slot, whether or not the caller still waits; a caller
 that stops waiting withdraws its request, or leaves its running call to finish.
 
+``invoke`` is awaited by the caller's task. ``start`` is the same attempt with no
+task (for ``mf.Executor``, whose caller is another thread): its future runs a hook
+when it is done, right in the callback that read the container's answer, so the
+attempt costs no turn of the loop beyond the container's reply.
+
 The hot path uses asyncio futures directly (one per attempt), for speed.
 """
 
