@@ -312,6 +312,16 @@ def test_a_crash_fails_only_its_own_future_and_the_executor_keeps_serving():
         assert executor.submit(square, 3).result(timeout=60) == 9
 
 
+def test_tasks_waiting_in_a_worker_that_crashes_run_in_a_new_one():
+    with mf.Executor(max_workers=1) as executor:
+        # Short tasks first: then several are handed out at once, and wait in the worker's socket.
+        assert list(executor.map(square, range(200))) == [i * i for i in range(200)]
+        bad, good = executor.submit(crash, "exit"), [executor.submit(square, i) for i in range(6)]
+        with pytest.raises(mf.ContainerCrashed):
+            bad.result(timeout=60)
+        assert [f.result(timeout=60) for f in good] == [i * i for i in range(6)]
+
+
 def test_a_timeout_fails_only_its_own_future(fifo):
     # Generous: a worker's first task also imports this test module (to unpickle ``square``).
     with mf.Executor(max_workers=2, timeout=2.0) as executor:

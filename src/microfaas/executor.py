@@ -17,17 +17,20 @@ memory ends only the task's own container: its future gets ``ContainerCrashed`` 
 The platform runs on its own thread (``blocking.PlatformThread``). ``submit``
 pickles the call in the caller's thread, queues it, and wakes the platform's loop
 with one ``call_soon_threadsafe`` (none while a wake-up is already on its way), so
-a burst of submits costs the loop one wake-up, not a portal round trip each. There
-``LANES_PER_WORKER * max_workers`` lanes (long-lived tasks, none made per call)
-take queued tasks and invoke ``task``; a task is running (no longer cancellable)
-from the moment a lane takes it, as ProcessPoolExecutor's are once in its call
-queue. How many lanes may hold a task at once follows the tasks' run time, as the
-workers measure it: while tasks are short, several per worker (they wait in the
-worker's socket, the platform's pipelining, so a worker never idles for a round
-trip between two); otherwise one per worker plus one. The lanes are the hot path
-and use asyncio's futures directly (DESIGN.md allows it).
+a burst of submits costs the loop one wake-up, not a portal round trip each. No
+task is made per call: that wake-up takes queued tasks and starts each invocation
+right there (``Platform._start_invocation``: the request, the core's decision and
+the frame to the worker happen in that callback), and the end of each is a
+callback that completes its ``concurrent.futures.Future`` and starts the next
+queued task. A task is running (no longer cancellable) from the moment it is
+taken, as ProcessPoolExecutor's are once in its call queue. How many tasks are
+handed out at once follows the tasks' run time, as the workers measure it: while
+tasks are short, several per worker (they wait in the worker's socket, the
+platform's pipelining, so a worker never idles for a round trip between two);
+otherwise one per worker plus one. This is the hot path and uses asyncio
+directly (DESIGN.md allows it).
 
-Lifetime. ``shutdown`` stops intake; the lanes finish what is queued (or it is
+Lifetime. ``shutdown`` stops intake; what is queued still runs (or it is
 cancelled, with ``cancel_futures``), then the platform stops every container.
 A forgotten executor is garbage-collected (nothing on the platform's side refers
 to it) and shuts down the same way; at interpreter exit, executors finish their
@@ -53,7 +56,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
-import anyio
 import cloudpickle
 
 from .app import App
@@ -62,6 +64,7 @@ from .errors import FaaSError, PlatformClosed, SerializationError
 from .executor_task import TASK, TaskFailure, dumps_args, dumps_callable, dumps_chunk, initialize, name_of, trampoline
 from .keepalive import NeverUnload
 from .pool import LocalNodes, machine_memory_mb
+from .runtime.shipping import dump_args
 
 __all__ = ["Executor"]
 
@@ -69,7 +72,7 @@ T = TypeVar("T")
 
 # Tasks handed out per worker at most: while tasks are short, a few wait in each worker's
 # socket behind the running one, so that no worker idles for a round trip between two.
-LANES_PER_WORKER: Final = 4
+IN_FLIGHT_PER_WORKER: Final = 4
 # Below this (seconds, as the worker measures it, on average) a task is short: handing
 # out more than one per worker pays off. Longer tasks are handed out one per worker
 # plus one, as ProcessPoolExecutor does, so that what has not started stays cancellable.
@@ -77,12 +80,11 @@ SHORT_TASK_S: Final = 0.001
 # Weight of the newest task in that average.
 _RUN_S_WEIGHT: Final = 0.2
 
-# A queued task: (future, the pickled callable, its pickled (args, kwargs) or chunk of args,
-# chunked, the callable's name for error notes).
-_Item = tuple["concurrent.futures.Future[Any]", bytes, bytes, bool, str]
+# A queued task: (future, the trampoline's pickled arguments, the callable's name for error notes).
+_Item = tuple["concurrent.futures.Future[Any]", bytes, str]
 
 
-# -- the engine: the queue, and the lanes on the platform's loop ------------------------------------
+# -- the engine: the queue, and the tasks in flight on the platform's loop ---------------------------
 
 
 class _Engine:
@@ -90,18 +92,20 @@ class _Engine:
 
     def __init__(self, thread: PlatformThread, max_workers: int) -> None:
         self.thread = thread
-        self._lanes = LANES_PER_WORKER * max_workers
+        self.platform = thread.platform
+        self._wide = IN_FLIGHT_PER_WORKER * max_workers
         self._narrow = max_workers + 1
         self._window = self._narrow  # tasks handed out at most, now (on the loop)
-        self._running = 0
         self._run_s = 1.0  # average run time of a task; taken as long until measured
         # Re-entrant: a garbage collection inside a locked block may run a finalizer that shuts down.
         self._lock = threading.RLock()
         self._pending: collections.deque[_Item] = collections.deque()
         self._wake_scheduled = False
         self._shutdown = False
-        self._closing = False  # on the loop: intake closed, lanes end once the queue is empty
-        self._idle: list[asyncio.Future[None]] = []
+        # On the loop: the futures of the tasks handed out, and whether intake has closed.
+        self._running: set[concurrent.futures.Future[Any]] = set()
+        self._closing = False
+        self._finished = asyncio.Event()  # set on the loop: closing, and nothing queued or running
 
     def start(self) -> None:
         self._served = self.thread.start_task(self._serve)
@@ -109,17 +113,24 @@ class _Engine:
     # -- any thread ---------------------------------------------------------------------------
 
     def submit(self, fn_blob: bytes, call_blob: bytes, chunked: bool, name: str) -> concurrent.futures.Future[Any]:
+        try:
+            # The trampoline's arguments, pickled here rather than on the platform's loop.
+            blob = dump_args(TASK, (fn_blob, call_blob, chunked), {})
+        except SerializationError as exc:
+            self.check_open()
+            exc.add_note(_note(name))
+            return _failed(exc)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             self.check_open()
-            self._pending.append((future, fn_blob, call_blob, chunked, name))
+            self._pending.append((future, blob, name))
             if self._wake_scheduled:
                 return future
             self._wake_scheduled = True
         try:
             self.thread.call_soon(self._wake)
         except PlatformClosed:
-            pass  # stopping: the lanes take what is queued as they close
+            pass  # stopping: what is queued fails as the engine ends
         return future
 
     def check_open(self) -> None:
@@ -142,7 +153,7 @@ class _Engine:
             except PlatformClosed:
                 pass
         if not wait or self.thread.in_loop_thread():
-            return  # the lanes stop the platform once they are done
+            return  # the engine stops the platform once it is done
         try:
             concurrent.futures.wait([self._served])
         except KeyboardInterrupt:
@@ -153,90 +164,84 @@ class _Engine:
         self.thread.stop()
 
     # -- on the platform's loop ---------------------------------------------------------------------
+    #
+    # No task per call: a wake-up from ``submit`` starts queued tasks right there (the
+    # request, the core's decision and the frame to the worker all happen in that
+    # callback), and each task's end is a callback that completes its future and starts
+    # the next. ``_serve`` only waits for the end, and fails what is left if the platform
+    # stops first.
 
     async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
         try:
-            async with anyio.create_task_group() as tg:
-                for _ in range(self._lanes):
-                    tg.start_soon(self._lane)
+            await self._finished.wait()
         finally:
             with self._lock:
                 self._shutdown = True
-            # Only when the platform stopped under the lanes is anything still queued.
+            # Only when the platform stopped under the engine is anything still queued or running.
             while self._pending:
                 future = self._pending.popleft()[0]
                 if future.set_running_or_notify_cancel():
                     future.set_exception(PlatformClosed("the executor's platform stopped before the task started"))
+            for future in self._running:
+                if not future.done():
+                    future.set_exception(PlatformClosed("the executor's platform stopped before the task finished"))
+            self._running.clear()
             self.thread.stop_soon()
 
     def _wake(self) -> None:
         with self._lock:
             self._wake_scheduled = False
-        self._wake_lanes(min(len(self._pending), self._window - self._running))
-
-    def _wake_lanes(self, n: int) -> None:
-        idle = self._idle
-        while idle and n > 0:
-            idle.pop().set_result(None)
-            n -= 1
+        self._start_queued()
 
     def _close(self) -> None:
         self._closing = True
-        self._wake_lanes(len(self._idle))
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Hand out queued tasks while the window has room; note the end once closing and idle."""
+        running, pending = self._running, self._pending
+        while len(running) < self._window and pending:
+            try:
+                future, blob, name = pending.popleft()
+            except IndexError:  # taken by a shutdown meanwhile
+                break
+            if not future.set_running_or_notify_cancel():
+                continue
+            running.add(future)
+            try:
+                self.platform._start_invocation(TASK, blob, functools.partial(self._ended, future, name))
+            except FaaSError as exc:  # the platform is stopping
+                running.discard(future)
+                exc.add_note(_note(name))
+                future.set_exception(exc)
+        if self._closing and not running and not pending:
+            self._finished.set()
+
+    def _ended(self, future: concurrent.futures.Future[Any], name: str, value: Any, error: FaaSError | None) -> None:
+        """A task's invocation ended: start the next queued ones, then complete its future."""
+        self._running.discard(future)
+        if error is None:
+            value, run_s = value
+            self._ran(run_s)
+        self._start_queued()
+        if future.done():  # pragma: no cover - failed by a stop meanwhile
+            return
+        if error is not None:
+            error.add_note(_note(name))
+            future.set_exception(error)
+        elif type(value) is TaskFailure:
+            future.set_exception(value.exception())
+        else:
+            future.set_result(value)
 
     def _ran(self, run_s: float) -> None:
         """A task ran ``run_s`` seconds in its worker: adjust how many tasks are handed out."""
         self._run_s += _RUN_S_WEIGHT * (run_s - self._run_s)
-        window = self._lanes if self._run_s < SHORT_TASK_S else self._narrow
-        if window > self._window:
-            self._wake_lanes(min(len(self._pending), window - self._window))
-        self._window = window
+        self._window = self._wide if self._run_s < SHORT_TASK_S else self._narrow
 
-    def _take(self) -> _Item | None:
-        pending = self._pending
-        while pending:
-            try:
-                item = pending.popleft()
-            except IndexError:  # taken by a shutdown meanwhile
-                return None
-            if item[0].set_running_or_notify_cancel():
-                return item
-        return None
 
-    async def _lane(self) -> None:
-        invoke = self.thread.platform.invoke
-        while True:
-            item = self._take() if self._running < self._window else None
-            if item is None:
-                if self._closing and not self._pending:
-                    self._wake_lanes(len(self._idle))  # so that the others see it and end too
-                    return
-                waiter = self._loop.create_future()
-                self._idle.append(waiter)
-                await waiter
-                continue
-            future, fn_blob, call_blob, chunked, name = item
-            del item
-            self._running += 1
-            try:
-                value, run_s = await invoke(TASK, fn_blob, call_blob, chunked)
-            except FaaSError as exc:
-                exc.add_note(f"(the task was {name}, submitted to an mf.Executor)")
-                future.set_exception(exc)
-                continue
-            except BaseException:
-                future.set_exception(PlatformClosed("the executor's platform stopped before the task finished"))
-                raise
-            finally:
-                self._running -= 1
-                del fn_blob, call_blob
-            self._ran(run_s)
-            if type(value) is TaskFailure:
-                future.set_exception(value.exception())
-            else:
-                future.set_result(value)
-            del future, value  # the finished task's result is the future's alone
+def _note(name: str) -> str:
+    return f"(the task was {name}, submitted to an mf.Executor)"
 
 
 # Engines of executors not yet shut down, and whether the interpreter is exiting.

@@ -144,6 +144,14 @@ class Platform:
         """Invoke function ``name`` and return its result (see ``FunctionHandle.invoke``)."""
         return await self._runtime.invoke(name, args, kwargs)
 
+    def _start_invocation(self, name: str, blob: bytes, on_done: Callable[[Any, FaaSError | None], object]) -> None:
+        """Invoke ``name`` with no task and no await, its ``(args, kwargs)`` pickled already (``dump_args``):
+        ``on_done(value, None)`` or ``on_done(None, error)`` runs on the loop when it ends. For ``mf.Executor``.
+
+        :raises FaaSError: the platform is not running, or has no function ``name``.
+        """
+        self._runtime.start_invocation(name, blob, on_done)
+
     async def spawn(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
         """Start an invocation in the background, retried per the function's ``retries``.
 

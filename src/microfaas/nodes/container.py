@@ -273,15 +273,19 @@ class LocalContainer(ContainerHandle):
         now = time.perf_counter()
         started = self._started_at.pop(invocation_id, None)
         self.last_call_s = None if started is None else now - started
-        if not outcome.done():  # done: the caller gave up waiting
-            outcome.set_result(result)
-        if self._queued:
-            following = self._queued.popleft()
-            self._started_at[following] = now
-            if self.on_call_started is not None:
-                self.on_call_started(following)
-        if self.on_reply is not None:
-            self.on_reply(self)
+        try:
+            if self._queued:
+                following = self._queued.popleft()
+                self._started_at[following] = now
+                if self.on_call_started is not None:
+                    self.on_call_started(following)
+            if self.on_reply is not None:
+                self.on_reply(self)
+        finally:
+            # Last: the container's slot is given back first, so that what the outcome sets off
+            # (an eager future's hook, the caller's next call) finds the container free.
+            if not outcome.done():  # done: the caller gave up waiting
+                outcome.set_result(result)
 
     def _channel_lost(self) -> None:
         if not self._eof.is_set():

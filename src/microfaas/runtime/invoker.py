@@ -1,7 +1,7 @@
 """Invoker: one attempt of an invocation, from its request to the caller's value or error.
 
 How this works. The arguments arrive pickled (a ``SerializationError`` costs no
-container). The attempt asks the core for a container and waits as an ``_Attempt``
+container). The attempt asks the core for a container and waits as an ``Attempt``
 until a fact -- at once, or later: a start, a finished call -- produces its
 decision. A ``RunOn`` sends the call to its container right there, in the callback
 that made the decision; the caller wakes once, for the container's ``Outcome``,
@@ -10,18 +10,25 @@ call's timeout runs on its container's loop timer (``deadlines.py``) from the
 moment the call gets its slot, whether or not the caller still waits; a caller
 that stops waiting withdraws its request, or leaves its running call to finish.
 
+``invoke`` is awaited by the caller's task. ``start`` is the same attempt with no
+task (for ``mf.Executor``, whose caller is another thread): its future runs a hook
+when it is done, right in the callback that read the container's answer, so the
+attempt costs no turn of the loop beyond the container's reply.
+
 The hot path uses asyncio futures directly (one per attempt), for speed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import lifecycle as ev
 from ..actions import FailRequest, RunOn
 from ..errors import FaaSError, PlatformClosed
-from ..nodes import Died, NotStarted, Outcome
+from ..nodes import Died, NotStarted, Outcome, Raised, Returned
 from ..protocol import CallRequest
 from .faults import INJECTED
 from .outcomes import InjectedTimeout, call_result, count_failure, request_error
@@ -34,10 +41,10 @@ if TYPE_CHECKING:
     from .faults import FaultPlan
     from .stats import StatsRecorder
 
-__all__ = ["Invoker"]
+__all__ = ["Attempt", "Invoker"]
 
 
-class _Attempt:
+class Attempt:
     """One attempt of an invocation, from its request to its outcome.
 
     The core's decision about it is carried out where it is made: a ``RunOn`` sends the
@@ -46,19 +53,63 @@ class _Attempt:
     future as it is.
     """
 
-    __slots__ = ("attempt", "blob", "cold_start", "container", "deadlines", "function", "future", "invocation_id")
+    __slots__ = (
+        "attempt",
+        "blob",
+        "cold_start",
+        "container",
+        "deadlines",
+        "function",
+        "future",
+        "hook",
+        "invocation_id",
+        "started_at",
+    )
 
     def __init__(
-        self, function: str, invocation_id: str, attempt: int, blob: bytes, future: asyncio.Future[Outcome | FailRequest | InjectedTimeout]
+        self,
+        function: str,
+        invocation_id: str,
+        attempt: int,
+        blob: bytes,
+        started_at: float,
+        hook: Callable[[Attempt], object] | None,
     ) -> None:
         self.function = function
         self.invocation_id = invocation_id
         self.attempt = attempt
         self.blob = blob
-        self.future = future
+        self.future: asyncio.Future[Outcome | FailRequest | InjectedTimeout]
+        self.hook = hook  # ``Invoker.start``'s: runs when ``future`` is done (None: a task awaits it)
         self.cold_start = False
         self.container: Container | None = None
         self.deadlines: Deadlines | None = None  # its container's, once its timeout runs
+        self.started_at = started_at  # the platform's clock when it was first requested
+
+
+class _EagerFuture(asyncio.Future[Any]):
+    """The future of an attempt begun with ``Invoker.start``: runs its hook when it is done.
+
+    A container's answer (``Returned``, ``Raised``) runs the hook right there, in the
+    callback that read the answer, so the caller's ``concurrent.futures.Future`` is
+    completed without another turn of the loop. Whatever else sets it (the core's
+    refusal, a container's death, the stop) is set from inside a request or a stop,
+    so the hook runs on the loop's next turn, as a done callback would.
+    """
+
+    def __init__(self, call: Attempt, hook: Callable[[Attempt], object], *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._call: Attempt | None = call
+        self._hook = hook
+
+    def set_result(self, result: Any) -> None:
+        super().set_result(result)
+        call, self._call = self._call, None  # the attempt refers to this future: no cycle left for the collector
+        assert call is not None
+        if type(result) is Returned or type(result) is Raised:
+            self._hook(call)
+        else:
+            self.get_loop().call_soon(self._hook, call)
 
 
 class Invoker:
@@ -79,8 +130,8 @@ class Invoker:
         self.faults = faults
         self.clock = cluster.clock
         self.open = False
-        self._waiters: dict[str, _Attempt] = {}  # requests waiting for the core's decision
-        self._queued: dict[str, _Attempt] = {}  # sent to a full container, waiting in it for a slot
+        self._waiters: dict[str, Attempt] = {}  # requests waiting for the core's decision
+        self._queued: dict[str, Attempt] = {}  # sent to a full container, waiting in it for a slot
         cluster.decide = self._decided
         cluster.call_started = self._queued_call_started
         cluster.deadline_passed = self._deadline_passed
@@ -91,36 +142,91 @@ class Invoker:
 
         :raises FaaSError: the attempt failed (the precise error; see ``outcomes.py``).
         """
-        stats = self.stats[name]
-        stats.invocations += 1
-        now = started = self.clock()
+        call = self._begin(name, blob, invocation_id, attempt)
+        while True:
+            try:
+                await call.future
+            except BaseException:
+                self._abandon(call)
+                raise
+            if self._settled(call):
+                return self._finish(call)
+
+    def start(self, name: str, blob: bytes, invocation_id: str, attempt: int, on_done: Callable[[Any, FaaSError | None], object]) -> None:
+        """Start one attempt as ``invoke`` does, with no task: ``on_done(value, None)`` or
+        ``on_done(None, error)`` runs on the loop when it ends.
+
+        The request and the core's decision happen now, and a call that gets a free
+        container is sent now. When the container answers, ``on_done`` runs right in the
+        callback that read the answer (``_EagerFuture``). A started attempt cannot be
+        withdrawn: it ends with its outcome, or when the platform stops.
+
+        :raises FaaSError: it could not be requested (the platform was stopped).
+        """
+        self._begin(name, blob, invocation_id, attempt, functools.partial(self._answered, on_done))
+
+    def _answered(self, on_done: Callable[[Any, FaaSError | None], object], call: Attempt) -> None:
+        """The future of an attempt begun with ``start`` is done: it has ended, or it is asked for again."""
         try:
-            call = _Attempt(name, invocation_id, attempt, blob, self.cluster.loop.create_future())
-            while True:
-                if not self.open:
-                    raise PlatformClosed(f"app {self.app_name!r} was stopped; open a new platform with `async with app.run()`")
-                self._waiters[invocation_id] = call
-                self.cluster.apply(self.sched.request(invocation_id, name, now=now))
-                try:
-                    outcome = await call.future
-                except BaseException:
-                    self._abandon(call)
-                    raise
-                if type(outcome) is not NotStarted:
-                    break
-                # Its container died with the call still queued in it: ask again.
-                self._queued.pop(invocation_id, None)
-                call.future = self.cluster.loop.create_future()
-                call.container = None
-                now = self.clock()
-            value = self._result(call, outcome)
+            if not self._settled(call):
+                return
+            value = self._finish(call)
         except FaaSError as exc:
-            count_failure(stats, exc)
-            self.lifecycle.call_failed(exc, attempt=attempt, injected=self.faults.was_injected(invocation_id, exc))
+            on_done(None, exc)
+            return
+        on_done(value, None)
+
+    def _begin(self, name: str, blob: bytes, invocation_id: str, attempt: int, hook: Callable[[Attempt], object] | None = None) -> Attempt:
+        """Count the attempt and request a container for it."""
+        self.stats[name].invocations += 1
+        now = self.clock()
+        call = Attempt(name, invocation_id, attempt, blob, now, hook)
+        loop = self.cluster.loop
+        call.future = loop.create_future() if hook is None else _EagerFuture(call, hook, loop=loop)
+        self._request(call, now)
+        return call
+
+    def _request(self, call: Attempt, now: float) -> None:
+        if not self.open:
+            error = PlatformClosed(f"app {self.app_name!r} was stopped; open a new platform with `async with app.run()`")
+            self._failed(call, error)
+            raise error
+        self._waiters[call.invocation_id] = call
+        self.cluster.apply(self.sched.request(call.invocation_id, call.function, now=now))
+
+    def _settled(self, call: Attempt) -> bool:
+        """``call.future`` is done: True when that ends the attempt; False when it was asked again.
+
+        :raises FaaSError: asking again failed.
+        """
+        if type(call.future.result()) is not NotStarted:
+            return True
+        # Its container died with the call still queued in it: ask again.
+        self._queued.pop(call.invocation_id, None)
+        loop = self.cluster.loop
+        call.future = loop.create_future() if call.hook is None else _EagerFuture(call, call.hook, loop=loop)
+        call.container = None
+        self._request(call, self.clock())
+        return False
+
+    def _finish(self, call: Attempt) -> Any:
+        """The value of an attempt that has ended, counted in its function's stats.
+
+        :raises FaaSError: the attempt failed.
+        """
+        try:
+            value = self._result(call, call.future.result())
+        except FaaSError as exc:
+            self._failed(call, exc)
             raise
+        stats = self.stats[call.function]
         stats.completed += 1
-        stats.latencies.append(self.clock() - started)
+        stats.latencies.append(self.clock() - call.started_at)
         return value
+
+    def _failed(self, call: Attempt, exc: FaaSError) -> None:
+        count_failure(self.stats[call.function], exc)
+        self.lifecycle.call_failed(exc, attempt=call.attempt, injected=self.faults.was_injected(call.invocation_id, exc))
 
     def _decided(self, decision: RunOn | FailRequest) -> None:
         """The core decided about a request: send it to its container, or fail it."""
@@ -150,7 +256,7 @@ class Invoker:
         else:
             self._queued[call.invocation_id] = call
 
-    def _inject_fault(self, call: _Attempt, container: Container, *, queued: bool) -> bool:
+    def _inject_fault(self, call: Attempt, container: Container, *, queued: bool) -> bool:
         """Carry out a fault armed with ``faas.inject`` for ``call``, if any; True when the call is not to be sent."""
         fault = self.faults.take_call_fault(call.function, call.invocation_id)
         if fault == "timeout" or (fault == "crash" and queued):
@@ -169,7 +275,7 @@ class Invoker:
         if call is not None:
             self._started(call)
 
-    def _started(self, call: _Attempt) -> None:
+    def _started(self, call: Attempt) -> None:
         """``call`` got its slot in its container: count it, and start the clock on its timeout."""
         name, invocation_id, container = call.function, call.invocation_id, call.container
         assert container is not None
@@ -186,7 +292,7 @@ class Invoker:
             call.deadlines = self.cluster.deadlines[container.id]
             call.deadlines.add(invocation_id, timeout)
 
-    def _abandon(self, call: _Attempt) -> None:
+    def _abandon(self, call: Attempt) -> None:
         """The caller of ``call`` stopped waiting: withdraw its request, or leave the call running."""
         if call.container is not None:
             # The container keeps running it, under the same deadline.
@@ -194,7 +300,7 @@ class Invoker:
         elif self._waiters.pop(call.invocation_id, None) is not None:
             self.cluster.apply(self.sched.cancel(call.invocation_id, now=self.clock()))
 
-    def _result(self, call: _Attempt, outcome: Outcome | FailRequest | InjectedTimeout) -> Any:
+    def _result(self, call: Attempt, outcome: Outcome | FailRequest | InjectedTimeout) -> Any:
         """The call's value, or the microfaas error its outcome means."""
         if call.deadlines is not None:
             call.deadlines.discard(call.invocation_id)

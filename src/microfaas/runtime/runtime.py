@@ -341,6 +341,11 @@ class Runtime:
         self.function(name)
         return await self.invoker.invoke(self.routes[name], dump_args(name, args, kwargs), self.new_invocation_id(), 1)
 
+    def start_invocation(self, name: str, blob: bytes, on_done: Callable[[Any, FaaSError | None], object]) -> None:
+        """Invoke ``name`` with its ``(args, kwargs)`` pickled already, with no task (``Invoker.start``)."""
+        self.function(name)
+        self.invoker.start(self.routes[name], blob, self.new_invocation_id(), 1, on_done)
+
     async def spawn(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
         self.function(name)
         blob = dump_args(name, args, kwargs)
