@@ -215,9 +215,13 @@ def test_a_poll_whose_yield_gave_the_cpu_away_ends_and_sleeps(monkeypatch: pytes
         started = time.monotonic()
         assert worker._poll(container_end, 5.0) is None  # nothing came: it gave up, not ran out its 5 s
         assert time.monotonic() - started < 2.5
-        sender = _send_later(platform_end, 0.001, FRAME)  # arrives while the first yield is away
+
+        def yield_while_the_frame_arrives() -> None:
+            platform_end.sendall(b"".join(FRAME))  # arrives while the first yield is away
+            time.sleep(0.002)
+
+        monkeypatch.setattr(os, "sched_yield", yield_while_the_frame_arrives)
         assert worker._poll(container_end, 5.0) is not None  # the one more look after the yield finds it
-        sender.join()
 
 
 @pytest.mark.anyio
