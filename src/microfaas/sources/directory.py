@@ -119,7 +119,7 @@ class DirectorySource:
                 if not ready:
                     ready = True  # the watch is in place (it yields once when it times out with nothing seen)
                     # Listed after the watch began: a change made in between is seen twice rather than never.
-                    changes = await self._changed_while_down(runtime)
+                    changes = await self._changed_while_down(runtime) + self._events(seen)
                     task_status.started()
                 else:
                     changes = self._events(seen)
