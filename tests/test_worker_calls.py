@@ -82,3 +82,18 @@ def test_arguments_or_a_result_that_do_not_pickle_reply_bad_payload() -> None:
     bad_result = worker.run_call(_bundle(unpicklable), CTX, _args(1), None)
     assert type(bad_result) is protocol.BadPayloadReply
     assert "result of type lock could not be pickled" in bad_result.message
+
+
+def test_a_warm_calls_context_built_through_its_slots_equals_the_one_attrs_builds() -> None:
+    fields = {
+        "invocation_id": "inv-1",
+        "function_name": "fn",
+        "attempt": 3,
+        "cold_start": True,
+        "deadline": 123.5,
+        "memory_mb": 256,
+        "container_id": "c-7",
+    }
+    built = worker._context(*fields.values())
+    assert built == events.Context(**fields)
+    assert [f.name for f in events.Context.__attrs_attrs__] == list(fields)  # _context takes them in field order

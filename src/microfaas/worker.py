@@ -346,7 +346,7 @@ def run_call(bundle: Bundle, ctx: events.Context, blob: protocol.Blob, loop: asy
     Both ``run_call`` and ``run_call_async`` are the same steps (``_arguments``, the handler
     under its context, ``_error_reply`` or ``_result_reply``); a sync handler is called here
     directly rather than through ``run_call_async``, as driving a coroutine for it would
-    cost each warm call about 1 µs (of 35).
+    cost each warm call about 2,400 instructions (of the worker's 74,000; callgrind).
 
     :param loop: the loop an async handler runs on (as ``run_init`` returned it); None for a sync handler.
     """
