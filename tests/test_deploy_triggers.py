@@ -298,6 +298,7 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.connectors  # mf.RedisStream needs the connectors extra (redis-py); no server: its port is closed
 async def test_a_deploy_whose_new_connector_cannot_start_leaves_the_old_version_wired_and_the_store_as_it_was(tmp_path: Path) -> None:
     store, log, inbox = tmp_path / "faas.db", tmp_path / "log", tmp_path / "in"
     inbox.mkdir()
