@@ -36,3 +36,10 @@ def test_import_microfaas_imports_no_platform_and_no_connector() -> None:
     code = "import sys, microfaas; print(sorted(m for m in sys.modules if m.startswith('microfaas')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "['microfaas']"
+
+
+def test_an_error_calls_itself_microfaas_before_anyone_looked_it_up() -> None:
+    # A traceback names the class of an error raised before any ``mf.<Name>`` lookup adopted it.
+    code = "import microfaas.errors as e, pickle; print(e.PlatformClosed.__module__, type(pickle.loads(pickle.dumps(e.StoreFull('x')))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["microfaas", "<class", "'microfaas.StoreFull'>"]

@@ -228,3 +228,11 @@ class StoreFull(StoreError):
 
 class StoreLocked(StoreError):
     """Another platform has this store open; two at once would deliver every event twice."""
+
+
+# Each error calls itself ``microfaas.<Name>`` from the start (in tracebacks, reprs and pickles
+# by reference), as the package's other names do once they are first used (``microfaas._adopt``):
+# an error is often raised before anyone has looked it up as ``mf.<Name>``.
+for _name in __all__:
+    globals()[_name].__module__ = "microfaas"
+del _name
