@@ -265,6 +265,23 @@ async def test_a_spare_killed_while_it_waits_is_replaced_and_cold_starts_still_w
         assert not faas.events(kind=ev.START_FAILED)
 
 
+async def test_after_a_cold_start_waited_for_its_spare_the_next_spare_is_forked_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cold starts coming faster than spares are made: waiting SPARE_DELAY before each fork
+    # would leave every next one waiting too. With a delay no test outlasts, a spare that
+    # shows up at all was forked at once.
+    from microfaas import pool
+
+    monkeypatch.setattr(pool, "SPARE_DELAY", 3600.0)
+    async with app.run() as faas:
+        assert _spares(faas) == []  # the first spare waits out its delay
+        [pid] = await cold_starts(faas, 1)  # it finds none ready: it has it forked now, and waits
+        await wait_until(lambda: len(_spares(faas)) == 1)
+        [spare] = _spares(faas)
+        assert spare.pid != pid
+        [second] = await cold_starts(faas, 1)
+        assert second == spare.pid
+
+
 @app.function(idle_timeout=0, timeout=60)
 def imports_beside_a_thread(name: str) -> int:
     import importlib

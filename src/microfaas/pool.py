@@ -16,7 +16,8 @@ Each fork node keeps one *spare*: a child of its zygote, forked ahead of need,
 that waits on its own socket. A cold start sends its ``ForkRequest`` straight to
 the spare (no round trip through the zygote, no fork on the way); the next spare
 is forked ``SPARE_DELAY`` later, or at once when a cold start comes first and
-waits for it. With no spare at hand and one start already waiting (a burst), the
+waits for it (and for ``SPARE_HURRY_S`` after that, while cold starts outrun the
+spares). With no spare at hand and one start already waiting (a burst), the
 zygote forks the container on request. A spare forked before the zygote preloaded more is let
 go, so a container always has what its zygote has.
 """
@@ -48,6 +49,10 @@ STOP_GRACE: Final = 1.0
 # Seconds after a cold start before the node forks its next spare: long enough for the
 # container just started to be ready, so that the fork does not compete with it for a CPU.
 SPARE_DELAY: Final = 0.002
+# Seconds after a cold start found its spare not yet forked during which the next spares are
+# forked at once: cold starts that come faster than a spare is made gain more from an early
+# fork than they lose to its competing for a CPU.
+SPARE_HURRY_S: Final = 1.0
 
 
 def machine_memory_mb() -> int:
@@ -181,6 +186,7 @@ class LocalNode:
         self._spare_ids = itertools.count(1)
         self._refilling = False
         self._spare_waiting = False  # a cold start waits for the spare being forked
+        self._spare_missed_at = float("-inf")  # when a cold start last found no spare ready
         self._spare_hurry = anyio.Event()
         self._spare_ready = anyio.Event()
 
@@ -287,6 +293,7 @@ class LocalNode:
         if self.start_method == "fork" and self._spare is None and self._refilling and not self._spare_waiting:
             # The next spare is on its way: it is ready sooner than a fork asked for now.
             self._spare_waiting = True
+            self._spare_missed_at = anyio.current_time()
             try:
                 self._spare_hurry.set()
                 await self._spare_ready.wait()
@@ -367,6 +374,8 @@ class LocalNode:
 
     def _take_spare(self) -> _Spare | None:
         spare, self._spare = self._spare, None
+        if spare is None:
+            self._spare_missed_at = anyio.current_time()
         self._want_spare()
         if spare is not None and spare.zygote is self._zygote and spare.zygote.gone is None and spare.pid not in self._early_exits:
             return spare
@@ -383,8 +392,9 @@ class LocalNode:
 
     async def _refill_spare(self) -> None:
         try:
-            with anyio.move_on_after(SPARE_DELAY):
-                await self._spare_hurry.wait()  # a cold start waits for this spare: fork it now
+            if anyio.current_time() - self._spare_missed_at >= SPARE_HURRY_S:
+                with anyio.move_on_after(SPARE_DELAY):
+                    await self._spare_hurry.wait()  # a cold start waits for this spare: fork it now
             link = self._zygote
             if self._spare is not None or self._stopping or link is None or link.gone is not None:
                 return
