@@ -92,13 +92,18 @@ async def test_a_bug_in_a_call_task_fails_the_platform(monkeypatch: pytest.Monke
     async def broken(*args: object, **kwargs: object) -> None:
         raise Bug("a bug in the delivery loop")
 
-    with pytest.raises(BaseException) as caught:  # the platform's task group may wrap it
-        async with app.run() as faas:
-            monkeypatch.setattr(faas._runtime.deliverer, "deliver", broken)
-            await echo.spawn(1)
-            await anyio.sleep(5)  # cancelled by the failure well before this ends
-    errors = caught.value.exceptions if isinstance(caught.value, BaseExceptionGroup) else (caught.value,)
-    assert any(isinstance(e, Bug) for e in errors), repr(caught.value)
+    def broken_ending(*args: object, **kwargs: object) -> None:
+        raise Bug("a bug once the call ended")
+
+    # In the task that retries a call, and in the callback that settles a first attempt (no task).
+    for target, name, replacement, function in (("deliverer", "deliver_after", broken, fails), ("durable", "finished", broken_ending, echo)):
+        with pytest.raises(BaseException) as caught:  # the platform's task group may wrap it
+            async with app.run() as faas:
+                monkeypatch.setattr(getattr(faas._runtime, target), name, replacement)
+                await function.spawn(1)
+                await anyio.sleep(5)  # cancelled by the failure well before this ends
+        errors = caught.value.exceptions if isinstance(caught.value, BaseExceptionGroup) else (caught.value,)
+        assert any(isinstance(e, Bug) for e in errors), repr(caught.value)
 
 
 async def test_waiters_of_a_call_wait_each_on_their_own_and_a_finished_call_answers_at_once() -> None:

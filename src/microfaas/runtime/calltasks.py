@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -57,12 +57,18 @@ class CallTasks:
         if task.cancelled():
             return
         error = task.exception()
-        if error is not None and self._failed is not None and not self._failed.done():
+        if error is not None:
+            self.failed(error)
+
+    def failed(self, error: BaseException) -> None:
+        """A call failed unexpectedly (a bug), in a task or out of one: ``tend`` raises ``error``."""
+        if self._failed is not None and not self._failed.done():
             self._failed.set_result(error)
 
-    async def tend(self) -> None:
+    async def tend(self, settle_rest: Callable[[], None] | None = None) -> None:
         """Stand for the call tasks in the platform's task group, until cancelled (see the module's doc).
 
+        :param settle_rest: run once the tasks have ended, to settle the calls run without one.
         :raises BaseException: what a call task failed with unexpectedly.
         """
         self._on_loop()
@@ -72,6 +78,8 @@ class CallTasks:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop_all()
+            if settle_rest is not None:
+                settle_rest()
 
     async def _stop_all(self) -> None:
         cancelled: set[asyncio.Task[None]] = set()

@@ -235,18 +235,28 @@ class Deliverer:
             if delivery.not_before > time.time():
                 await anyio.sleep(delivery.not_before - time.time())
             delivery.attempted(attempt + 1, time.time())
+        return await self._attempts(delivery, retries, attempt, first, None)
+
+    async def deliver_after(self, delivery: Delivery, retries: Retries, error: FaaSError) -> Delivered:
+        """Go on with ``delivery`` after its first attempt, made elsewhere (``Invoker.start``),
+        failed with ``error``: retried or dead-lettered as ``deliver`` would have."""
+        first = time.time() if delivery.first_attempt_at is None else delivery.first_attempt_at
+        return await self._attempts(delivery, retries, 1, first, error)
+
+    async def _attempts(self, delivery: Delivery, retries: Retries, attempt: int, first: float, error: FaaSError | None) -> Delivered:
+        """The loop: ``attempt`` attempts made so far, the last of which failed with ``error`` (None: attempt now)."""
         while True:
-            attempt += 1
-            try:
-                value = await self._invoke(delivery.function, delivery.payload(attempt), delivery.invocation_id, attempt)
-            except FaaSError as exc:
-                error: FaaSError | None = exc
-            else:
-                error = delivery.settle(value)
-                if error is None:
-                    delivery.settled()
-                    return Delivered(value, None, attempt)
-            assert error is not None
+            if error is None:
+                attempt += 1
+                try:
+                    value = await self._invoke(delivery.function, delivery.payload(attempt), delivery.invocation_id, attempt)
+                except FaaSError as exc:
+                    error = exc
+                else:
+                    error = delivery.settle(value)
+                    if error is None:
+                        delivery.settled()
+                        return Delivered(value, None, attempt)
             if isinstance(error, PlatformClosed):
                 return Delivered(None, error, attempt)  # interrupted: it stays accepted, for the next run
             parts = delivery.split()
@@ -267,6 +277,7 @@ class Deliverer:
                 delay=delay,
             )
             await anyio.sleep(delay)
+            error = None
         self.dead_letter(delivery, error, attempts=attempt, first_attempt_at=first)
         delivery.settled()
         return Delivered(None, error, attempt)

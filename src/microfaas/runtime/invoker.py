@@ -152,18 +152,26 @@ class Invoker:
             if self._settled(call):
                 return self._finish(call)
 
-    def start(self, name: str, blob: bytes, invocation_id: str, attempt: int, on_done: Callable[[Any, FaaSError | None], object]) -> None:
+    def start(
+        self, name: str, blob: bytes, invocation_id: str, attempt: int, on_done: Callable[[Any, FaaSError | None], object]
+    ) -> Attempt:
         """Start one attempt as ``invoke`` does, with no task: ``on_done(value, None)`` or
-        ``on_done(None, error)`` runs on the loop when it ends.
+        ``on_done(None, error)`` runs on the loop when it ends, unless it is withdrawn first.
 
         The request and the core's decision happen now, and a call that gets a free
         container is sent now. When the container answers, ``on_done`` runs right in the
-        callback that read the answer (``_EagerFuture``). A started attempt cannot be
-        withdrawn: it ends with its outcome, or when the platform stops.
+        callback that read the answer (``_EagerFuture``).
 
         :raises FaaSError: it could not be requested (the platform was stopped).
         """
-        self._begin(name, blob, invocation_id, attempt, functools.partial(self._answered, on_done))
+        return self._begin(name, blob, invocation_id, attempt, functools.partial(self._answered, on_done))
+
+    def withdraw(self, call: Attempt) -> None:
+        """Give up an attempt begun with ``start``, as a cancelled ``invoke`` does: its request is
+        withdrawn, or its container finishes it for nobody. Its ``on_done`` does not run, unless
+        the attempt had ended already and ``on_done`` was due on the loop's next turn."""
+        call.future.cancel()
+        self._abandon(call)
 
     def _answered(self, on_done: Callable[[Any, FaaSError | None], object], call: Attempt) -> None:
         """The future of an attempt begun with ``start`` is done: it has ended, or it is asked for again."""
