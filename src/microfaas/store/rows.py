@@ -28,6 +28,7 @@ __all__ = [
     "Damaged",
     "call_from_row",
     "call_params",
+    "pending_call_params",
     "deployment_from_row",
     "dump",
     "job_from_row",
@@ -87,6 +88,14 @@ def _damaged(table: str, key: str, row: sqlite3.Row, exc: Exception, *, function
 
 
 # -- calls ---------------------------------------------------------------------------------
+
+
+def pending_call_params(call: StoredCall) -> tuple[Any, ...] | None:
+    """The parameters of ``transactions.PUT_PENDING`` for ``call``; None when it does not fit
+    that statement (it is finished, or a batch job's task)."""
+    if call.state != "pending" or call.job_id is not None or call.index is not None:
+        return None
+    return (call.id, call.function, call.source, call.args, call.accepted_at, call.attempt, call.not_before)
 
 
 def call_params(call: StoredCall) -> tuple[Any, ...]:

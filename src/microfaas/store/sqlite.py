@@ -60,9 +60,10 @@ from .rows import (
     dump,
     job_from_row,
     letter_params,
+    pending_call_params,
 )
 from .schema import FileLock, check_header, migrate, store_error
-from .transactions import ATTEMPTED, FINISHED, PUT_CALL, PUT_LETTER, Statement, run_statements
+from .transactions import ATTEMPTED, FINISHED, PUT_CALL, PUT_LETTER, PUT_PENDING, Statement, run_statements
 
 __all__ = ["SqliteStore"]
 
@@ -274,7 +275,8 @@ class SqliteStore:
     # -- calls and batch jobs ----------------------------------------------------------------
 
     def put_call(self, call: StoredCall) -> Awaitable[None]:
-        return self._write((PUT_CALL, call_params(call)))
+        pending = pending_call_params(call)
+        return self._write((PUT_CALL, call_params(call)) if pending is None else (PUT_PENDING, pending))
 
     def call_attempted(self, call_id: str, attempt: int, not_before: float) -> Awaitable[None]:
         return self._write((ATTEMPTED, (attempt, not_before, call_id)))
