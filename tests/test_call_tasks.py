@@ -96,7 +96,8 @@ async def test_a_bug_in_a_call_task_fails_the_platform(monkeypatch: pytest.Monke
         raise Bug("a bug once the call ended")
 
     # In the task that retries a call, and in the callback that settles a first attempt (no task).
-    for target, name, replacement, function in (("deliverer", "deliver_after", broken, fails), ("durable", "finished", broken_ending, echo)):
+    cases = (("deliverer", "deliver_after", broken, fails), ("durable", "finished", broken_ending, echo))
+    for target, name, replacement, function in cases:
         with pytest.raises(BaseException) as caught:  # the platform's task group may wrap it
             async with app.run() as faas:
                 monkeypatch.setattr(getattr(faas._runtime, target), name, replacement)

@@ -118,14 +118,15 @@ class Delivery:
     started before the restart), ``not_before`` and ``first_attempt_at`` (wall clock).
     """
 
-    attempts_made = 0
-    not_before = 0.0
-    first_attempt_at: float | None = None
+    __slots__ = ("attempts_made", "first_attempt_at", "function", "invocation_id", "not_before", "source")
 
     def __init__(self, function: str, source: str, invocation_id: str) -> None:
         self.function = function
         self.source = source
         self.invocation_id = invocation_id
+        self.attempts_made = 0
+        self.not_before = 0.0
+        self.first_attempt_at: float | None = None
 
     def payload(self, attempt: int) -> bytes:
         """The pickled ``(args, kwargs)`` of attempt number ``attempt``.
@@ -162,6 +163,8 @@ class CallDelivery(Delivery):
     :param store: where the call is kept (None: it is not), to count its attempts there.
     """
 
+    __slots__ = ("blob", "event", "store")
+
     def __init__(
         self, function: str, source: str, invocation_id: str, blob: bytes, event: Any = None, *, store: Store | None = None
     ) -> None:
@@ -184,6 +187,8 @@ class CallDelivery(Delivery):
 class Undeliverable(Delivery):
     """An event that goes straight to the dead letters, never attempted: one that will not decode,
     or one a source no longer in the app left in the store."""
+
+    __slots__ = ("event",)
 
     def __init__(self, function: str, source: str, invocation_id: str, event: Any) -> None:
         super().__init__(function, source, invocation_id)

@@ -21,7 +21,6 @@ The hot path uses asyncio futures directly (one per attempt), for speed.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +62,7 @@ class Attempt:
         "future",
         "hook",
         "invocation_id",
+        "on_done",
         "started_at",
     )
 
@@ -81,6 +81,7 @@ class Attempt:
         self.blob = blob
         self.future: asyncio.Future[Outcome | FailRequest | InjectedTimeout]
         self.hook = hook  # ``Invoker.start``'s: runs when ``future`` is done (None: a task awaits it)
+        self.on_done: Callable[[Any, FaaSError | None], object] | None = None  # what ``hook`` tells the outcome
         self.cold_start = False
         self.container: Container | None = None
         self.deadlines: Deadlines | None = None  # its container's, once its timeout runs
@@ -136,6 +137,7 @@ class Invoker:
         cluster.call_started = self._queued_call_started
         cluster.deadline_passed = self._deadline_passed
         cluster.container_gone = self._container_gone
+        self._answered_hook = self._answered  # the hook of every attempt begun with ``start`` (one bound method)
 
     async def invoke(self, name: str, blob: bytes, invocation_id: str, attempt: int) -> Any:
         """Run one attempt of ``name`` with the pickled ``(args, kwargs)`` ``blob``; its value.
@@ -164,7 +166,7 @@ class Invoker:
 
         :raises FaaSError: it could not be requested (the platform was stopped).
         """
-        return self._begin(name, blob, invocation_id, attempt, functools.partial(self._answered, on_done))
+        return self._begin(name, blob, invocation_id, attempt, self._answered_hook, on_done)
 
     def withdraw(self, call: Attempt) -> None:
         """Give up an attempt begun with ``start``, as a cancelled ``invoke`` does: its request is
@@ -173,8 +175,10 @@ class Invoker:
         call.future.cancel()
         self._abandon(call)
 
-    def _answered(self, on_done: Callable[[Any, FaaSError | None], object], call: Attempt) -> None:
+    def _answered(self, call: Attempt) -> None:
         """The future of an attempt begun with ``start`` is done: it has ended, or it is asked for again."""
+        on_done = call.on_done
+        assert on_done is not None
         try:
             if not self._settled(call):
                 return
@@ -184,11 +188,20 @@ class Invoker:
             return
         on_done(value, None)
 
-    def _begin(self, name: str, blob: bytes, invocation_id: str, attempt: int, hook: Callable[[Attempt], object] | None = None) -> Attempt:
+    def _begin(
+        self,
+        name: str,
+        blob: bytes,
+        invocation_id: str,
+        attempt: int,
+        hook: Callable[[Attempt], object] | None = None,
+        on_done: Callable[[Any, FaaSError | None], object] | None = None,
+    ) -> Attempt:
         """Count the attempt and request a container for it."""
         self.stats[name].invocations += 1
         now = self.clock()
         call = Attempt(name, invocation_id, attempt, blob, now, hook)
+        call.on_done = on_done
         loop = self.cluster.loop
         call.future = loop.create_future() if hook is None else _EagerFuture(call, hook, loop=loop)
         self._request(call, now)

@@ -111,6 +111,7 @@ class Runtime:
         self._id_prefix = secrets.token_hex(3)
         self._in_flight = InFlight()
         self._call_tasks = CallTasks()
+        self._first_attempts: list[FirstAttempt] = []  # to begin on the loop's next turn
         self.running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
         self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
         self.recent_jobs: collections.OrderedDict[str, Any] = collections.OrderedDict()  # BatchJobs by id, newest last
@@ -291,12 +292,21 @@ class Runtime:
     def start_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
         """Run a call: a new one's first attempt from a loop callback on the loop's next turn
         (``firstattempt.py``), a resumed one in a task of its own (``calltasks.py``)."""
+        self.running_calls[call.id] = (call, delivery.source)
         if delivery.attempts_made:
             self._call_tasks.start(self.run_call(call, delivery, retries))
             return
         self._in_flight.started()
-        self.running_calls[call.id] = (call, delivery.source)
-        self.cluster.loop.call_soon(FirstAttempt(self, call, delivery, retries).begin)
+        first_attempts = self._first_attempts
+        if not first_attempts:
+            self.cluster.loop.call_soon(self._begin_first_attempts)
+        first_attempts.append(FirstAttempt(self, call, delivery, retries))
+
+    def _begin_first_attempts(self) -> None:
+        """Begin the first attempts of the calls started since the loop's last turn (one callback for them all)."""
+        first_attempts, self._first_attempts = self._first_attempts, []
+        for first_attempt in first_attempts:
+            first_attempt.begin()
 
     def retry_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries, error: FaaSError) -> None:
         """Go on in a task with a call whose first attempt (``FirstAttempt``) failed with ``error``."""

@@ -58,6 +58,7 @@ from .rows import (
     call_from_row,
     call_params,
     dump,
+    dump_outcome,
     job_from_row,
     letter_params,
     pending_call_params,
@@ -282,7 +283,7 @@ class SqliteStore:
         return self._write((ATTEMPTED, (attempt, not_before, call_id)))
 
     def call_finished(self, call_id: str, *, succeeded: bool, outcome: Any, finished_at: float) -> Awaitable[None]:
-        blob = dump(outcome, f"the outcome of call {call_id}")
+        blob = dump_outcome(call_id, outcome)
         return self._write((FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)), lazy=True)
 
     def put_job(self, job: StoredJob, tasks: Sequence[StoredCall]) -> Awaitable[None]:

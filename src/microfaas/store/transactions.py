@@ -30,7 +30,8 @@ _UPDATE_FROM: Final = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE ... FR
 PUT_CALL: Final = f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # A pending call of no batch job (a spawned one): PUT_CALL with its NULL columns left out (``rows.pending_call_params``).
 PUT_PENDING: Final = (
-    "INSERT OR REPLACE INTO calls (id, function, source, args, accepted_at, attempt, not_before, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')"
+    "INSERT OR REPLACE INTO calls (id, function, source, args, accepted_at, attempt, not_before, state) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')"
 )
 ATTEMPTED: Final = "UPDATE calls SET attempt = ?, not_before = ? WHERE id = ?"
 FINISHED: Final = "UPDATE calls SET state = ?, outcome = ?, finished_at = ? WHERE id = ? AND state = 'pending'"
