@@ -98,6 +98,8 @@ class _EagerFuture(asyncio.Future[Any]):
     so the hook runs on the loop's next turn, as a done callback would.
     """
 
+    __slots__ = ("_call", "_hook")
+
     def __init__(self, call: Attempt, hook: Callable[[Attempt], object], *, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
         self._call: Attempt | None = call
