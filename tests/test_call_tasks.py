@@ -50,6 +50,23 @@ async def test_cancel_a_call_running_in_its_container() -> None:
         assert await echo.invoke(3) == 3  # the platform keeps serving
 
 
+async def test_cancel_a_call_waiting_for_a_container_withdraws_it_and_it_never_runs() -> None:
+    one_at_a_time = mf.App("call_tasks_one")
+    slow = one_at_a_time.function(sleeps, name="slow", max_containers=1, timeout=10)
+    async with one_at_a_time.run() as faas:
+        running = await slow.spawn(0.3)
+        waiting = await slow.spawn(0.0)
+        await anyio.sleep(0.1)  # both attempts begun: the first runs, the second waits for the container
+        waiting.cancel()
+        with pytest.raises(mf.CallCancelled):
+            await waiting.result()
+        assert waiting.status == mf.CallStatus.CANCELLED
+        assert await running.result(timeout=5) == 0.3
+        await faas.drain(timeout=5)
+        started = faas.events(("cold_start", "warm_start"), function="slow")
+        assert [e.detail["invocation_id"] for e in started] == [running.id]  # the cancelled one never ran
+
+
 async def test_cancel_a_call_waiting_to_retry_ends_it_at_once() -> None:
     async with app.run() as faas:
         call = await fails.spawn(1)

@@ -1,6 +1,9 @@
 """CallTasks: the tasks that run spawned and mapped calls, one plain asyncio task each.
 
-Why not the platform's anyio task group. A call is the platform's busiest task: one
+A new call's first attempt needs no task (``firstattempt.py``); a call gets one here
+when that attempt failed and is to be retried, or when it resumes after a restart.
+
+Why not the platform's anyio task group. A call task can be the platform's busiest: one
 per ``spawn``, per ``map`` item. An anyio task (a handle, a cancel scope and an event
 around a wrapper coroutine) costs several times what an asyncio task does, which is
 much of what a spawned no-op costs. So calls run as plain asyncio tasks (DESIGN.md
@@ -13,7 +16,8 @@ stands for all of them there:
   cancels the call tasks, then waits for them (shielded) so that each settles its
   call before the store is closed. A task that has not taken its first step is left
   to take it (its call then fails at once, the platform being closed), because an
-  asyncio task cancelled before it starts never runs its ``finally``.
+  asyncio task cancelled before it starts never runs its ``finally``. Then the calls
+  whose first attempt is still out are settled too (``tend``'s ``settle_rest``).
 """
 
 from __future__ import annotations

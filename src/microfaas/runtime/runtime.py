@@ -2,8 +2,10 @@
 
 What it owns. One anyio task group for the platform's whole life, holding the
 cluster's tasks (container reply readers, node acquisitions, container starts, the
-keep-alive timer, the memory watch) and the event sources; spawned and mapped calls
-run as plain asyncio tasks that one task of that group tends (``calltasks.py``: an
+keep-alive timer, the memory watch) and the event sources. Spawned and mapped calls
+are not tasks of that group: a new call's first attempt runs from a loop callback with
+no task at all (``firstattempt.py``), and what follows a failed one (or a resumed call)
+runs in a plain asyncio task that one task of that group tends (``calltasks.py``: an
 anyio task per call cost more than a no-op call itself). Stopping
 stops intake, fails what is waiting, and stops every container and node (SIGTERM,
 grace, SIGKILL) inside a shielded scope.
