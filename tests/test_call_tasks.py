@@ -50,6 +50,23 @@ async def test_cancel_a_call_running_in_its_container() -> None:
         assert await echo.invoke(3) == 3  # the platform keeps serving
 
 
+async def test_cancel_a_call_waiting_for_a_container_withdraws_it_and_it_never_runs() -> None:
+    one_at_a_time = mf.App("call_tasks_one")
+    slow = one_at_a_time.function(sleeps, name="slow", max_containers=1, timeout=10)
+    async with one_at_a_time.run() as faas:
+        running = await slow.spawn(0.3)
+        waiting = await slow.spawn(0.0)
+        await anyio.sleep(0.1)  # both attempts begun: the first runs, the second waits for the container
+        waiting.cancel()
+        with pytest.raises(mf.CallCancelled):
+            await waiting.result()
+        assert waiting.status == mf.CallStatus.CANCELLED
+        assert await running.result(timeout=5) == 0.3
+        await faas.drain(timeout=5)
+        started = faas.events(("cold_start", "warm_start"), function="slow")
+        assert [e.detail["invocation_id"] for e in started] == [running.id]  # the cancelled one never ran
+
+
 async def test_cancel_a_call_waiting_to_retry_ends_it_at_once() -> None:
     async with app.run() as faas:
         call = await fails.spawn(1)
@@ -92,13 +109,19 @@ async def test_a_bug_in_a_call_task_fails_the_platform(monkeypatch: pytest.Monke
     async def broken(*args: object, **kwargs: object) -> None:
         raise Bug("a bug in the delivery loop")
 
-    with pytest.raises(BaseException) as caught:  # the platform's task group may wrap it
-        async with app.run() as faas:
-            monkeypatch.setattr(faas._runtime.deliverer, "deliver", broken)
-            await echo.spawn(1)
-            await anyio.sleep(5)  # cancelled by the failure well before this ends
-    errors = caught.value.exceptions if isinstance(caught.value, BaseExceptionGroup) else (caught.value,)
-    assert any(isinstance(e, Bug) for e in errors), repr(caught.value)
+    def broken_ending(*args: object, **kwargs: object) -> None:
+        raise Bug("a bug once the call ended")
+
+    # In the task that retries a call, and in the callback that settles a first attempt (no task).
+    cases = (("deliverer", "deliver_after", broken, fails), ("durable", "finished", broken_ending, echo))
+    for target, name, replacement, function in cases:
+        with pytest.raises(BaseException) as caught:  # the platform's task group may wrap it
+            async with app.run() as faas:
+                monkeypatch.setattr(getattr(faas._runtime, target), name, replacement)
+                await function.spawn(1)
+                await anyio.sleep(5)  # cancelled by the failure well before this ends
+        errors = caught.value.exceptions if isinstance(caught.value, BaseExceptionGroup) else (caught.value,)
+        assert any(isinstance(e, Bug) for e in errors), repr(caught.value)
 
 
 async def test_waiters_of_a_call_wait_each_on_their_own_and_a_finished_call_answers_at_once() -> None:

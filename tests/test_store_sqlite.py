@@ -21,7 +21,7 @@ from microfaas.events import Message, Record
 from microfaas.store import SqliteStore, StoredCall, StoredJob, schema
 from microfaas.store import sqlite as sqlite_store
 from microfaas.store import transactions as transactions_module
-from microfaas.store.rows import call_params
+from microfaas.store.rows import call_params, pending_call_params
 from microfaas.store.schema import migrate
 
 ARGS = pickle.dumps(((1,), {}))
@@ -313,21 +313,26 @@ def test_outcomes_nobody_waits_for_share_a_commit_across_loop_iterations(tmp_pat
 
 
 def test_accepted_and_finished_calls_written_many_rows_at_a_time_as_one_by_one(tmp_path: Path) -> None:
-    rows = [call_params(call(f"c{i % 90}", accepted_at=float(i))) for i in range(120)]  # repeated ids: the last insert wins
+    calls = [call(f"c{i % 90}", accepted_at=float(i)) for i in range(120)]  # repeated ids: the last insert wins
+    rows = [call_params(c) for c in calls]
     finished = [("succeeded" if i % 3 else "failed", pickle.dumps(i), float(i), f"c{i % 95}") for i in range(130)]  # the first wins
+    done = [(transactions_module.FINISHED, f) for f in finished]
+    many_at_once = {
+        "every column": [(transactions_module.PUT_CALL, r) for r in rows] + done,
+        "a spawned call's columns": [(transactions_module.PUT_PENDING, pending_call_params(c)) for c in calls] + done,
+    }
     results = []
-    for many_at_once in (False, True):
-        with contextlib.closing(sqlite3.connect(tmp_path / f"{many_at_once}.db", isolation_level=None)) as conn:
+    for name in ("one by one", *many_at_once):
+        with contextlib.closing(sqlite3.connect(tmp_path / f"{name}.db", isolation_level=None)) as conn:
             migrate(conn, str(tmp_path))
-            if many_at_once:
-                transactions_module.run_statements(
-                    conn, [(transactions_module.PUT_CALL, r) for r in rows] + [(transactions_module.FINISHED, f) for f in finished]
-                )
+            if name in many_at_once:
+                transactions_module.run_statements(conn, many_at_once[name])  # type: ignore[arg-type]
             else:
                 conn.executemany(transactions_module.PUT_CALL, rows)
                 conn.executemany(transactions_module.FINISHED, finished)
-            results.append(conn.execute("SELECT rowid, * FROM calls ORDER BY rowid").fetchall())
-    assert results[0] == results[1] and len(results[0]) == 90
+            results.append(conn.execute("SELECT rowid, *, typeof(args), typeof(outcome) FROM calls ORDER BY rowid").fetchall())
+    assert results[0] == results[1] == results[2] and len(results[0]) == 90
+    assert {row[-2:] for row in results[0]} == {("blob", "blob")}  # pickles are stored as blobs either way
 
 
 def test_damaged_rows_become_dead_letters_with_the_reason_and_the_rest_loads(tmp_path: Path) -> None:

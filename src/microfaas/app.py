@@ -67,7 +67,7 @@ class FunctionHandle(Generic[P, R]):
 
     async def spawn(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
         """Start an invocation in the background; the returned ``Call`` has its result."""
-        return await self.app._running().spawn(self.name, *args, **kwargs)
+        return await self.app._running()._spawn(self.name, args, kwargs)
 
     def map(self, *iterables: Iterable[Any], return_exceptions: bool = False, max_in_flight: int | None = None) -> AsyncIterator[R]:
         """Invoke once per item (zipping several iterables, like ``map``); yield results in input order.

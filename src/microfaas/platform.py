@@ -8,7 +8,7 @@ What one call goes through is told in ``runtime/runtime.py`` and docs/architectu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -160,6 +160,11 @@ class Platform:
         :raises StoreError: the call could not be stored; it was not accepted.
         """
         return await self._runtime.spawn(name, args, kwargs)
+
+    def _spawn(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Coroutine[Any, Any, Call[Any]]:
+        """``spawn`` as ``FunctionHandle.spawn`` awaits it: the runtime's coroutine itself, one frame
+        fewer to keep while the call is being stored (a burst of spawns keeps thousands)."""
+        return self._runtime.spawn(name, args, kwargs)
 
     def call(self, call_id: str) -> Call[Any]:
         """The spawned call ``call_id`` (``call.id``): running, finished, or made before a restart on this store.

@@ -1,8 +1,9 @@
 """Call: a spawned invocation running in the background.
 
-The platform owns the task that runs it (an asyncio task: ``calltasks.py``); the
-``Call`` is the caller's view of it: ``id``, ``status``, ``await result()`` and
-``cancel()``, which cancels that task (``Runtime.run_call`` turns it into the
+The platform runs it: its first attempt from a loop callback (``firstattempt.py``),
+what follows a failed one in an asyncio task (``calltasks.py``); the ``Call`` is the
+caller's view of it: ``id``, ``status``, ``await result()`` and ``cancel()``, which
+withdraws that attempt or cancels that task (``Runtime.run_call`` turns it into the
 call's ``CallCancelled``).
 
 A call is made for every ``spawn`` and ``map`` item, so it is kept cheap (the hot
@@ -16,13 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
 __all__ = ["Call", "CallStatus"]
 
 R = TypeVar("R")
+
+
+class Cancellable(Protocol):
+    """What runs a call for the platform: its task, or its first attempt made with no task (``FirstAttempt``)."""
+
+    def cancel(self) -> Any: ...
 
 
 class CallStatus(enum.StrEnum):
@@ -46,9 +53,9 @@ class Call(Generic[R]):
         self._waiters: list[asyncio.Future[None]] | None = None  # callers waiting for it to finish
         self._value: R | None = None
         self._error: BaseException | None = None
-        # The platform's task running it (set by that task: ``Runtime.run_call``), and whether
-        # ``cancel()`` was called; a task that sees the flag before it starts never attempts the call.
-        self._task: asyncio.Task[Any] | None = None
+        # What runs it (its ``FirstAttempt``, or the task of ``Runtime.run_call``, set by that task),
+        # and whether ``cancel()`` was called; a task that sees the flag before it starts never attempts the call.
+        self._task: Cancellable | None = None
         self._cancel_requested = False
 
     def __repr__(self) -> str:

@@ -1,6 +1,9 @@
 """CallTasks: the tasks that run spawned and mapped calls, one plain asyncio task each.
 
-Why not the platform's anyio task group. A call is the platform's busiest task: one
+A new call's first attempt needs no task (``firstattempt.py``); a call gets one here
+when that attempt failed and is to be retried, or when it resumes after a restart.
+
+Why not the platform's anyio task group. A call task can be the platform's busiest: one
 per ``spawn``, per ``map`` item. An anyio task (a handle, a cancel scope and an event
 around a wrapper coroutine) costs several times what an asyncio task does, which is
 much of what a spawned no-op costs. So calls run as plain asyncio tasks (DESIGN.md
@@ -13,14 +16,15 @@ stands for all of them there:
   cancels the call tasks, then waits for them (shielded) so that each settles its
   call before the store is closed. A task that has not taken its first step is left
   to take it (its call then fails at once, the platform being closed), because an
-  asyncio task cancelled before it starts never runs its ``finally``.
+  asyncio task cancelled before it starts never runs its ``finally``. Then the calls
+  whose first attempt is still out are settled too (``tend``'s ``settle_rest``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -57,12 +61,18 @@ class CallTasks:
         if task.cancelled():
             return
         error = task.exception()
-        if error is not None and self._failed is not None and not self._failed.done():
+        if error is not None:
+            self.failed(error)
+
+    def failed(self, error: BaseException) -> None:
+        """A call failed unexpectedly (a bug), in a task or out of one: ``tend`` raises ``error``."""
+        if self._failed is not None and not self._failed.done():
             self._failed.set_result(error)
 
-    async def tend(self) -> None:
+    async def tend(self, settle_rest: Callable[[], None] | None = None) -> None:
         """Stand for the call tasks in the platform's task group, until cancelled (see the module's doc).
 
+        :param settle_rest: run once the tasks have ended, to settle the calls run without one.
         :raises BaseException: what a call task failed with unexpectedly.
         """
         self._on_loop()
@@ -72,6 +82,8 @@ class CallTasks:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop_all()
+            if settle_rest is not None:
+                settle_rest()
 
     async def _stop_all(self) -> None:
         cancelled: set[asyncio.Task[None]] = set()

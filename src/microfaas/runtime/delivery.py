@@ -118,14 +118,15 @@ class Delivery:
     started before the restart), ``not_before`` and ``first_attempt_at`` (wall clock).
     """
 
-    attempts_made = 0
-    not_before = 0.0
-    first_attempt_at: float | None = None
+    __slots__ = ("attempts_made", "first_attempt_at", "function", "invocation_id", "not_before", "source")
 
     def __init__(self, function: str, source: str, invocation_id: str) -> None:
         self.function = function
         self.source = source
         self.invocation_id = invocation_id
+        self.attempts_made = 0
+        self.not_before = 0.0
+        self.first_attempt_at: float | None = None
 
     def payload(self, attempt: int) -> bytes:
         """The pickled ``(args, kwargs)`` of attempt number ``attempt``.
@@ -162,6 +163,8 @@ class CallDelivery(Delivery):
     :param store: where the call is kept (None: it is not), to count its attempts there.
     """
 
+    __slots__ = ("blob", "event", "store")
+
     def __init__(
         self, function: str, source: str, invocation_id: str, blob: bytes, event: Any = None, *, store: Store | None = None
     ) -> None:
@@ -184,6 +187,8 @@ class CallDelivery(Delivery):
 class Undeliverable(Delivery):
     """An event that goes straight to the dead letters, never attempted: one that will not decode,
     or one a source no longer in the app left in the store."""
+
+    __slots__ = ("event",)
 
     def __init__(self, function: str, source: str, invocation_id: str, event: Any) -> None:
         super().__init__(function, source, invocation_id)
@@ -235,18 +240,28 @@ class Deliverer:
             if delivery.not_before > time.time():
                 await anyio.sleep(delivery.not_before - time.time())
             delivery.attempted(attempt + 1, time.time())
+        return await self._attempts(delivery, retries, attempt, first, None)
+
+    async def deliver_after(self, delivery: Delivery, retries: Retries, error: FaaSError) -> Delivered:
+        """Go on with ``delivery`` after its first attempt, made elsewhere (``Invoker.start``),
+        failed with ``error``: retried or dead-lettered as ``deliver`` would have."""
+        first = time.time() if delivery.first_attempt_at is None else delivery.first_attempt_at
+        return await self._attempts(delivery, retries, 1, first, error)
+
+    async def _attempts(self, delivery: Delivery, retries: Retries, attempt: int, first: float, error: FaaSError | None) -> Delivered:
+        """The loop: ``attempt`` attempts made so far, the last of which failed with ``error`` (None: attempt now)."""
         while True:
-            attempt += 1
-            try:
-                value = await self._invoke(delivery.function, delivery.payload(attempt), delivery.invocation_id, attempt)
-            except FaaSError as exc:
-                error: FaaSError | None = exc
-            else:
-                error = delivery.settle(value)
-                if error is None:
-                    delivery.settled()
-                    return Delivered(value, None, attempt)
-            assert error is not None
+            if error is None:
+                attempt += 1
+                try:
+                    value = await self._invoke(delivery.function, delivery.payload(attempt), delivery.invocation_id, attempt)
+                except FaaSError as exc:
+                    error = exc
+                else:
+                    error = delivery.settle(value)
+                    if error is None:
+                        delivery.settled()
+                        return Delivered(value, None, attempt)
             if isinstance(error, PlatformClosed):
                 return Delivered(None, error, attempt)  # interrupted: it stays accepted, for the next run
             parts = delivery.split()
@@ -267,6 +282,7 @@ class Deliverer:
                 delay=delay,
             )
             await anyio.sleep(delay)
+            error = None
         self.dead_letter(delivery, error, attempts=attempt, first_attempt_at=first)
         delivery.settled()
         return Delivered(None, error, attempt)

@@ -107,8 +107,7 @@ class Durable:
             self.finished(call, delivery)
             return
         assert spec is not None
-        runtime.running_calls[row.id] = (call, row.source)  # found by id from now on, not once its task runs
-        runtime.start_call(call, delivery, spec.retries)
+        runtime.start_call(call, delivery, spec.retries)  # found by id (``running_calls``) from now on
 
     def finished(self, call: Call[Any], delivery: CallDelivery) -> None:
         """``call`` has ended: write down its outcome (unless the platform's stop cut it short) and remember it."""

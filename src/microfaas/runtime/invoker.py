@@ -21,7 +21,6 @@ The hot path uses asyncio futures directly (one per attempt), for speed.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +62,7 @@ class Attempt:
         "future",
         "hook",
         "invocation_id",
+        "on_done",
         "started_at",
     )
 
@@ -81,6 +81,7 @@ class Attempt:
         self.blob = blob
         self.future: asyncio.Future[Outcome | FailRequest | InjectedTimeout]
         self.hook = hook  # ``Invoker.start``'s: runs when ``future`` is done (None: a task awaits it)
+        self.on_done: Callable[[Any, FaaSError | None], object] | None = None  # what ``hook`` tells the outcome
         self.cold_start = False
         self.container: Container | None = None
         self.deadlines: Deadlines | None = None  # its container's, once its timeout runs
@@ -96,6 +97,8 @@ class _EagerFuture(asyncio.Future[Any]):
     refusal, a container's death, the stop) is set from inside a request or a stop,
     so the hook runs on the loop's next turn, as a done callback would.
     """
+
+    __slots__ = ("_call", "_hook")
 
     def __init__(self, call: Attempt, hook: Callable[[Attempt], object], *, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
@@ -136,6 +139,7 @@ class Invoker:
         cluster.call_started = self._queued_call_started
         cluster.deadline_passed = self._deadline_passed
         cluster.container_gone = self._container_gone
+        self._answered_hook = self._answered  # the hook of every attempt begun with ``start`` (one bound method)
 
     async def invoke(self, name: str, blob: bytes, invocation_id: str, attempt: int) -> Any:
         """Run one attempt of ``name`` with the pickled ``(args, kwargs)`` ``blob``; its value.
@@ -152,21 +156,31 @@ class Invoker:
             if self._settled(call):
                 return self._finish(call)
 
-    def start(self, name: str, blob: bytes, invocation_id: str, attempt: int, on_done: Callable[[Any, FaaSError | None], object]) -> None:
+    def start(
+        self, name: str, blob: bytes, invocation_id: str, attempt: int, on_done: Callable[[Any, FaaSError | None], object]
+    ) -> Attempt:
         """Start one attempt as ``invoke`` does, with no task: ``on_done(value, None)`` or
-        ``on_done(None, error)`` runs on the loop when it ends.
+        ``on_done(None, error)`` runs on the loop when it ends, unless it is withdrawn first.
 
         The request and the core's decision happen now, and a call that gets a free
         container is sent now. When the container answers, ``on_done`` runs right in the
-        callback that read the answer (``_EagerFuture``). A started attempt cannot be
-        withdrawn: it ends with its outcome, or when the platform stops.
+        callback that read the answer (``_EagerFuture``).
 
         :raises FaaSError: it could not be requested (the platform was stopped).
         """
-        self._begin(name, blob, invocation_id, attempt, functools.partial(self._answered, on_done))
+        return self._begin(name, blob, invocation_id, attempt, self._answered_hook, on_done)
 
-    def _answered(self, on_done: Callable[[Any, FaaSError | None], object], call: Attempt) -> None:
+    def withdraw(self, call: Attempt) -> None:
+        """Give up an attempt begun with ``start``, as a cancelled ``invoke`` does: its request is
+        withdrawn, or its container finishes it for nobody. Its ``on_done`` does not run, unless
+        the attempt had ended already and ``on_done`` was due on the loop's next turn."""
+        call.future.cancel()
+        self._abandon(call)
+
+    def _answered(self, call: Attempt) -> None:
         """The future of an attempt begun with ``start`` is done: it has ended, or it is asked for again."""
+        on_done = call.on_done
+        assert on_done is not None
         try:
             if not self._settled(call):
                 return
@@ -176,11 +190,20 @@ class Invoker:
             return
         on_done(value, None)
 
-    def _begin(self, name: str, blob: bytes, invocation_id: str, attempt: int, hook: Callable[[Attempt], object] | None = None) -> Attempt:
+    def _begin(
+        self,
+        name: str,
+        blob: bytes,
+        invocation_id: str,
+        attempt: int,
+        hook: Callable[[Attempt], object] | None = None,
+        on_done: Callable[[Any, FaaSError | None], object] | None = None,
+    ) -> Attempt:
         """Count the attempt and request a container for it."""
         self.stats[name].invocations += 1
         now = self.clock()
         call = Attempt(name, invocation_id, attempt, blob, now, hook)
+        call.on_done = on_done
         loop = self.cluster.loop
         call.future = loop.create_future() if hook is None else _EagerFuture(call, hook, loop=loop)
         self._request(call, now)

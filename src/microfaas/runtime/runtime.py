@@ -2,8 +2,10 @@
 
 What it owns. One anyio task group for the platform's whole life, holding the
 cluster's tasks (container reply readers, node acquisitions, container starts, the
-keep-alive timer, the memory watch) and the event sources; spawned and mapped calls
-run as plain asyncio tasks that one task of that group tends (``calltasks.py``: an
+keep-alive timer, the memory watch) and the event sources. Spawned and mapped calls
+are not tasks of that group: a new call's first attempt runs from a loop callback with
+no task at all (``firstattempt.py``), and what follows a failed one (or a resumed call)
+runs in a plain asyncio task that one task of that group tends (``calltasks.py``: an
 anyio task per call cost more than a no-op call itself). Stopping
 stops intake, fails what is waiting, and stops every container and node (SIGTERM,
 grace, SIGKILL) inside a shielded scope.
@@ -46,6 +48,7 @@ from .deploy import Deployer
 from .durable import RECENT_CALLS, Durable
 from .eventlog import LifecycleLog
 from .faults import INJECTED, FaultPlan
+from .firstattempt import FirstAttempt
 from .invoker import Invoker
 from .shipping import Shipper, dump_args
 from .stats import ContainerInfo, FunctionStats, PlatformUsage, StatsRecorder, container_info
@@ -110,6 +113,7 @@ class Runtime:
         self._id_prefix = secrets.token_hex(3)
         self._in_flight = InFlight()
         self._call_tasks = CallTasks()
+        self._first_attempts: list[FirstAttempt] = []  # to begin on the loop's next turn
         self.running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
         self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
         self.recent_jobs: collections.OrderedDict[str, Any] = collections.OrderedDict()  # BatchJobs by id, newest last
@@ -155,7 +159,7 @@ class Runtime:
         self._store_open = True
         self.state = "running"
         self.invoker.open = True
-        tg.start_soon(self._call_tasks.tend)
+        tg.start_soon(self._call_tasks.tend, self._settle_first_attempts)
         await self.cluster.start(tg)
         await self.deployer.restore(self.snapshot)
         self.durable.resume(self.snapshot)
@@ -288,8 +292,31 @@ class Runtime:
         self.lifecycle.emit(kind, function=function, **detail)
 
     def start_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
-        """Run ``run_call`` in a task of its own (a plain asyncio task: see ``calltasks.py``)."""
-        self._call_tasks.start(self.run_call(call, delivery, retries))
+        """Run a call: a new one's first attempt from a loop callback on the loop's next turn
+        (``firstattempt.py``), a resumed one in a task of its own (``calltasks.py``)."""
+        self.running_calls[call.id] = (call, delivery.source)
+        if delivery.attempts_made:
+            self._call_tasks.start(self.run_call(call, delivery, retries))
+            return
+        self._in_flight.started()
+        first_attempts = self._first_attempts
+        if not first_attempts:
+            self.cluster.loop.call_soon(self._begin_first_attempts)
+        first_attempts.append(FirstAttempt(self, call, delivery, retries))
+
+    def _begin_first_attempts(self) -> None:
+        """Begin the first attempts of the calls started since the loop's last turn (one callback for them all)."""
+        first_attempts, self._first_attempts = self._first_attempts, []
+        for first_attempt in first_attempts:
+            first_attempt.begin()
+
+    def retry_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries, error: FaaSError) -> None:
+        """Go on in a task with a call whose first attempt (``FirstAttempt``) failed with ``error``."""
+        self._call_tasks.start(self._run_call(call, delivery, retries, error))
+
+    def call_failed_unexpectedly(self, error: BaseException) -> None:
+        """A bug while running a call outside a task: it fails the platform, as one in a call task does."""
+        self._call_tasks.failed(error)
 
     async def run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
         """Deliver a call and settle ``call`` with the outcome: retried and dead-lettered per
@@ -300,10 +327,15 @@ class Runtime:
         """
         self._in_flight.started()
         self.running_calls[call.id] = (call, delivery.source)
+        await self._run_call(call, delivery, retries, None)
+
+    async def _run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None, failed: FaaSError | None) -> None:
+        """``run_call``'s task, counted in flight already; ``failed``: how its first attempt, made
+        with no task (``FirstAttempt``), failed (None: none was made)."""
         call._task = task = asyncio.current_task()
         try:
             if call._cancel_requested:
-                pass  # cancelled before its task started: settled below, never attempted
+                pass  # cancelled before its task started: settled below, never attempted (again)
             elif retries is None:
                 call.attempts = 1
                 try:
@@ -311,7 +343,10 @@ class Runtime:
                 except FaaSError as exc:
                     call._fail(exc)
             else:
-                outcome = await self.deliverer.deliver(delivery, retries)
+                if failed is None:
+                    outcome = await self.deliverer.deliver(delivery, retries)
+                else:
+                    outcome = await self.deliverer.deliver_after(delivery, retries, failed)
                 call.attempts = outcome.attempts
                 if outcome.error is None:
                     call._succeed(outcome.value)
@@ -326,14 +361,27 @@ class Runtime:
             call._task = None
             if not call.done():
                 if self.state == "closed":
-                    # Cut short by the stop: not dead-lettered; a stored call resumes on the next run.
-                    call._fail(PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished"))
+                    call._fail(self._cut_short(call))
                 else:
                     call._fail(CallCancelled(f"call {call.id} of {call.function_name} was cancelled"), cancelled=True)
-            self.running_calls.pop(call.id, None)
-            if retries is not None:
-                self.durable.finished(call, delivery)
-            self._in_flight.finished()
+            self.call_ended(call, delivery, retries)
+
+    def call_ended(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
+        """``call`` has been settled: it is no longer running; a spawned one's outcome goes to the store."""
+        self.running_calls.pop(call.id, None)
+        if retries is not None:
+            self.durable.finished(call, delivery)
+        self._in_flight.finished()
+
+    def _cut_short(self, call: Call[Any]) -> PlatformClosed:
+        # Not dead-lettered; a stored call resumes on the next run.
+        return PlatformClosed(f"app {self._app_name!r} stopped before call {call.id} of {call.function_name} finished")
+
+    def _settle_first_attempts(self) -> None:
+        """At the stop, once the call tasks have ended: settle the calls whose first attempt is still out."""
+        for call, _ in list(self.running_calls.values()):
+            if isinstance(call._task, FirstAttempt):
+                call._task.end(self._cut_short(call))
 
     # -- the API ---------------------------------------------------------------------------------
 

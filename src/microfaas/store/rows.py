@@ -30,11 +30,13 @@ __all__ = [
     "call_params",
     "deployment_from_row",
     "dump",
+    "dump_outcome",
     "job_from_row",
     "letter_from_row",
     "letter_params",
     "load",
     "message_from_row",
+    "pending_call_params",
     "record_from_row",
 ]
 
@@ -60,6 +62,14 @@ def dump(value: Any, what: str) -> bytes:
         return payload.dumps(value)
     except Exception as exc:
         raise SerializationError(f"{what} could not be pickled for the store: {exc!r}") from exc
+
+
+def dump_outcome(call_id: str, outcome: Any) -> bytes:
+    """``dump`` for the outcome of call ``call_id`` (what the message names is made only when it fails)."""
+    try:
+        return payload.dumps(outcome)
+    except Exception as exc:
+        raise SerializationError(f"the outcome of call {call_id} could not be pickled for the store: {exc!r}") from exc
 
 
 def load(blob: Any) -> Any:
@@ -89,8 +99,16 @@ def _damaged(table: str, key: str, row: sqlite3.Row, exc: Exception, *, function
 # -- calls ---------------------------------------------------------------------------------
 
 
+def pending_call_params(call: StoredCall) -> tuple[Any, ...] | None:
+    """The parameters of ``transactions.PUT_PENDING`` for ``call``; None when it does not fit
+    that statement (it is finished, or a batch job's task)."""
+    if call.state != "pending" or call.job_id is not None or call.index is not None:
+        return None
+    return (call.id, call.function, call.source, call.args, call.accepted_at, call.attempt, call.not_before)
+
+
 def call_params(call: StoredCall) -> tuple[Any, ...]:
-    outcome = None if call.state == "pending" else dump(call.outcome, f"the outcome of call {call.id}")
+    outcome = None if call.state == "pending" else dump_outcome(call.id, call.outcome)
     fields = (call.id, call.function, call.source, call.args, call.accepted_at, call.attempt, call.not_before, call.job_id, call.index)
     return (*fields, call.state, outcome, call.finished_at)
 

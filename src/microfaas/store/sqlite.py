@@ -58,11 +58,13 @@ from .rows import (
     call_from_row,
     call_params,
     dump,
+    dump_outcome,
     job_from_row,
     letter_params,
+    pending_call_params,
 )
 from .schema import FileLock, check_header, migrate, store_error
-from .transactions import ATTEMPTED, FINISHED, PUT_CALL, PUT_LETTER, Statement, run_statements
+from .transactions import ATTEMPTED, FINISHED, PUT_CALL, PUT_LETTER, PUT_PENDING, Statement, run_statements
 
 __all__ = ["SqliteStore"]
 
@@ -274,13 +276,14 @@ class SqliteStore:
     # -- calls and batch jobs ----------------------------------------------------------------
 
     def put_call(self, call: StoredCall) -> Awaitable[None]:
-        return self._write((PUT_CALL, call_params(call)))
+        pending = pending_call_params(call)
+        return self._write((PUT_CALL, call_params(call)) if pending is None else (PUT_PENDING, pending))
 
     def call_attempted(self, call_id: str, attempt: int, not_before: float) -> Awaitable[None]:
         return self._write((ATTEMPTED, (attempt, not_before, call_id)))
 
     def call_finished(self, call_id: str, *, succeeded: bool, outcome: Any, finished_at: float) -> Awaitable[None]:
-        blob = dump(outcome, f"the outcome of call {call_id}")
+        blob = dump_outcome(call_id, outcome)
         return self._write((FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)), lazy=True)
 
     def put_job(self, job: StoredJob, tasks: Sequence[StoredCall]) -> Awaitable[None]:
