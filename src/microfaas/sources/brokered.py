@@ -146,15 +146,20 @@ class MessagePump:
     :param key: the source's key (``"rabbitmq:orders"``), as dead letters name it.
     :param trigger: the connector's settings (``batch_size``, ``batch_window``, ``max_retries``, ``max_concurrency``).
     :param buffer: inbound messages held before the pump takes them (the broker's prefetch bounds it too).
+    :param workers: deliveries in flight at once when the trigger sets no ``max_concurrency``.
     """
 
-    def __init__(self, function: str, key: str, trigger: Any, buffer: int) -> None:
+    def __init__(self, function: str, key: str, trigger: Any, buffer: int, workers: int) -> None:
         self.function = function
         self.key = key
         self.trigger = trigger
         self._send, self._receive = anyio.create_memory_object_stream[Inbound](buffer)
         self.hand: list[Inbound] = []  # taken for the next batch, not yet handed to a delivery
         self.in_delivery = 0
+        self.workers = workers
+        self._workers = 0  # running now
+        self._max_workers = workers
+        self._freed: asyncio.Future[None] | None = None  # set when a worker goes idle while serve waits for one
 
     async def accept(self, runtime: SourceRuntime, inbound: Inbound) -> None:
         """Take ``inbound`` (waits while the buffer is full); it counts in flight until acknowledged."""
@@ -186,23 +191,36 @@ class MessagePump:
 
         # A delivery runs in a worker task; a worker that finished one waits for the next batch, so a
         # task is started only when every worker is busy (starting one costs more than a hand-over,
-        # which is a bare asyncio future: this is the pump's hot path).
+        # which is a bare asyncio future: this is the pump's hot path), and only up to ``workers``
+        # (or max_concurrency): a broker that sends past its in-flight window (mosquitto does, once
+        # acknowledgements flow) has the rest wait in the buffer for a worker, not a task each.
+        self._max_workers = limit if limit is not None else self.workers
+        loop = asyncio.get_running_loop()
         idle: collections.deque[asyncio.Future[list[Inbound]]] = collections.deque()
         async with anyio.create_task_group() as tg:
             while True:
                 # A free slot first, then the batch: what arrives while every slot is busy fills the next batch.
                 if limiter is not None:
                     await limiter.acquire()
+                while not (self._waiting(idle) or self._workers < self._max_workers):
+                    self._freed = loop.create_future()
+                    await self._freed
                 self.hand = []
                 batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
                 self.in_delivery += len(batch)
                 self.hand = []
-                while idle and idle[0].done():
-                    idle.popleft()  # its worker was cancelled and has not yet taken itself off
-                if idle:
+                if self._waiting(idle):
                     idle.popleft().set_result(batch)
                 else:
+                    self._workers += 1
                     tg.start_soon(self._worker, runtime, batch, retries, limiter, idle)
+
+    @staticmethod
+    def _waiting(idle: collections.deque[asyncio.Future[list[Inbound]]]) -> bool:
+        """Whether a worker waits for a batch (first in ``idle``)."""
+        while idle and idle[0].done():
+            idle.popleft()  # its worker was cancelled and has not yet taken itself off
+        return bool(idle)
 
     async def _worker(
         self,
@@ -213,18 +231,25 @@ class MessagePump:
         idle: collections.deque[asyncio.Future[list[Inbound]]],
     ) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            await self._deliver(runtime, batch, retries, limiter)
-            waiting = loop.create_future()
-            idle.append(waiting)
-            try:
-                batch = await waiting
-            except BaseException:  # cancelled (the platform stops): take no more, and let go of one handed over
-                if waiting in idle:
-                    idle.remove(waiting)
-                elif waiting.done() and not waiting.cancelled():
-                    self._let_go(runtime, waiting.result(), limiter)
-                raise
+        try:
+            while True:
+                await self._deliver(runtime, batch, retries, limiter)
+                waiting = loop.create_future()
+                idle.append(waiting)
+                if self._freed is not None and not self._freed.done():
+                    self._freed.set_result(None)
+                try:
+                    batch = await waiting
+                except BaseException:  # cancelled (the platform stops): take no more, and let go of one handed over
+                    if waiting in idle:
+                        idle.remove(waiting)
+                    elif waiting.done() and not waiting.cancelled():
+                        self._let_go(runtime, waiting.result(), limiter)
+                    raise
+        finally:
+            self._workers -= 1
+            if self._freed is not None and not self._freed.done():
+                self._freed.set_result(None)
 
     async def _deliver(self, runtime: SourceRuntime, batch: list[Inbound], retries: Retries, limiter: anyio.Semaphore | None) -> None:
         messages = [inbound.message for inbound in batch]
@@ -260,16 +285,18 @@ class BrokerSource(Generic[Link]):
     :param key: the source's key, unique per platform (``"rabbitmq:orders:on_order"``).
     :param what: the connector as messages name it (``"RabbitMQ queue 'orders'"``).
     :param url: the broker's address (its password is hidden wherever it is shown).
+    :param buffer: the pump's buffer (``MessagePump``).
+    :param workers: deliveries in flight at once without ``max_concurrency`` (None: ``buffer``).
     """
 
-    def __init__(self, trigger: Any, function: str, *, key: str, what: str, url: str, buffer: int) -> None:
+    def __init__(self, trigger: Any, function: str, *, key: str, what: str, url: str, buffer: int, workers: int | None = None) -> None:
         self.trigger = trigger
         self.function = function
         self.key = key
         self.what = what
         self.url = url
         self.address = redacted(url)
-        self.pump = MessagePump(function, key, trigger, buffer=buffer)
+        self.pump = MessagePump(function, key, trigger, buffer=buffer, workers=buffer if workers is None else workers)
         self._link: Link | None = None
 
     def __repr__(self) -> str:

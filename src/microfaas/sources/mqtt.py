@@ -50,6 +50,9 @@ __all__ = ["MQTT", "MQTTSource"]
 DEFAULT_PORT: Final = 1883
 # Messages the pump buffers; for QoS 1 and 2 the broker's in-flight window bounds them first.
 BUFFER: Final = 1000
+# Deliveries in flight at once without max_concurrency. mosquitto 2.0 keeps to its in-flight window
+# (max_inflight_messages) only until acknowledgements flow, then sends what the session holds.
+WINDOW: Final = 100
 _QOS: Final = ("0", "1", "2")
 
 
@@ -157,6 +160,7 @@ class MQTTSource(BrokerSource[Any]):
             what=f"MQTT topic {topics!r}",
             url=trigger.url,
             buffer=BUFFER,
+            workers=WINDOW,
         )
         self.trigger: MQTT = trigger
         self._client_id = trigger.client_id

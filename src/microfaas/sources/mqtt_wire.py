@@ -95,6 +95,7 @@ class SocketReads:
             data = b""
         try:
             if not data:
+                self.rest = bytearray()
                 paho.loop_read()  # paho meets the end (or the error) itself, and closes the connection
                 return
             paho._last_bytes_received = time.monotonic()
