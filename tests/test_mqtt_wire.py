@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import socket
 import struct
 from collections.abc import Iterator
@@ -19,9 +20,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("paho.mqtt.client")
 
-from paho.mqtt.client import MQTTProtocolVersion  # noqa: E402
+from paho.mqtt.client import MQTTProtocolVersion
 
-from microfaas.sources.mqtt_wire import Publish, SocketReads, SocketWrites  # noqa: E402
+from microfaas.sources.mqtt_wire import Publish, SocketReads, SocketWrites
 
 pytestmark = pytest.mark.anyio
 
@@ -129,7 +130,7 @@ async def test_every_packet_is_read_in_order_whatever_way_the_stream_is_cut(cuts
         reads = SocketReads(FakeClient(paho), got.append)
         stream = b"".join(STREAM)
         bounds = [0, *sorted(cuts), len(stream)]
-        for start, end in zip(bounds, bounds[1:]):
+        for start, end in itertools.pairwise(bounds):
             broker.sendall(stream[start:end])
             reads.read(ours)
         assert got == DECODED
@@ -188,7 +189,7 @@ async def test_the_pubacks_of_one_turn_go_out_together_in_the_next(pair: tuple[s
 
 
 async def test_pubacks_go_after_the_packets_paho_has_queued(pair: tuple[socket.socket, socket.socket]) -> None:
-    ours, broker = pair
+    ours, _ = pair
     paho = FakePaho(ours)
     paho._out_packet.append({"packet": b"\xc0\x00"})  # a PINGREQ paho has not written yet
     writes = SocketWrites(FakeClient(paho))

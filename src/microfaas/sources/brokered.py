@@ -11,9 +11,10 @@ handled or dead-lettered the batch does it acknowledge each message to the broke
 ``ack`` for those handled, ``reject`` for those in the dead letters. A delivery cut
 short because the platform stopped settles nothing, so the broker delivers it again.
 Deliveries run in worker tasks that stay for the next batch (a task is started only when
-every worker is busy); an idle worker waits on a bare asyncio future, and the buffer is
-used without a checkpoint while it has room or items: the pump's hot path, one message at
-a time, is where a task or a turn of the loop per message shows.
+every worker is busy, and without ``max_concurrency`` only up to the source's ``workers``
+where it sets them: past it, messages wait in the buffer); an idle worker waits on a bare
+asyncio future, and the buffer is used without a checkpoint while it has room or items: the
+pump's hot path, one message at a time, is where a task or a turn of the loop per message shows.
 
 ``BrokerSource`` is the running side both share: it keeps its link to the broker with
 ``reconnect.Connection`` (the first connect fails ``app.run`` with ``ConnectorUnreachable``
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -146,10 +148,11 @@ class MessagePump:
     :param key: the source's key (``"rabbitmq:orders"``), as dead letters name it.
     :param trigger: the connector's settings (``batch_size``, ``batch_window``, ``max_retries``, ``max_concurrency``).
     :param buffer: inbound messages held before the pump takes them (the broker's prefetch bounds it too).
-    :param workers: deliveries in flight at once when the trigger sets no ``max_concurrency``.
+    :param workers: deliveries in flight at once when the trigger sets no ``max_concurrency`` (None: as
+        many as the broker sends).
     """
 
-    def __init__(self, function: str, key: str, trigger: Any, buffer: int, workers: int) -> None:
+    def __init__(self, function: str, key: str, trigger: Any, buffer: int, workers: int | None = None) -> None:
         self.function = function
         self.key = key
         self.trigger = trigger
@@ -158,7 +161,7 @@ class MessagePump:
         self.in_delivery = 0
         self.workers = workers
         self._workers = 0  # running now
-        self._max_workers = workers
+        self._max_workers = sys.maxsize
         self._freed: asyncio.Future[None] | None = None  # set when a worker goes idle while serve waits for one
 
     async def accept(self, runtime: SourceRuntime, inbound: Inbound) -> None:
@@ -191,10 +194,11 @@ class MessagePump:
 
         # A delivery runs in a worker task; a worker that finished one waits for the next batch, so a
         # task is started only when every worker is busy (starting one costs more than a hand-over,
-        # which is a bare asyncio future: this is the pump's hot path), and only up to ``workers``
-        # (or max_concurrency): a broker that sends past its in-flight window (mosquitto does, once
-        # acknowledgements flow) has the rest wait in the buffer for a worker, not a task each.
-        self._max_workers = limit if limit is not None else self.workers
+        # which is a bare asyncio future: this is the pump's hot path). Without max_concurrency, only
+        # up to ``workers`` (where the source sets it): a broker that sends past its in-flight window
+        # (mosquitto does, once acknowledgements flow) has the rest wait in the buffer for a worker,
+        # not a task started for each.
+        self._max_workers = self.workers if limit is None and self.workers is not None else sys.maxsize
         loop = asyncio.get_running_loop()
         idle: collections.deque[asyncio.Future[list[Inbound]]] = collections.deque()
         async with anyio.create_task_group() as tg:
@@ -286,7 +290,7 @@ class BrokerSource(Generic[Link]):
     :param what: the connector as messages name it (``"RabbitMQ queue 'orders'"``).
     :param url: the broker's address (its password is hidden wherever it is shown).
     :param buffer: the pump's buffer (``MessagePump``).
-    :param workers: deliveries in flight at once without ``max_concurrency`` (None: ``buffer``).
+    :param workers: deliveries in flight at once without ``max_concurrency`` (None: as many as the broker sends).
     """
 
     def __init__(self, trigger: Any, function: str, *, key: str, what: str, url: str, buffer: int, workers: int | None = None) -> None:
@@ -296,7 +300,7 @@ class BrokerSource(Generic[Link]):
         self.what = what
         self.url = url
         self.address = redacted(url)
-        self.pump = MessagePump(function, key, trigger, buffer=buffer, workers=buffer if workers is None else workers)
+        self.pump = MessagePump(function, key, trigger, buffer=buffer, workers=workers)
         self._link: Link | None = None
 
     def __repr__(self) -> str:

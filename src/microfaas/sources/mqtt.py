@@ -8,7 +8,8 @@ shared pump (``brokered.py``): batched, delivered through the one delivery loop.
 
 Acknowledgement. The paho client under aiomqtt acknowledges a message as soon as it
 receives it, unless manual acks are on (``manual_ack_set``, which aiomqtt does not expose:
-the source sets it on aiomqtt's paho client). With them on, a QoS 1 PUBACK is sent only
+the source sets it on aiomqtt's paho client, which still reads QoS 2 packets). The source
+reads QoS 0 and 1 PUBLISH packets itself (``mqtt_wire``) and sends a QoS 1 PUBACK only
 once the message was handled or dead-lettered, so a message whose handler had not
 finished when the platform died or lost its connection is sent again by the broker
 (at least once). QoS 2 is settled in two steps: the broker releases the message
@@ -73,7 +74,7 @@ class MQTT(Connector):
         and may return ``mf.BatchResult(failed=[ids])`` to have only those retried.
     :param batch_window: seconds to wait for a batch to fill.
     :param max_retries: retries of a failing message before it is dead-lettered.
-    :param max_concurrency: deliveries in flight at once (None: no limit but the broker's in-flight window).
+    :param max_concurrency: deliveries in flight at once (None: up to 100, or the broker's in-flight window if it keeps to a smaller one).
     :param decode: how a payload becomes ``msg.data``: ``"auto"`` (MQTT 3.1.1 has no content type: bytes),
         ``"json"``, ``"text"`` or ``"bytes"``.
     :param keepalive: seconds between pings; a broker that does not answer is taken as lost after 1.5 times it.

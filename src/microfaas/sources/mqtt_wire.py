@@ -129,9 +129,9 @@ class SocketReads:
             stop = at + length
             if stop > end:
                 return start
-            if not (header & 0xF0 == _PUBLISH and header & 0x06 < 0x04 and self.decodes and self._publish(header, data, at, stop)):
-                if not self._paho_handles(header, data[at:stop]):
-                    return end
+            decoded = header & 0xF0 == _PUBLISH and header & 0x06 < 0x04 and self.decodes and self._publish(header, data, at, stop)
+            if not decoded and not self._paho_handles(header, data[at:stop]):
+                return end  # the connection is closed
             start = stop
         return start
 
