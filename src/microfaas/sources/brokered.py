@@ -238,6 +238,15 @@ class MessagePump:
         try:
             while True:
                 await self._deliver(runtime, batch, retries, limiter)
+                if self._freed is not None and not self._freed.done() and self.trigger.batch_size == 1:
+                    # serve waits for a worker (every one is busy): take the next message as serve would
+                    try:
+                        batch = [self._receive.receive_nowait()]
+                    except anyio.WouldBlock:
+                        pass
+                    else:
+                        self.in_delivery += 1
+                        continue
                 waiting = loop.create_future()
                 idle.append(waiting)
                 if self._freed is not None and not self._freed.done():
