@@ -58,6 +58,7 @@ class Fake(Connector):
     max_concurrency: int | None = None
     decode: str = "auto"
     wait_for_server: bool = False
+    workers: int | None = None  # the source's deliveries in flight without max_concurrency (None: its buffer)
 
     def __attrs_post_init__(self) -> None:
         check_delivery_settings(f"Fake {self.broker!r}", self)
@@ -68,7 +69,9 @@ class Fake(Connector):
 
 class FakeSource(BrokerSource[MemoryObjectReceiveStream[tuple[str, bytes, str | None]]]):
     def __init__(self, trigger: Fake, function: str) -> None:
-        super().__init__(trigger, function, key=f"fake:{function}", what="Fake broker", url="fake://u:pw@host:1/", buffer=10)
+        super().__init__(
+            trigger, function, key=f"fake:{function}", what="Fake broker", url="fake://u:pw@host:1/", buffer=10, workers=trigger.workers
+        )
         self.broker = BROKERS[trigger.broker]
 
     def connection_errors(self) -> tuple[type[BaseException], ...]:
@@ -203,6 +206,29 @@ async def test_a_message_still_being_handled_when_the_platform_stops_is_not_sett
         assert broker.acked == [] and broker.rejected == []
     finally:
         gate.release()
+        gate.close()
+
+
+async def test_without_max_concurrency_the_source_has_at_most_its_workers_in_flight(tmp_path: Path) -> None:
+    # A broker that sends past its window (mosquitto does) has the rest wait in the pump's buffer.
+    gate = Gate(tmp_path / "gate")
+    broker = Broker()
+    for i in range(6):
+        broker.put(f"m{i}", gate.path.encode(), content_type="text/plain")
+    try:
+        BROKERS["b"] = broker
+        app = mf.App("brokered")
+        app.function(triggers=[Fake("b", workers=2)], max_containers=6, retries=0)(held)
+        async with app.run() as faas:
+            await wait_until(lambda: LOG.lines() == ["holding"] * 2)
+            await anyio.sleep(0.3)  # room for more: containers are free, the rest are in the buffer
+            assert LOG.lines() == ["holding"] * 2 and broker.acked == []
+            for i in range(6):
+                gate.release()  # one at a time: a handler's buffered read could take more than its byte
+                await wait_until(lambda i=i: len(broker.acked) == i + 1)
+            await faas.drain(timeout=30)
+        assert LOG.lines() == ["holding"] * 6
+    finally:
         gate.close()
 
 

@@ -186,6 +186,21 @@ async def test_decode_auto_hands_the_payload_over_as_bytes(mosquitto_server: Any
     assert json.loads(LOG.lines()[0])["data"] == repr(b"\xff\x00raw")
 
 
+def sizes(msg: mf.Message) -> None:
+    LOG.write(f"{len(msg.data)} {msg.data[-3:]!r} {msg.attributes['topic']}")
+
+
+async def test_many_messages_in_one_read_and_one_larger_than_a_read_each_arrive_whole(mosquitto_server: Any, topic: str) -> None:
+    url = mosquitto_server.url
+    payloads = [b"%d" % i for i in range(200)] + [b"x" * 300_000 + b"end"]  # the reader takes 64 KiB at a time
+    async with app_with(sizes, mf.MQTT(url, topic=f"{topic}/#", decode="bytes")).run() as faas:
+        await publish(url, f"{topic}/a", payloads)
+        await wait_until(lambda: len(LOG.lines()) == len(payloads))
+        await faas.drain(timeout=30)
+    expected = [f"{len(p)} {p[-3:]!r} {topic}/a" for p in payloads]
+    assert sorted(LOG.lines()) == sorted(expected)
+
+
 async def test_an_unreachable_broker_fails_app_run_naming_the_connector_and_the_address() -> None:
     port = free_port()
     app = app_with(note, mf.MQTT(f"mqtt://user:secret@127.0.0.1:{port}", topic="sensors/#"))

@@ -11,9 +11,10 @@ handled or dead-lettered the batch does it acknowledge each message to the broke
 ``ack`` for those handled, ``reject`` for those in the dead letters. A delivery cut
 short because the platform stopped settles nothing, so the broker delivers it again.
 Deliveries run in worker tasks that stay for the next batch (a task is started only when
-every worker is busy); an idle worker waits on a bare asyncio future, and the buffer is
-used without a checkpoint while it has room or items: the pump's hot path, one message at
-a time, is where a task or a turn of the loop per message shows.
+every worker is busy, and without ``max_concurrency`` only up to the source's ``workers``
+where it sets them: past it, messages wait in the buffer); an idle worker waits on a bare
+asyncio future, and the buffer is used without a checkpoint while it has room or items: the
+pump's hot path, one message at a time, is where a task or a turn of the loop per message shows.
 
 ``BrokerSource`` is the running side both share: it keeps its link to the broker with
 ``reconnect.Connection`` (the first connect fails ``app.run`` with ``ConnectorUnreachable``
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -146,15 +148,21 @@ class MessagePump:
     :param key: the source's key (``"rabbitmq:orders"``), as dead letters name it.
     :param trigger: the connector's settings (``batch_size``, ``batch_window``, ``max_retries``, ``max_concurrency``).
     :param buffer: inbound messages held before the pump takes them (the broker's prefetch bounds it too).
+    :param workers: deliveries in flight at once when the trigger sets no ``max_concurrency`` (None: as
+        many as the broker sends).
     """
 
-    def __init__(self, function: str, key: str, trigger: Any, buffer: int) -> None:
+    def __init__(self, function: str, key: str, trigger: Any, buffer: int, workers: int | None = None) -> None:
         self.function = function
         self.key = key
         self.trigger = trigger
         self._send, self._receive = anyio.create_memory_object_stream[Inbound](buffer)
         self.hand: list[Inbound] = []  # taken for the next batch, not yet handed to a delivery
         self.in_delivery = 0
+        self.workers = workers
+        self._workers = 0  # running now
+        self._max_workers = sys.maxsize
+        self._freed: asyncio.Future[None] | None = None  # set when a worker goes idle while serve waits for one
 
     async def accept(self, runtime: SourceRuntime, inbound: Inbound) -> None:
         """Take ``inbound`` (waits while the buffer is full); it counts in flight until acknowledged."""
@@ -186,23 +194,37 @@ class MessagePump:
 
         # A delivery runs in a worker task; a worker that finished one waits for the next batch, so a
         # task is started only when every worker is busy (starting one costs more than a hand-over,
-        # which is a bare asyncio future: this is the pump's hot path).
+        # which is a bare asyncio future: this is the pump's hot path). Without max_concurrency, only
+        # up to ``workers`` (where the source sets it): a broker that sends past its in-flight window
+        # (mosquitto does, once acknowledgements flow) has the rest wait in the buffer for a worker,
+        # not a task started for each.
+        self._max_workers = self.workers if limit is None and self.workers is not None else sys.maxsize
+        loop = asyncio.get_running_loop()
         idle: collections.deque[asyncio.Future[list[Inbound]]] = collections.deque()
         async with anyio.create_task_group() as tg:
             while True:
                 # A free slot first, then the batch: what arrives while every slot is busy fills the next batch.
                 if limiter is not None:
                     await limiter.acquire()
+                while not (self._waiting(idle) or self._workers < self._max_workers):
+                    self._freed = loop.create_future()
+                    await self._freed
                 self.hand = []
                 batch = await collect_batch(self._receive, self.trigger.batch_size, self.trigger.batch_window, self.hand)
                 self.in_delivery += len(batch)
                 self.hand = []
-                while idle and idle[0].done():
-                    idle.popleft()  # its worker was cancelled and has not yet taken itself off
-                if idle:
+                if self._waiting(idle):
                     idle.popleft().set_result(batch)
                 else:
+                    self._workers += 1
                     tg.start_soon(self._worker, runtime, batch, retries, limiter, idle)
+
+    @staticmethod
+    def _waiting(idle: collections.deque[asyncio.Future[list[Inbound]]]) -> bool:
+        """Whether a worker waits for a batch (first in ``idle``)."""
+        while idle and idle[0].done():
+            idle.popleft()  # its worker was cancelled and has not yet taken itself off
+        return bool(idle)
 
     async def _worker(
         self,
@@ -213,18 +235,34 @@ class MessagePump:
         idle: collections.deque[asyncio.Future[list[Inbound]]],
     ) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            await self._deliver(runtime, batch, retries, limiter)
-            waiting = loop.create_future()
-            idle.append(waiting)
-            try:
-                batch = await waiting
-            except BaseException:  # cancelled (the platform stops): take no more, and let go of one handed over
-                if waiting in idle:
-                    idle.remove(waiting)
-                elif waiting.done() and not waiting.cancelled():
-                    self._let_go(runtime, waiting.result(), limiter)
-                raise
+        try:
+            while True:
+                await self._deliver(runtime, batch, retries, limiter)
+                if self._freed is not None and not self._freed.done() and self.trigger.batch_size == 1:
+                    # serve waits for a worker (every one is busy): take the next message as serve would
+                    try:
+                        batch = [self._receive.receive_nowait()]
+                    except anyio.WouldBlock:
+                        pass
+                    else:
+                        self.in_delivery += 1
+                        continue
+                waiting = loop.create_future()
+                idle.append(waiting)
+                if self._freed is not None and not self._freed.done():
+                    self._freed.set_result(None)
+                try:
+                    batch = await waiting
+                except BaseException:  # cancelled (the platform stops): take no more, and let go of one handed over
+                    if waiting in idle:
+                        idle.remove(waiting)
+                    elif waiting.done() and not waiting.cancelled():
+                        self._let_go(runtime, waiting.result(), limiter)
+                    raise
+        finally:
+            self._workers -= 1
+            if self._freed is not None and not self._freed.done():
+                self._freed.set_result(None)
 
     async def _deliver(self, runtime: SourceRuntime, batch: list[Inbound], retries: Retries, limiter: anyio.Semaphore | None) -> None:
         messages = [inbound.message for inbound in batch]
@@ -260,16 +298,18 @@ class BrokerSource(Generic[Link]):
     :param key: the source's key, unique per platform (``"rabbitmq:orders:on_order"``).
     :param what: the connector as messages name it (``"RabbitMQ queue 'orders'"``).
     :param url: the broker's address (its password is hidden wherever it is shown).
+    :param buffer: the pump's buffer (``MessagePump``).
+    :param workers: deliveries in flight at once without ``max_concurrency`` (None: as many as the broker sends).
     """
 
-    def __init__(self, trigger: Any, function: str, *, key: str, what: str, url: str, buffer: int) -> None:
+    def __init__(self, trigger: Any, function: str, *, key: str, what: str, url: str, buffer: int, workers: int | None = None) -> None:
         self.trigger = trigger
         self.function = function
         self.key = key
         self.what = what
         self.url = url
         self.address = redacted(url)
-        self.pump = MessagePump(function, key, trigger, buffer=buffer)
+        self.pump = MessagePump(function, key, trigger, buffer=buffer, workers=workers)
         self._link: Link | None = None
 
     def __repr__(self) -> str:

@@ -8,7 +8,8 @@ shared pump (``brokered.py``): batched, delivered through the one delivery loop.
 
 Acknowledgement. The paho client under aiomqtt acknowledges a message as soon as it
 receives it, unless manual acks are on (``manual_ack_set``, which aiomqtt does not expose:
-the source sets it on aiomqtt's paho client). With them on, a QoS 1 PUBACK is sent only
+the source sets it on aiomqtt's paho client, which still reads QoS 2 packets). The source
+reads QoS 0 and 1 PUBLISH packets itself (``mqtt_wire``) and sends a QoS 1 PUBACK only
 once the message was handled or dead-lettered, so a message whose handler had not
 finished when the platform died or lost its connection is sent again by the broker
 (at least once). QoS 2 is settled in two steps: the broker releases the message
@@ -20,16 +21,17 @@ Attempts. MQTT counts no deliveries; it marks a QoS 1 or 2 PUBLISH the broker se
 (the DUP flag: sent before, never acknowledged). Such a message is attempt 2 (and
 ``attributes["dup"]`` says ``"true"``); every other one is attempt 1.
 
-The event loop. aiomqtt runs paho on the loop through socket callbacks; ``_Link`` and
-``_SocketWrites`` replace three of them (the PUBLISH handler and the write watch: see them).
-They are loop callbacks and a bare asyncio future, not anyio: this is the connector's hot path.
+The event loop. aiomqtt runs paho on the loop through socket callbacks; the source replaces
+its reader, its write watch and paho's PUBLISH handler (``mqtt_wire``: one ``recv`` for what
+the socket holds, QoS 0 and 1 PUBLISH packets decoded there, the PUBACKs of a turn of the
+loop sent together in one ``send``). They are loop callbacks and a bare asyncio future, not
+anyio: this is the connector's hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,12 +44,16 @@ from .connector import Connector
 
 if TYPE_CHECKING:
     from ..runtime.delivery import SourceRuntime
+    from .mqtt_wire import Publish
 
 __all__ = ["MQTT", "MQTTSource"]
 
 DEFAULT_PORT: Final = 1883
 # Messages the pump buffers; for QoS 1 and 2 the broker's in-flight window bounds them first.
 BUFFER: Final = 1000
+# Deliveries in flight at once without max_concurrency. mosquitto 2.0 keeps to its in-flight window
+# (max_inflight_messages) only until acknowledgements flow, then sends what the session holds.
+WINDOW: Final = 100
 _QOS: Final = ("0", "1", "2")
 
 
@@ -68,7 +74,7 @@ class MQTT(Connector):
         and may return ``mf.BatchResult(failed=[ids])`` to have only those retried.
     :param batch_window: seconds to wait for a batch to fill.
     :param max_retries: retries of a failing message before it is dead-lettered.
-    :param max_concurrency: deliveries in flight at once (None: no limit but the broker's in-flight window).
+    :param max_concurrency: deliveries in flight at once (None: up to 100, or the broker's in-flight window if it keeps to a smaller one).
     :param decode: how a payload becomes ``msg.data``: ``"auto"`` (MQTT 3.1.1 has no content type: bytes),
         ``"json"``, ``"text"`` or ``"bytes"``.
     :param keepalive: seconds between pings; a broker that does not answer is taken as lost after 1.5 times it.
@@ -155,6 +161,7 @@ class MQTTSource(BrokerSource[Any]):
             what=f"MQTT topic {topics!r}",
             url=trigger.url,
             buffer=BUFFER,
+            workers=WINDOW,
         )
         self.trigger: MQTT = trigger
         self._client_id = trigger.client_id
@@ -183,7 +190,6 @@ class MQTTSource(BrokerSource[Any]):
         )
         # aiomqtt has no setting for it: paho's manual acks hold each PUBACK until ``ack`` (see the module's docstring).
         client._client.manual_ack_set(True)
-        _SocketWrites(client).install()
         link = _Link(client)
         await client.__aenter__()
         link.connected()
@@ -204,14 +210,13 @@ class MQTTSource(BrokerSource[Any]):
                 return
             await link.arrived()
 
-    async def _accept(self, runtime: SourceRuntime, link: _Link, incoming: Any) -> None:
-        payload = incoming.payload
+    async def _accept(self, runtime: SourceRuntime, link: _Link, incoming: Publish) -> None:
+        topic, payload, qos, dup, retain, mid = incoming
         try:
             data = decode_body(payload, None, self.trigger.decode)
             error = None
         except SerializationError as exc:
             data, error = payload, exc
-        topic, qos, dup = incoming.topic, incoming.qos, incoming.dup
         message = Message(
             id=new_message_id(),
             topic=topic,
@@ -219,16 +224,11 @@ class MQTTSource(BrokerSource[Any]):
             attributes={
                 "topic": topic,
                 "qos": _QOS[qos],
-                "retain": "true" if incoming.retain else "false",
+                "retain": "true" if retain else "false",
                 "dup": "true" if dup else "false",
             },
         )
-        paho, mid = link.paho, incoming.mid
-
-        async def ack() -> None:
-            if qos and paho.is_connected():  # the PUBACK of a lost connection's message is never sent: the broker resends it
-                paho.ack(mid, qos)
-
+        ack = _Ack(link, mid, qos)
         # A QoS 1 or 2 PUBLISH with DUP set is one the broker sent before and saw no acknowledgement of.
         inbound = Inbound(message, 2 if dup and qos else 1, ack, ack)  # MQTT has no reject: a dead-lettered message is acknowledged
         if error is not None:
@@ -236,6 +236,21 @@ class MQTTSource(BrokerSource[Any]):
             await self.pump.dead_letter(runtime, inbound, reason)
         else:
             await self.pump.accept(runtime, inbound)
+
+
+class _Ack:
+    """Acknowledges one message on the connection that delivered it (``Inbound.ack``)."""
+
+    __slots__ = ("link", "mid", "qos")
+
+    def __init__(self, link: _Link, mid: int, qos: int) -> None:
+        self.link, self.mid, self.qos = link, mid, qos
+
+    async def __call__(self) -> None:
+        if self.qos == 1:
+            self.link.writes.puback(self.mid)
+        elif self.qos == 2 and self.link.paho.is_connected():  # a lost connection's: the broker resends it
+            self.link.paho.ack(self.mid, 2)
 
 
 async def _close_quietly(client: Any) -> None:
@@ -247,29 +262,39 @@ async def _close_quietly(client: Any) -> None:
 
 
 class _Link:
-    """One connection to the broker: the aiomqtt client, and the PUBLISH packets paho read on it, in order.
+    """One connection to the broker: the aiomqtt client, and the PUBLISH packets read on it, in order.
 
-    paho hands each PUBLISH to ``received`` as it parses it (in the loop's reader callback); the
+    The socket's reader (``mqtt_wire.SocketReads``) hands each QoS 0 or 1 PUBLISH to
+    ``publish``; paho hands a QoS 2 one to ``received`` once the broker released it. The
     source takes them from ``inbox``. aiomqtt's own message iterator is not used: it starts a
     task and an ``asyncio.wait`` per message, and hands over aiomqtt's copy of the message,
     which leaves out the DUP flag that says the broker is sending it again.
     """
 
     def __init__(self, client: Any) -> None:
+        from .mqtt_wire import SocketReads, SocketWrites
+
         self.client = client
         self.paho = client._client
-        self.inbox: collections.deque[Any] = collections.deque()
+        self.inbox: collections.deque[Publish] = collections.deque()
         self._arrived = asyncio.Event()
         self.paho.on_message = self.received
+        SocketReads(client, self.publish).install()
+        self.writes = SocketWrites(client)
+        self.writes.install()
 
     def connected(self) -> None:
         """Call once aiomqtt has connected (it replaces its ``_disconnected`` future on connecting)."""
         self._disconnected = self.client._disconnected
         self._disconnected.add_done_callback(self._ended)
 
-    def received(self, paho: Any, userdata: Any, message: Any) -> None:
-        self.inbox.append(message)
+    def publish(self, incoming: Publish) -> None:
+        self.inbox.append(incoming)
         self._arrived.set()
+
+    def received(self, paho: Any, userdata: Any, message: Any) -> None:
+        topic = str(message._topic, "utf-8", "replace")
+        self.publish((topic, message.payload, message.qos, bool(message.dup), bool(message.retain), message.mid))
 
     def _ended(self, disconnected: asyncio.Future[None]) -> None:
         if not disconnected.cancelled():
@@ -283,57 +308,3 @@ class _Link:
         """Wait until a message arrives or the connection is lost."""
         await self._arrived.wait()
         self._arrived.clear()
-
-
-class _SocketWrites:
-    """paho's socket writes, run on the event loop in place of aiomqtt's register/unregister callbacks.
-
-    paho asks for its socket to be watched for writing whenever it queues a packet (a PUBACK,
-    a ping, the DISCONNECT). aiomqtt's callback schedules ``loop.add_writer(fd)`` for a later
-    turn of the loop; when the connection is closed before that turn (the broker went away
-    while a PUBACK was being queued), the loop is handed a closed descriptor -- ``OSError``
-    EBADF in the loop's exception handler -- or, worse, the number of the next connection's
-    socket, watched with the old client's callback. Here every request is checked, when it
-    runs, against the socket paho holds *then*: a closed or replaced socket is left alone.
-    The packets queued in one turn are written together in the next, with no writer
-    registered at all unless the socket's buffer is full (asyncio on this module's hot path:
-    the loop callbacks are cheaper than a task, and paho's callbacks are plain functions).
-    """
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.paho = client._client
-        self.loop = asyncio.get_running_loop()
-        self.thread = threading.get_ident()
-        self.watched: int | None = None  # the descriptor the loop watches for writing, while paho's buffer is full
-
-    def install(self) -> None:
-        self.paho.on_socket_register_write = self.wanted
-        self.paho.on_socket_unregister_write = self.unwanted
-
-    def wanted(self, paho: Any, userdata: Any, sock: Any) -> None:
-        # paho calls it from the connecting thread too (for CONNECT, while aiomqtt connects in an executor).
-        if threading.get_ident() == self.thread:
-            self.loop.call_soon(self.write, sock)
-        else:
-            self.loop.call_soon_threadsafe(self.write, sock)
-
-    def unwanted(self, paho: Any, userdata: Any, sock: Any) -> None:
-        # Called before paho closes the socket too, while its descriptor is still open.
-        if self.watched is not None:
-            self.loop.remove_writer(self.watched)
-            self.watched = None
-
-    def write(self, sock: Any) -> None:
-        if self.paho.socket() is not sock:
-            return  # closed (or replaced) since the packet was queued: there is nothing left to write to
-        try:
-            # A socket error closes the connection inside paho, which reports the disconnect to aiomqtt.
-            self.paho.loop_write()
-        except Exception as exc:  # noqa: BLE001 - as aiomqtt's own callback does: end the connection with the error
-            if not self.client._disconnected.done():
-                self.client._disconnected.set_exception(exc)
-            return
-        if self.watched is None and self.paho.socket() is sock and self.paho.want_write():
-            self.watched = sock.fileno()
-            self.loop.add_writer(self.watched, self.write, sock)
