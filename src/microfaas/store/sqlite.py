@@ -34,6 +34,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Awaitable, Sequence
+from itertools import chain
 from typing import Any, Final
 
 import anyio
@@ -238,6 +239,18 @@ class SqliteStore:
             self._flush()
         return future
 
+    def _write_one(self, statement: Statement, lazy: bool = False) -> asyncio.Future[None]:
+        """``_write(statement, lazy=lazy)``, shorter when a group is open that it may join (a spawn's writes)."""
+        group = self._group
+        if group is None or not (lazy or self._urgent):
+            return self._write(statement, lazy=lazy)
+        future = self._future
+        assert future is not None
+        group.append(statement)
+        if self._urgent and len(group) >= GROUP_LIMIT:
+            self._flush()
+        return future
+
     def _flush(self) -> None:
         group, future = self._group, self._future
         if group is None or future is None:
@@ -264,7 +277,7 @@ class SqliteStore:
                 continue
             error: StoreError | None = None
             try:
-                run_statements(conn, [statement for group, _ in groups for statement in group])
+                run_statements(conn, list(chain.from_iterable(group for group, _ in groups)))
             except BaseException as exc:  # noqa: BLE001 - every failure goes to the writers
                 error = store_error(exc, self.path, "write to")
                 logger.error("%s (%d writes were not stored)", error, sum(len(g) for g, _ in groups))
@@ -277,14 +290,14 @@ class SqliteStore:
 
     def put_call(self, call: StoredCall) -> Awaitable[None]:
         pending = pending_call_params(call)
-        return self._write((PUT_CALL, call_params(call)) if pending is None else (PUT_PENDING, pending))
+        return self._write_one((PUT_CALL, call_params(call)) if pending is None else (PUT_PENDING, pending))
 
     def call_attempted(self, call_id: str, attempt: int, not_before: float) -> Awaitable[None]:
         return self._write((ATTEMPTED, (attempt, not_before, call_id)))
 
     def call_finished(self, call_id: str, *, succeeded: bool, outcome: Any, finished_at: float) -> Awaitable[None]:
         blob = dump_outcome(call_id, outcome)
-        return self._write((FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)), lazy=True)
+        return self._write_one((FINISHED, ("succeeded" if succeeded else "failed", blob, finished_at, call_id)), lazy=True)
 
     def put_job(self, job: StoredJob, tasks: Sequence[StoredCall]) -> Awaitable[None]:
         statement = (

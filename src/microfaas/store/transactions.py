@@ -2,7 +2,7 @@
 
 Consecutive writes of one statement go to SQLite together: through ``executemany``, or,
 for those a busy platform makes most (calls accepted, calls finished), as a few
-statements of many rows each (``_run_as_rows`` says why).
+statements of many rows each (``_as_rows`` says why).
 
 Binding. The standard library's sqlite3 binds an ``int``, ``float``, ``str`` or
 ``bytearray`` as it is, but looks up an adapter for anything else, ``bytes`` and
@@ -15,6 +15,8 @@ bind their pickles as ``bytearray``.
 from __future__ import annotations
 
 import sqlite3
+from itertools import chain, groupby
+from operator import itemgetter
 from typing import Any, Final
 
 from .rows import CALL_COLUMNS
@@ -23,7 +25,7 @@ __all__ = ["ATTEMPTED", "FINISHED", "PUT_CALL", "PUT_LETTER", "PUT_PENDING", "St
 
 Statement = tuple[str, tuple[Any, ...]]
 
-# Rows per statement when accepted or finished calls are written many at once (``_run_as_rows``).
+# Rows per statement when accepted or finished calls are written many at once (``_as_rows``).
 ROWS_PER_STATEMENT: Final = 500
 _UPDATE_FROM: Final = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE ... FROM, for the finished calls
 
@@ -35,9 +37,14 @@ PUT_PENDING: Final = (
 )
 ATTEMPTED: Final = "UPDATE calls SET attempt = ?, not_before = ? WHERE id = ?"
 FINISHED: Final = "UPDATE calls SET state = ?, outcome = ?, finished_at = ? WHERE id = ? AND state = 'pending'"
-# The statements written many rows at once: one row's values, and which of its parameters are pickles (or None).
+# The statements written many rows at once: one row's values, and which of its parameters are pickles
+# (bound as bytearray; _PICKLES: or None).
 _ROW: Final = {PUT_CALL: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", PUT_PENDING: "(?, ?, ?, ?, ?, ?, ?, 'pending')", FINISHED: "(?, ?, ?, ?)"}
-_PICKLES: Final = {PUT_CALL: (3, 10), PUT_PENDING: (3,), FINISHED: (1,)}
+_PICKLES: Final = {PUT_CALL: (10,)}  # pickles or None
+_BLOBS: Final = {PUT_CALL: (3,), PUT_PENDING: (3,), FINISHED: (1,)}  # pickles, never None
+_SQL: Final = itemgetter(0)
+_PARAMS: Final = itemgetter(1)
+_CALL_ID: Final = itemgetter(-1)  # of a FINISHED row
 PUT_LETTER: Final = (
     "INSERT OR REPLACE INTO dead_letters (id, function, source, event, error, attempts, invocation_id, first_attempt_at, failed_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -46,24 +53,24 @@ PUT_LETTER: Final = (
 
 def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:
     """Run ``statements`` in one transaction; runs of one statement go through ``executemany``,
-    or, for the hottest two (calls accepted, calls finished), as one statement of many rows."""
+    or, for the hottest two (calls accepted, calls finished), as one statement of many rows.
+
+    A group that comes to a single SQL statement runs alone, with no ``BEGIN`` and ``COMMIT``
+    around it: SQLite makes a statement on its own a transaction of its own (atomic, and
+    committed as durably), and the writer saves two of the GIL hand-offs that each cost it up
+    to the interpreter's switch interval while the event loop is busy (``_as_rows``).
+    """
     if not statements:
+        return
+    plan = _plan(conn, statements)
+    if len(plan) == 1 and plan[0][0] is not conn.executemany:
+        run, sql, params = plan[0]
+        run(sql, params)
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        i, n = 0, len(statements)
-        while i < n:
-            sql = statements[i][0]
-            j = i + 1
-            while j < n and statements[j][0] is sql:
-                j += 1
-            if j - i == 1:
-                conn.execute(sql, statements[i][1])
-            elif sql is PUT_CALL or sql is PUT_PENDING or (sql is FINISHED and _UPDATE_FROM):
-                _run_as_rows(conn, sql, [params for _, params in statements[i:j]])
-            else:
-                conn.executemany(sql, [params for _, params in statements[i:j]])
-            i = j
+        for run, sql, params in plan:
+            run(sql, params)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -71,8 +78,25 @@ def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> Non
         raise
 
 
-def _run_as_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """Run ``sql`` for each of ``rows``, in order, as a few statements of up to ``ROWS_PER_STATEMENT`` rows.
+def _plan(conn: sqlite3.Connection, statements: list[Statement]) -> list[tuple[Any, str, Any]]:
+    """What ``run_statements`` runs, in order: ``(conn.execute or conn.executemany, sql, parameters)``.
+
+    Grouped and unzipped with ``itertools`` (C loops): the writer holds the GIL for all of it."""
+    plan: list[tuple[Any, str, Any]] = []
+    for sql, run in groupby(statements, key=_SQL):
+        rows = list(map(_PARAMS, run))
+        if len(rows) == 1:
+            plan.append((conn.execute, sql, rows[0]))
+        elif sql in _ROW and (sql != FINISHED or _UPDATE_FROM):
+            plan.extend((conn.execute, many, values) for many, values in _as_rows(conn, sql, rows))
+        else:
+            plan.append((conn.executemany, sql, rows))
+    return plan
+
+
+def _as_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
+    """``sql`` for each of ``rows``, in order, as a few statements of up to ``ROWS_PER_STATEMENT`` rows
+    (each with its parameters).
 
     Why: ``executemany`` gives up the GIL around every row's step and must win it back for
     the next, and while the event loop is busy each win can wait out the interpreter's
@@ -83,15 +107,16 @@ def _run_as_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]
     per_statement = max(1, min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
     if sql is FINISHED:
         # As the updates one by one would: the first outcome of a call wins (the others find it finished).
-        firsts: dict[Any, tuple[Any, ...]] = {}
-        for params in rows:
-            firsts.setdefault(params[-1], params)
-        rows = list(firsts.values())
+        # (Built from the end, so that each call's first row is the one kept; the rows' order does not matter.)
+        rows = list(dict(zip(map(_CALL_ID, reversed(rows)), reversed(rows))).values())
+    out = []
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        values = [value for params in chunk for value in params]
-        for column in _PICKLES[sql]:  # bound as bytearray (see the module's doc)
+        values = list(chain.from_iterable(chunk))
+        for column in _PICKLES.get(sql, ()):  # bound as bytearray (see the module's doc)
             values[column::width] = [None if blob is None else bytearray(blob) for blob in values[column::width]]
+        for column in _BLOBS.get(sql, ()):  # pickles that are never None
+            values[column::width] = map(bytearray, values[column::width])
         many = ", ".join([_ROW[sql]] * len(chunk))
         if sql is FINISHED:
             statement = (
@@ -100,4 +125,5 @@ def _run_as_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]
             )
         else:
             statement = f"{sql.partition(' VALUES ')[0]} VALUES {many}"
-        conn.execute(statement, values)
+        out.append((statement, values))
+    return out
