@@ -335,6 +335,25 @@ def test_accepted_and_finished_calls_written_many_rows_at_a_time_as_one_by_one(t
     assert {row[-2:] for row in results[0]} == {("blob", "blob")}  # pickles are stored as blobs either way
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_group_of_one_statement_is_atomic_without_a_transaction_around_it(tmp_path: Path, rows: int) -> None:
+    # One PUT_PENDING run becomes one statement of many rows, run with no BEGIN: it is stored whole or not at all.
+    good = [(transactions_module.PUT_PENDING, pending_call_params(call(f"c{i}"))) for i in range(rows)]
+    bad_params = pending_call_params(call("bad"))
+    assert bad_params is not None
+    bad = (transactions_module.PUT_PENDING, (bad_params[0], None, *bad_params[2:]))  # function is NOT NULL
+    with contextlib.closing(sqlite3.connect(tmp_path / "faas.db", isolation_level=None)) as conn:
+        migrate(conn, str(tmp_path))
+        with pytest.raises(sqlite3.IntegrityError):
+            transactions_module.run_statements(conn, [*good, bad])  # type: ignore[list-item]
+        assert not conn.in_transaction
+        assert conn.execute("SELECT count(*) FROM calls").fetchone()[0] == 0
+        transactions_module.run_statements(conn, good)  # type: ignore[arg-type]
+        assert not conn.in_transaction
+    with contextlib.closing(sqlite3.connect(tmp_path / "faas.db")) as other:  # committed: another connection sees it
+        assert other.execute("SELECT count(*) FROM calls").fetchone()[0] == rows
+
+
 def test_damaged_rows_become_dead_letters_with_the_reason_and_the_rest_loads(tmp_path: Path) -> None:
     path = tmp_path / "faas.db"
 
