@@ -108,7 +108,7 @@ def _as_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) ->
     if sql is FINISHED:
         # As the updates one by one would: the first outcome of a call wins (the others find it finished).
         # (Built from the end, so that each call's first row is the one kept; the rows' order does not matter.)
-        rows = list(dict(zip(map(_CALL_ID, reversed(rows)), reversed(rows))).values())
+        rows = list(dict(zip(map(_CALL_ID, reversed(rows)), reversed(rows), strict=True)).values())
     out = []
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
