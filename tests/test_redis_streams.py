@@ -338,3 +338,42 @@ async def test_a_killed_platform_loses_nothing_after_a_restart(redis_server, tmp
     seen = [k for _, k, _ in handled()]
     assert set(seen) == set(ids)  # every entry handled at least once
     assert pending_count(redis_server, "s") == 0
+
+
+async def test_entries_a_lost_reply_gave_come_before_those_of_the_read_run_again():
+    # The server took a read of new entries (A) and went down before its reply came; the
+    # connection reconnected and ran the read again, which gave the next entries (B). A are
+    # pending for this consumer, unseen: they must be delivered first, then B, in stream order.
+    from microfaas.sources.redis_streams import RedisStreamSource
+
+    source = RedisStreamSource(mf.RedisStream("redis://127.0.0.1:1/0", stream="s", batch_size=2), "f")
+    [reader] = source._readers
+    pending: list[str] = []  # this consumer's entries in the server's pending list
+    delivered: list[str] = []
+
+    class Connection:
+        reconnects = 0
+
+    source._connection = Connection()
+
+    async def read(reader, after: str, *, block):
+        if after != ">":  # this consumer's pending entries after ``after``
+            return [(entry_id, {}) for entry_id in pending if entry_id > after][:2]
+        if pending or delivered:
+            await anyio.sleep_forever()  # nothing new after B
+        pending.extend(["1-0", "2-0"])  # A: taken by the server, the reply lost with the connection
+        Connection.reconnects += 1
+        pending.extend(["3-0", "4-0"])  # B: the read run again
+        return [("3-0", {}), ("4-0", {})]
+
+    async def deliver(runtime, retries, reader, entries) -> None:
+        delivered.extend(entry_id for entry_id, _ in entries)
+        pending[:] = [entry_id for entry_id in pending if entry_id not in delivered]  # acknowledged
+        if len(delivered) >= 4:
+            scope.cancel()
+
+    source._read = read
+    source._deliver = deliver
+    with anyio.CancelScope() as scope, anyio.fail_after(5):
+        await source._serve(None, FAST, reader)
+    assert delivered == ["1-0", "2-0", "3-0", "4-0"]

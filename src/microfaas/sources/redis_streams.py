@@ -235,6 +235,11 @@ class RedisStreamSource:
                     next_claim = time.monotonic() + self.trigger.claim_idle
             else:
                 entries = await self._read(reader, ">", block=_BLOCK_MS)
+            if reconnects != self._connection.reconnects:
+                # Reconnected during this read, which then ran again: entries a lost reply gave this
+                # consumer come before these, and these are pending for it too. Reading its pending
+                # ones from the start (the top of the loop) brings both, in stream order.
+                continue
             if entries:
                 await self._deliver(runtime, retries, reader, entries)
 
