@@ -53,17 +53,14 @@ class FirstAttempt:
         call._task = self
 
     def begin(self) -> None:
-        """Request the attempt (``Runtime._attempt``'s routing), unless the call has ended already."""
+        """Request the attempt (to ``Runtime.route``'s version), unless the call has ended already."""
         call = self.call
         if call._done:  # cancelled before its turn, or cut short by the stop
             return
         runtime = self.runtime
         try:
-            name = call.function_name
-            target = runtime.routes.get(name)
-            if target is None:
-                runtime.function(name)  # raises: the function was undeployed
-            self.attempt = runtime.invoker.start(target or name, self.delivery.payload(1), call.id, 1, self._answered)
+            target = runtime.route(call.function_name)
+            self.attempt = runtime.invoker.start(target, self.delivery.payload(1), call.id, 1, self._answered)
         except FaaSError as exc:
             self._answered(None, exc)
         except BaseException as exc:  # noqa: BLE001 - a bug: it fails the platform

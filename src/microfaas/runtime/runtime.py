@@ -270,11 +270,17 @@ class Runtime:
         return list(self.functions)
 
     async def _attempt(self, name: str, blob: bytes, invocation_id: str, attempt: int) -> Any:
-        # Each attempt goes to the version serving ``name`` now (a retry after a deploy runs the new one).
+        return await self.invoker.invoke(self.route(name), blob, invocation_id, attempt)
+
+    def route(self, name: str) -> str:
+        """The version serving ``name`` now, which its next attempt goes to (a retry after a deploy runs the new one).
+
+        :raises UnknownFunction: the function was undeployed.
+        """
         target = self.routes.get(name)
         if target is None:
             self.function(name)  # raises: the function was undeployed
-        return await self.invoker.invoke(target or name, blob, invocation_id, attempt)
+        return target or name
 
     def new_invocation_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
