@@ -223,15 +223,16 @@ def test_a_write_is_committed_when_its_awaitable_returns(tmp_path: Path) -> None
 
 @pytest.fixture
 def transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of writes in each transaction the store's writer commits from now on."""
+    """The number of writes in each transaction the store's writer process commits from now on
+    (as its answers report them: each answer is one transaction)."""
     counted: list[int] = []
-    real_run = sqlite_store.run_statements
+    real_committed = SqliteStore._committed
 
-    def counting_run(conn: sqlite3.Connection, statements: list[tuple[str, tuple[object, ...]]]) -> None:
-        counted.append(len(statements))
-        real_run(conn, statements)
+    def counting_committed(self: SqliteStore, seqs: list[int], failure: object) -> None:
+        counted.append(self._writes(seqs))
+        real_committed(self, seqs, failure)
 
-    monkeypatch.setattr(sqlite_store, "run_statements", counting_run)
+    monkeypatch.setattr(SqliteStore, "_committed", counting_committed)
     return counted
 
 

@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -22,6 +22,7 @@ from .. import payload
 from ..errors import FaaSError, SerializationError, StoreCorrupt
 from ..events import Message, Record
 from .base import DeadLetter, StoredCall, StoredDeployment, StoredJob
+from .transactions import CALL_COLUMNS
 
 __all__ = [
     "CALL_COLUMNS",
@@ -41,8 +42,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-CALL_COLUMNS: Final = "id, function, source, args, accepted_at, attempt, not_before, job_id, idx, state, outcome, finished_at"
 
 
 @attrs.frozen

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import sqlite3
+import time
 from typing import Final
 
 from ..errors import StoreCorrupt, StoreError, StoreFull, StoreLocked, StoreReadOnly, StoreVersionError
@@ -29,6 +30,8 @@ __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "FileLock", "check_
 
 # "mfAS" (microfaas store), the file's PRAGMA application_id.
 APPLICATION_ID: Final = 0x6D664153
+# Seconds ``FileLock.acquire`` waits for a lock whose platform is gone (its writer process, killed with it, is ending).
+ORPHAN_WAIT: Final = 2.0
 SQLITE_HEADER: Final = b"SQLite format 3\x00"
 
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -129,11 +132,16 @@ def migrate(conn: sqlite3.Connection, path: str, migrations: dict[int, tuple[str
 
 
 class FileLock:
-    """An exclusive ``flock`` on ``<path>-lock``, held until ``release`` (or the process's end)."""
+    """An exclusive ``flock`` on ``<path>-lock``, held until ``release`` (or the end of the
+    processes holding it: the platform's, and its store's writer process, which inherits it)."""
 
     def __init__(self, path: str) -> None:
         self.path = path + "-lock"
         self._fd: int | None = None
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
 
     def acquire(self, store_path: str) -> None:
         """:raises StoreLocked: another process (or platform) holds it, named by its pid.
@@ -142,17 +150,24 @@ class FileLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise store_error(exc, store_path, "create the lock file of") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise StoreLocked(
-                    f"{store_path} is open in another platform (pid {owner}); stop it first: "
-                    "two platforms on one store would deliver every event twice"
-                ) from None
-            raise store_error(exc, store_path, "lock") from exc
+        deadline = time.monotonic() + ORPHAN_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    if not _alive(owner) and time.monotonic() < deadline:
+                        time.sleep(0.01)  # its platform is gone: its writer process is ending
+                        continue
+                    os.close(fd)
+                    raise StoreLocked(
+                        f"{store_path} is open in another platform (pid {owner}); stop it first: "
+                        "two platforms on one store would deliver every event twice"
+                    ) from None
+                os.close(fd)
+                raise store_error(exc, store_path, "lock") from exc
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -162,6 +177,17 @@ class FileLock:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` (as the lock file has it) exists."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _SQLITE_ERRORS: Final = {
@@ -186,18 +212,28 @@ def store_error(exc: BaseException, path: str, doing: str) -> StoreError:
     """The ``StoreError`` that ``exc`` (from sqlite3 or the OS) means, naming the file and what failed."""
     if isinstance(exc, StoreError):
         return exc
-    kind: type[StoreError] = StoreError
     if isinstance(exc, sqlite3.Error):
-        name = getattr(exc, "sqlite_errorname", "") or ""
-        kind = next((k for prefix, k in _SQLITE_ERRORS.items() if name.startswith(prefix)), StoreError)
-        if kind is StoreError and "readonly" in str(exc):
+        return store_error_from(("", str(exc), getattr(exc, "sqlite_errorname", "") or "", None), path, doing)
+    if isinstance(exc, OSError):
+        return store_error_from(("", str(exc), None, exc.errno), path, doing)
+    return store_error_from(("", str(exc), None, None), path, doing)
+
+
+def store_error_from(failure: tuple[str, str, str | None, int | None], path: str, doing: str) -> StoreError:
+    """``store_error`` of an exception as the writer process describes it (``writer_child.failure``):
+    its type's name, its message, SQLite's error name (None: not from SQLite), the OS's errno."""
+    _, message, sqlite_name, os_errno = failure
+    kind: type[StoreError] = StoreError
+    if sqlite_name is not None:
+        kind = next((k for prefix, k in _SQLITE_ERRORS.items() if sqlite_name.startswith(prefix)), StoreError)
+        if kind is StoreError and "readonly" in message:
             kind = StoreReadOnly
-    elif isinstance(exc, OSError):
-        kind = _OS_ERRORS.get(exc.errno or 0, StoreError)
+    elif os_errno is not None:
+        kind = _OS_ERRORS.get(os_errno, StoreError)
     hint = {
         StoreFull: "free some disk space (or raise max_size_mb)",
         StoreReadOnly: "make the file and its folder writable, or pass a path you can write",
         StoreCorrupt: "the file is damaged or is not a microfaas store",
         StoreLocked: "another program holds the database; stop it first",
     }.get(kind, "see the cause")
-    return kind(f"could not {doing} store {path}: {exc}; {hint}")
+    return kind(f"could not {doing} store {path}: {message}; {hint}")

@@ -1,18 +1,21 @@
 """SqliteStore: a platform's accepted work in one SQLite file (the standard library's sqlite3).
 
-How this works. The file is in WAL mode. Writes never run on the event loop: each
-write method turns its record into SQL parameters (pickling payloads there, so a
-payload that will not pickle fails the call that made it) and appends them to the
-current group; the first write of a loop iteration schedules the group's hand-off
-for the next iteration, so every write made in one iteration shares one group (a
-group of ``GROUP_LIMIT`` writes goes at once, so a burst is committed in parts while
-the loop makes the rest; a group of writes nobody waits for, a finished call's outcome,
-waits up to ``LAZY_FLUSH_S`` for more).
-One writer thread, holding its own connection, takes every group waiting and runs
-them in one transaction (group commit: the busier the loop, the more each commit
-carries), then resolves each group's future from the loop. A write's awaitable is
-that future: awaiting it returns once the transaction holding it has committed, or
-raises the ``StoreError`` it failed with (the whole transaction is rolled back).
+How this works. The file is in WAL mode. Writes never run on the event loop, nor in
+its process: each write method turns its record into SQL parameters (pickling payloads
+there, so a payload that will not pickle fails the call that made it) and appends them
+to the current group; the first write of a loop iteration schedules the group's hand-off
+for the next iteration, so every write made in one iteration shares one group (a group
+of ``GROUP_LIMIT`` writes goes at once, so a burst is committed in parts while the loop
+makes the rest; a group of writes nobody waits for, a finished call's outcome, waits up
+to ``LAZY_FLUSH_S`` for more).
+A writer process of the store's own (``writer.py``, ``writer_child.py``: it holds the
+only writing connection, and a GIL that is not the platform's) takes every group waiting
+and runs them in one transaction (group commit: the busier the loop, the more each
+commit carries), and answers which groups it committed; the answer resolves each group's
+future on the loop. A write's awaitable is that future: awaiting it returns once the
+transaction holding it has committed, or raises the ``StoreError`` it failed with (the
+whole transaction is rolled back). A writer process that dies fails the writes it had
+not answered (they may or may not have been stored) and is started again for the next.
 
 Reads (``get_call``, ``get_job``) run on the loop, on a second connection, and see
 what has been committed (WAL readers never wait for the writer).
@@ -30,11 +33,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Awaitable, Sequence
-from itertools import chain
 from typing import Any, Final
 
 import anyio
@@ -64,8 +64,9 @@ from .rows import (
     letter_params,
     pending_call_params,
 )
-from .schema import FileLock, check_header, migrate, store_error
+from .schema import FileLock, check_header, migrate, store_error, store_error_from
 from .transactions import ATTEMPTED, FINISHED, PUT_CALL, PUT_LETTER, PUT_PENDING, Statement, run_statements
+from .writer import WriterProcess
 
 __all__ = ["SqliteStore"]
 
@@ -128,38 +129,53 @@ class SqliteStore:
         self.max_size_mb = max_size_mb
         self._lock = FileLock(self.path)
         self._reader: sqlite3.Connection | None = None
-        self._writer: sqlite3.Connection | None = None
-        self._thread: threading.Thread | None = None
-        self._queue: queue.SimpleQueue[tuple[list[Statement], asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._writer: WriterProcess | None = None
+        self._sent: dict[int, tuple[asyncio.Future[None], int]] = {}  # by group: its future and its number of writes
+        self._seq = 0
         self._group: list[Statement] | None = None
         self._future: asyncio.Future[None] | None = None
         self._urgent = False  # whether the group's hand-off is scheduled for the next iteration
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
-        return f"<SqliteStore {self.path!r}{' open' if self._thread is not None else ''}>"
+        return f"<SqliteStore {self.path!r}{' open' if self._writer is not None else ''}>"
 
     @property
     def is_open(self) -> bool:
-        return self._thread is not None
+        return self._writer is not None
 
     # -- opening and closing ---------------------------------------------------------------
 
     async def open(self) -> Snapshot:
-        if self._thread is not None:
+        if self._writer is not None:
             raise StoreLocked(f"{self.path} is already open in a running platform; stop that one first")
         self._loop = asyncio.get_running_loop()
         snapshot = await anyio.to_thread.run_sync(self._open)
-        self._thread = threading.Thread(target=self._write_loop, name=f"microfaas-store-{os.path.basename(self.path)}", daemon=True)
-        self._thread.start()
+        writer = WriterProcess(
+            self.path,
+            synchronous=self.synchronous,
+            max_page_count=self._max_page_count(),
+            lock_fd=self._lock.fd,
+            on_committed=self._committed,
+            on_lost=self._lost,
+        )
+        try:
+            writer.start()  # on the loop's thread (see WriterProcess.start)
+        except OSError as exc:
+            self._close_files()
+            raise store_error(exc, self.path, "start the writer process of") from exc
+        self._writer = writer
         return snapshot
+
+    def _max_page_count(self) -> int | None:
+        return None if self.max_size_mb is None else max(1, int(self.max_size_mb * 2**20) // _PAGE_SIZE)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-        if self.max_size_mb is not None:
-            conn.execute(f"PRAGMA max_page_count = {max(1, int(self.max_size_mb * 2**20) // _PAGE_SIZE)}")
+        if (pages := self._max_page_count()) is not None:
+            conn.execute(f"PRAGMA max_page_count = {pages}")
         return conn
 
     def _open(self) -> Snapshot:
@@ -176,35 +192,33 @@ class SqliteStore:
                 writer = self._connect()
                 if writer.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                     raise StoreError(f"could not open store {path}: SQLite would not put it in WAL mode")
-                migrate(writer, path)
-                snapshot, fixes = load_snapshot(writer, self.path)
-                run_statements(writer, fixes)
-                self._writer = writer
+                try:
+                    migrate(writer, path)
+                    snapshot, fixes = load_snapshot(writer, self.path)
+                    run_statements(writer, fixes)
+                finally:
+                    writer.close()  # from now on the writer process writes
                 self._reader = self._connect()
             except (sqlite3.Error, OSError) as exc:
                 raise store_error(exc, path, "open") from exc
         except BaseException:
-            for conn in (self._writer, self._reader):
-                if conn is not None:
-                    conn.close()
-            self._writer = self._reader = None
-            self._lock.release()
+            self._close_files()
             raise
         return snapshot
 
     async def close(self) -> None:
-        thread = self._thread
-        if thread is None:
+        writer = self._writer
+        if writer is None:
             return
         self._flush()
-        self._queue.put(None)
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(thread.join)
-        self._thread = None
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                conn.close()
-        self._writer = self._reader = None
+        self._writer = None  # writes from now on fail: the store is not open
+        await writer.close()  # shielded: what was sent is committed and answered first
+        self._close_files()
+
+    def _close_files(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._lock.release()
 
     # -- the writer ------------------------------------------------------------------------
@@ -216,10 +230,17 @@ class SqliteStore:
         ``lazy`` writes (that nobody waits for, and that may be lost in a crash: a result),
         after ``LAZY_FLUSH_S``; an urgent write hands it over, the lazy ones with it, in order.
         """
+        return self._add(statements, lazy)
+
+    def _write_one(self, statement: Statement, lazy: bool = False) -> asyncio.Future[None]:
+        """``_write(statement, lazy=lazy)``, without gathering arguments (a spawn's writes)."""
+        return self._add((statement,), lazy)
+
+    def _add(self, statements: tuple[Statement, ...], lazy: bool) -> asyncio.Future[None]:
         group = self._group
         if group is None:
             loop = self._loop
-            if self._thread is None or loop is None:
+            if self._writer is None or loop is None:
                 raise StoreError(f"store {self.path} is not open; it opens with `async with app.run(store=...)`")
             group = self._group = []
             self._future = loop.create_future()
@@ -232,59 +253,53 @@ class SqliteStore:
             self._urgent = True
             assert self._loop is not None
             self._loop.call_soon(self._flush)
-        group.extend(statements)
+        group += statements
         future = self._future
         assert future is not None
-        if len(group) >= GROUP_LIMIT and self._urgent:
-            self._flush()
-        return future
-
-    def _write_one(self, statement: Statement, lazy: bool = False) -> asyncio.Future[None]:
-        """``_write(statement, lazy=lazy)``, shorter when a group is open that it may join (a spawn's writes)."""
-        group = self._group
-        if group is None or not (lazy or self._urgent):
-            return self._write(statement, lazy=lazy)
-        future = self._future
-        assert future is not None
-        group.append(statement)
         if self._urgent and len(group) >= GROUP_LIMIT:
             self._flush()
         return future
 
     def _flush(self) -> None:
-        group, future = self._group, self._future
+        group, future, writer = self._group, self._future, self._writer
         if group is None or future is None:
             return
         self._group = self._future = None
-        self._queue.put((group, future))
+        if writer is None:  # written while the store was closing
+            _settle([future], StoreError(f"could not write to store {self.path}: it was closed first"))
+            return
+        self._seq += 1
+        self._sent[self._seq] = (future, len(group))
+        if not writer.running:  # the last one died
+            try:
+                writer.start()
+            except OSError as exc:
+                self._committed([self._seq], exc)
+                return
+        writer.send(self._seq, group)
 
-    def _write_loop(self) -> None:
-        conn, loop = self._writer, self._loop
-        assert conn is not None and loop is not None
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            groups = []
-            while item is not None:
-                groups.append(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+    def _committed(self, seqs: list[int], failure: Any) -> None:
+        """The writer process committed groups ``seqs`` in one transaction, or (``failure``) could not."""
+        error: StoreError | None = None
+        if failure is not None:
+            if isinstance(failure, BaseException):  # the process would not start
+                error = store_error(failure, self.path, "start the writer process of")
             else:
-                stopping = True
-            if not groups:
-                continue
-            error: StoreError | None = None
-            try:
-                run_statements(conn, list(chain.from_iterable(group for group, _ in groups)))
-            except BaseException as exc:  # noqa: BLE001 - every failure goes to the writers
-                error = store_error(exc, self.path, "write to")
-                logger.error("%s (%d writes were not stored)", error, sum(len(g) for g, _ in groups))
-            try:
-                loop.call_soon_threadsafe(_settle, [future for _, future in groups], error)
-            except RuntimeError:  # pragma: no cover - the loop is closed: nobody waits any more
-                pass
+                error = store_error_from(failure, self.path, "write to")
+            logger.error("%s (%d writes were not stored)", error, self._writes(seqs))
+        _settle([self._sent.pop(seq)[0] for seq in seqs], error)
+
+    def _lost(self, seqs: list[int], why: str) -> None:
+        """The writer process ended before answering for groups ``seqs``."""
+        count = self._writes(seqs)
+        error = StoreError(
+            f"could not write to store {self.path}: {why} before it answered for {count} writes; they may or may not be stored"
+        )
+        logger.error("%s", error)
+        _settle([self._sent.pop(seq)[0] for seq in seqs], error)
+
+    def _writes(self, seqs: list[int]) -> int:
+        return sum(self._sent[seq][1] for seq in seqs if seq in self._sent)
 
     # -- calls and batch jobs ----------------------------------------------------------------
 

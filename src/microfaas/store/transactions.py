@@ -1,4 +1,7 @@
-"""Running a group of the SQLite store's writes as one transaction, in its writer thread.
+"""Running a group of the SQLite store's writes as one transaction, in its writer process.
+
+This module imports only the standard library: the writer process (``writer_child.py``)
+loads it by its path, without the rest of the package.
 
 Consecutive writes of one statement go to SQLite together: through ``executemany``, or,
 for those a busy platform makes most (calls accepted, calls finished), as a few
@@ -6,10 +9,10 @@ statements of many rows each (``_as_rows`` says why).
 
 Binding. The standard library's sqlite3 binds an ``int``, ``float``, ``str`` or
 ``bytearray`` as it is, but looks up an adapter for anything else, ``bytes`` and
-``None`` included (about 3,000 instructions each, with the GIL held, against about 500
-for a plain bind). So a spawned call is accepted with a statement that names only the
-columns it has (``PUT_PENDING``: the rest are NULL), and the rows written many at once
-bind their pickles as ``bytearray``.
+``None`` included (about 3,000 instructions each, against about 500 for a plain bind).
+So a spawned call is accepted with a statement that names only the columns it has
+(``PUT_PENDING``: the rest are NULL), and the rows written many at once bind their
+pickles as ``bytearray``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any, Final
 
-from .rows import CALL_COLUMNS
-
-__all__ = ["ATTEMPTED", "FINISHED", "PUT_CALL", "PUT_LETTER", "PUT_PENDING", "Statement", "run_statements"]
+__all__ = ["ATTEMPTED", "CALL_COLUMNS", "FINISHED", "PUT_CALL", "PUT_LETTER", "PUT_PENDING", "Statement", "run_statements"]
 
 Statement = tuple[str, tuple[Any, ...]]
+
+CALL_COLUMNS: Final = "id, function, source, args, accepted_at, attempt, not_before, job_id, idx, state, outcome, finished_at"
 
 # Rows per statement when accepted or finished calls are written many at once (``_as_rows``).
 ROWS_PER_STATEMENT: Final = 500
@@ -57,13 +60,12 @@ def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> Non
 
     A group that comes to a single SQL statement runs alone, with no ``BEGIN`` and ``COMMIT``
     around it: SQLite makes a statement on its own a transaction of its own (atomic, and
-    committed as durably), and the writer saves two of the GIL hand-offs that each cost it up
-    to the interpreter's switch interval while the event loop is busy (``_as_rows``).
+    committed as durably), and two statements fewer are stepped.
     """
     if not statements:
         return
     plan = _plan(conn, statements)
-    if len(plan) == 1 and plan[0][0] is not conn.executemany:
+    if len(plan) == 1 and plan[0][0] != conn.executemany:  # (a bound method is made anew on each look-up: not `is`)
         run, sql, params = plan[0]
         run(sql, params)
         return
@@ -98,14 +100,14 @@ def _as_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) ->
     """``sql`` for each of ``rows``, in order, as a few statements of up to ``ROWS_PER_STATEMENT`` rows
     (each with its parameters).
 
-    Why: ``executemany`` gives up the GIL around every row's step and must win it back for
-    the next, and while the event loop is busy each win can wait out the interpreter's
-    switch interval (5 ms): a thousand rows took seconds under load. One statement of many
-    rows binds them all at once and steps once.
+    Why: ``executemany`` steps (and resets) its statement once per row, and gives up the GIL
+    around each step; one statement of many rows binds them all at once and steps once.
+    (In a writer thread that shared the event loop's GIL, each of those hand-offs could
+    wait out the interpreter's switch interval: a thousand rows took seconds under load.)
     """
     width = len(rows[0])
     per_statement = max(1, min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
-    if sql is FINISHED:
+    if sql == FINISHED:
         # As the updates one by one would: the first outcome of a call wins (the others find it finished).
         # (Built from the end, so that each call's first row is the one kept; the rows' order does not matter.)
         rows = list(dict(zip(map(_CALL_ID, reversed(rows)), reversed(rows), strict=True)).values())
@@ -118,7 +120,7 @@ def _as_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) ->
         for column in _BLOBS.get(sql, ()):  # pickles that are never None
             values[column::width] = map(bytearray, values[column::width])
         many = ", ".join([_ROW[sql]] * len(chunk))
-        if sql is FINISHED:
+        if sql == FINISHED:
             statement = (
                 "UPDATE calls SET state = v.column1, outcome = v.column2, finished_at = v.column3 "
                 f"FROM (VALUES {many}) AS v WHERE calls.id = v.column4 AND calls.state = 'pending'"
