@@ -47,12 +47,10 @@ from .stats import StatsRecorder
 
 if TYPE_CHECKING:
     from ..store import Snapshot
+    from .cluster import Cluster
     from .delivery import Source
 
-# The runtime that owns this part (runtime.py imports this module, so it is not imported back).
-Runtime = Any
-
-__all__ = ["Deployer", "Deployment", "Rewiring", "SourceHost", "Wiring", "scheduler_name"]
+__all__ = ["Deployer", "DeployerOwner", "Deployment", "Rewiring", "SourceHost", "Wiring", "scheduler_name"]
 
 logger = logging.getLogger("microfaas.deploy")
 
@@ -135,6 +133,22 @@ class Wiring(Protocol):
         ...
 
 
+class DeployerOwner(SourceHost, Protocol):
+    """What ``Deployer`` asks of the runtime that owns it (``Runtime``; runtime.py imports this module,
+    so it is not imported back): its routing tables and cluster, and the host its triggers are wired on."""
+
+    declared: frozenset[str]
+    specs: dict[str, FunctionSpec]
+    routes: dict[str, str]
+    stats: dict[str, StatsRecorder]
+    cluster: Cluster
+    wiring: Wiring | None
+
+    def function_names(self) -> list[str]:
+        """:raises PlatformClosed: the platform is not running."""
+        ...
+
+
 def scheduler_name(name: str, version: int) -> str:
     """What the scheduler core calls version ``version`` of deployed function ``name``."""
     return f"{name}@v{version}"
@@ -143,7 +157,7 @@ def scheduler_name(name: str, version: int) -> str:
 class Deployer:
     """The deployed functions of one platform and their versions."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: DeployerOwner) -> None:
         self.runtime = runtime
         self.versions: dict[str, list[int]] = collections.defaultdict(list)  # every version deployed, oldest first
         self.active: dict[str, int] = {}

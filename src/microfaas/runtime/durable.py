@@ -29,12 +29,11 @@ from .delivery import CallDelivery, Undeliverable, expired_at_restart
 from .shipping import dump_args
 
 if TYPE_CHECKING:
+    from ..spec import FunctionSpec, Retries
     from ..store import DeadLetter, Snapshot, Store
+    from .delivery import Deliverer, Source
 
-# The runtime that owns this part (runtime.py imports this module, so it is not imported back).
-Runtime = Any
-
-__all__ = ["RECENT_CALLS", "Durable", "Redrivable", "TakesBatches"]
+__all__ = ["RECENT_CALLS", "Durable", "DurableOwner", "Redrivable", "TakesBatches"]
 
 # Finished calls kept in memory for ``faas.call(id)``, newest last; older ones are read from the store.
 RECENT_CALLS: Final = 10_000
@@ -60,10 +59,32 @@ class TakesBatches(Protocol):
     def takes_batches(self) -> bool: ...
 
 
+class DurableOwner(Protocol):
+    """What ``Durable`` asks of the runtime that owns it (``Runtime``; runtime.py imports this
+    module, so it is not imported back)."""
+
+    deliverer: Deliverer
+    functions: dict[str, FunctionSpec]
+    sources: dict[str, Source]
+    running_calls: dict[str, tuple[Call[Any], str]]
+
+    @property
+    def app_name(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def new_invocation_id(self) -> str: ...
+
+    def start_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
+        """Run ``call`` from now on."""
+        ...
+
+
 class Durable:
     """The runtime's store, and what it knows of calls from before this platform."""
 
-    def __init__(self, runtime: Runtime, store: Store) -> None:
+    def __init__(self, runtime: DurableOwner, store: Store) -> None:
         self.runtime = runtime
         self.store = store
         self.recent: collections.OrderedDict[str, Call[Any]] = collections.OrderedDict()

@@ -19,7 +19,7 @@ platform, as a bug in a call task does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import CallCancelled, FaaSError, PlatformClosed
 
@@ -27,12 +27,32 @@ if TYPE_CHECKING:
     from ..spec import Retries
     from .call import Call
     from .delivery import CallDelivery
-    from .invoker import Attempt
+    from .invoker import Attempt, Invoker
 
-# The runtime that runs the call (runtime.py imports this module, so it is not imported back).
-Runtime = Any
+__all__ = ["CallRunner", "FirstAttempt"]
 
-__all__ = ["FirstAttempt"]
+
+class CallRunner(Protocol):
+    """What a first attempt asks of the runtime that runs its call (``Runtime``; runtime.py imports
+    this module, so it is not imported back)."""
+
+    invoker: Invoker
+
+    def route(self, name: str) -> str:
+        """The version serving ``name`` now."""
+        ...
+
+    def retry_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries, error: FaaSError) -> None:
+        """Go on in a task with ``call``, whose first attempt failed with ``error``."""
+        ...
+
+    def call_ended(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
+        """``call`` has been settled."""
+        ...
+
+    def call_failed_unexpectedly(self, error: BaseException) -> None:
+        """A bug while running a call: it fails the platform."""
+        ...
 
 
 class FirstAttempt:
@@ -44,7 +64,7 @@ class FirstAttempt:
 
     __slots__ = ("attempt", "call", "delivery", "retries", "runtime")
 
-    def __init__(self, runtime: Runtime, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
+    def __init__(self, runtime: CallRunner, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
         self.runtime = runtime
         self.call = call
         self.delivery = delivery
