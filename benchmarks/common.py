@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+import anyio
 
 
 class Contender(Protocol):
@@ -46,11 +51,33 @@ def settle_allocator() -> None:
     del block
 
 
-_T0 = time.perf_counter()
+# A benchmark module run by ``measure_alone`` logs on the suite's clock (perf_counter's is system-wide).
+_T0 = float(os.environ.get("MF_BENCH_T0") or time.perf_counter())
 
 
 def log(message: str) -> None:
     print(f"[bench {time.perf_counter() - _T0:6.1f}s] {message}", flush=True)
+
+
+async def measure_alone(module: str, quick: bool) -> dict[str, Any]:
+    """Run ``python -m <module> [--quick] --json <file>`` in a fresh interpreter and return its figures
+    (without the ``ratios`` its CLI adds: ``report.ratios`` computes them from the figures).
+
+    As pyperf runs each benchmark in a worker process of its own: what the phases before
+    left in this process (a bigger heap for the cyclic collector to walk, threads, child
+    processes) does not weigh on the figure. Its output goes to this process's.
+
+    :raises RuntimeError: the module exited with an error (its traceback is in the output above).
+    """
+    with tempfile.TemporaryDirectory(prefix="mf-bench-") as folder:
+        path = Path(folder) / "figures.json"
+        command = [sys.executable, "-m", module, *(["--quick"] if quick else []), "--json", str(path)]
+        process = await anyio.run_process(command, stdout=None, stderr=None, check=False, env={**os.environ, "MF_BENCH_T0": repr(_T0)})
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} exited with status {process.returncode}; its output is above")
+        figures: dict[str, Any] = json.loads(path.read_text())
+    figures.pop("ratios", None)
+    return figures
 
 
 def print_ratios_and_notes(result: dict[str, Any], json_path: str | None) -> None:
