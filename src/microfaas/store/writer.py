@@ -150,6 +150,7 @@ class WriterProcess:
             self._drained.set_result(None)
         waiting, self._waiting = self._waiting, []
         self._unsent.clear()
+        self._received.clear()  # a part of an answer it died while sending
         code = process.poll()
         if self._drained is None:  # not closing: it died
             sock.close()
