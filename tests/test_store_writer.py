@@ -139,3 +139,48 @@ def test_a_group_run_through_executemany_alone_is_still_one_transaction(tmp_path
         sql = "INSERT INTO offsets (source, function, part, offset) VALUES (?, ?, ?, ?)"
         transactions_module.run_statements(conn, [(sql, ("s", "f", str(i), i)) for i in range(3)])
     assert seen[0] == "BEGIN IMMEDIATE" and seen[-1] == "COMMIT"
+
+
+def test_the_writer_commits_what_waits_in_one_transaction_and_answers_for_every_group(tmp_path: Path) -> None:
+    """``writer_child.serve`` run here, on a socket pair: what the process does, measured where coverage sees it."""
+    import socket
+    import threading
+
+    from microfaas.store import writer_child
+
+    path = tmp_path / "faas.db"
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    migrate(conn, str(tmp_path))
+    ours, theirs = socket.socketpair()
+    serving = threading.Thread(target=writer_child.serve, args=(conn, theirs, writer_child._transactions().run_statements))
+    serving.start()
+    received = bytearray()
+
+    def answers(count: int) -> list[tuple[list[int], object]]:
+        out: list[tuple[list[int], object]] = []
+        while sum(len(seqs) for seqs, _ in out) < count:
+            received.extend(ours.recv(1 << 16))
+            out += writer_child.frames(received)
+        return out
+
+    sql = "INSERT INTO offsets (source, function, part, offset) VALUES (?, ?, ?, ?)"
+    try:
+        both = writer_child.frame((1, [(sql, ("s", "f", "a", 1))])) + writer_child.frame((2, [(sql, ("s", "f", "b", 2))]))
+        ours.sendall(both[:7])  # a frame cut in two: nothing runs until it is whole
+        ours.sendall(both[7:])
+        first = answers(2)
+        assert [seq for seqs, _ in first for seq in seqs] == [1, 2] and all(failure is None for _, failure in first)
+        ours.sendall(writer_child.frame((3, [("INSERT INTO nowhere VALUES (?)", (1,))])))
+        ((seqs, failure),) = answers(1)
+        assert seqs == [3]
+        kind, message, sqlite_name, os_errno = failure  # type: ignore[misc]
+        assert (kind, sqlite_name, os_errno) == ("OperationalError", "SQLITE_ERROR", None) and "no such table: nowhere" in message
+        ours.shutdown(socket.SHUT_WR)  # the end of its input: it returns
+        serving.join(timeout=10)
+        assert not serving.is_alive()
+    finally:
+        ours.close()
+        theirs.close()
+        conn.close()
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        assert other.execute("SELECT part, offset FROM offsets ORDER BY part").fetchall() == [("a", 1), ("b", 2)]
