@@ -274,7 +274,9 @@ class SqliteStore:
             try:
                 writer.start()
             except OSError as exc:
-                self._committed([self._seq], exc)
+                error = store_error(exc, self.path, "start the writer process of")
+                logger.error("%s (%d writes were not stored)", error, len(group))
+                _settle([self._sent.pop(self._seq)[0]], error)
                 return
         writer.send(self._seq, group)
 
@@ -282,10 +284,7 @@ class SqliteStore:
         """The writer process committed groups ``seqs`` in one transaction, or (``failure``) could not."""
         error: StoreError | None = None
         if failure is not None:
-            if isinstance(failure, BaseException):  # the process would not start
-                error = store_error(failure, self.path, "start the writer process of")
-            else:
-                error = store_error_from(failure, self.path, "write to")
+            error = store_error_from(failure, self.path, "write to")
             logger.error("%s (%d writes were not stored)", error, self._writes(seqs))
         _settle([self._sent.pop(seq)[0] for seq in seqs], error)
 
