@@ -84,11 +84,18 @@ class SchedulerRules(RuleBasedStateMachine):
         self.node_of: dict[str, str] = {}  # container id -> node id, from StartContainer
         self.pinned: dict[str, bool] = {}
         self.seen_containers: set[str] = set()
+        # Starts queued for room after the last call into the core (white-box): a call may drop
+        # one it no longer needs after it has pipelined a request instead.
+        self.queued_for_room: collections.Counter[str] = collections.Counter()
         self.apply(self.sched.start(now=self.now))
 
     # -- the shell -------------------------------------------------------------------------
 
     def apply(self, actions) -> None:
+        self._apply(actions)
+        self.queued_for_room = collections.Counter(self.sched._capacity_queue)
+
+    def _apply(self, actions) -> None:
         for action in actions:
             match action:
                 case StartContainer(container_id=cid, node_id=node_id, pinned=pinned):
@@ -112,8 +119,11 @@ class SchedulerRules(RuleBasedStateMachine):
                         profile = PROFILES[rec.function]
                         assert self.sched.pipeline_depth > 0 and profile.concurrency == 1
                         assert rec.busy == rec.concurrency
-                        # It cannot grow: its containers and its starts queued for room (white-box) are at its maximum.
-                        grown = len(self.sched.containers(rec.function)) + list(self.sched._capacity_queue).count(rec.function)
+                        # It cannot grow: its containers and its starts queued for room (white-box) are at its
+                        # maximum. The starts are counted as the decision found them: the same call may drop
+                        # a start queued for room once no request waits for it any more.
+                        queued = max(list(self.sched._capacity_queue).count(rec.function), self.queued_for_room[rec.function])
+                        grown = len(self.sched.containers(rec.function)) + queued
                         assert profile.max_containers is not None and grown >= profile.max_containers
                 case FailRequest(request_id=rid, reason=reason):
                     self._answer(rid)
