@@ -53,8 +53,10 @@ def gate(tmp_path: pathlib.Path) -> Iterator[Gate]:
 
 @pytest.fixture(autouse=True)
 def every_call_counts_as_short(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pipelining is for short calls; here any call is short, however slowly the machine runs it."""
+    """Pipelining is for short calls; here any call is short, however slowly the machine runs it,
+    and a container may hold as many queued as the depth allows."""
     monkeypatch.setattr(functions, "PIPELINE_MAX_CALL_S", 3600.0)
+    monkeypatch.setattr(functions, "PIPELINE_QUEUED_WORK_S", 3600.0)
 
 
 @pytest.fixture
@@ -100,7 +102,7 @@ async def test_long_calls_are_not_pipelined(queued_calls: list[tuple[str, int]],
 
 
 async def test_calls_queued_behind_a_crash_run_on_a_new_container(queued_calls: list[tuple[str, int]], gate: Gate) -> None:
-    async with app.run() as faas:
+    async with app.run(nodes=mf.LocalNodes(pipeline_depth=4)) as faas:
         first_pid = (await step.invoke(0))[1]
         outcomes: dict[int, object] = {}
 

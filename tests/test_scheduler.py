@@ -821,6 +821,26 @@ def test_short_calls_are_queued_in_a_full_container_up_to_the_pipeline_depth() -
     assert (rec.busy, rec.state) == (0, ContainerState.IDLE)
 
 
+def test_a_container_holds_queued_calls_up_to_a_millisecond_of_recent_work_under_a_deep_pipeline() -> None:
+    # Calls of 0.3 ms: a depth of 64 would allow 64 queued, but 3 of them are already 0.9 ms of work.
+    sched = one_warm_container(P, depth=64, duration_s=0.0003)
+    assert sched.request("r1", "p", now=1.0) == [run("r1", "c-1", cold=False)]
+    answers = [sched.request(f"r{i}", "p", now=1.0) for i in (2, 3, 4, 5)]
+    assert answers == [[piped("r2", "c-1")], [piped("r3", "c-1")], [piped("r4", "c-1")], []]
+    assert sched.container("c-1").queued == 3
+    # Calls of 20 us: a millisecond is 50 of them, so the depth of 64 is not what stops them.
+    sched = one_warm_container(P, depth=64, duration_s=0.00002)
+    assert sched.request("r1", "p", now=1.0) == [run("r1", "c-1", cold=False)]
+    queued = [i for i in range(2, 100) if sched.request(f"r{i}", "p", now=1.0)]
+    assert len(queued) == 50 and sched.waiting("p") == 98 - 50
+    # When r1 ends, the oldest queued call takes its slot and the oldest waiting one is queued.
+    assert sched.call_finished("c-1", now=1.1, duration_s=0.00002) == [piped("r52", "c-1")]
+    # A call close to the 1 ms limit still has one call queued behind it.
+    sched = one_warm_container(P, depth=64, duration_s=0.0009)
+    assert sched.request("r1", "p", now=1.0) == [run("r1", "c-1", cold=False)]
+    assert [sched.request(f"r{i}", "p", now=1.0) for i in (2, 3)] == [[piped("r2", "c-1")], []]
+
+
 def test_calls_are_not_pipelined_when_they_are_long_or_the_function_can_grow_or_runs_concurrently() -> None:
     # Long calls: a queued call would wait behind one.
     sched = one_warm_container(P, duration_s=0.5)

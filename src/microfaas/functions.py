@@ -11,7 +11,9 @@ A start is needed while ``deficit() > 0`` and the function ``can_grow()``.
 It also decides pipelining. The shell reports how long calls ran
 (``call_took``); while the running average stays under ``PIPELINE_MAX_CALL_S``,
 a function of concurrency 1 that cannot grow has a request that would wait sent
-to the busy container with the fewest calls queued in it (``pipeline_to``).
+to the busy container with the fewest calls queued in it (``pipeline_to``), as long
+as that container holds less than ``PIPELINE_QUEUED_WORK_S`` of queued work
+(``pipeline_room``).
 
 Records only: the scheduler makes every decision that hands out an action. No
 I/O, no clock.
@@ -27,11 +29,14 @@ import attrs
 
 from .actions import ContainerRecord, ContainerState, FunctionProfile
 
-__all__ = ["PIPELINE_MAX_CALL_S", "FunctionState"]
+__all__ = ["PIPELINE_MAX_CALL_S", "PIPELINE_QUEUED_WORK_S", "FunctionState"]
 
 # Calls are pipelined only while a function's recent average call is shorter than this:
 # there a round trip to the platform between calls is a large part of the work.
 PIPELINE_MAX_CALL_S: Final = 0.001
+# A busy container holds no more queued calls than this much work by the recent average:
+# about the longest a pipelined call waits on the calls queued ahead of it.
+PIPELINE_QUEUED_WORK_S: Final = 0.001
 # Weight of the newest call in the running average of call durations.
 _RECENT_WEIGHT: Final = 0.125
 
@@ -71,12 +76,21 @@ class FunctionState:
     def may_pipeline(self) -> bool:
         return self.profile.concurrency == 1 and self.recent_call_s < PIPELINE_MAX_CALL_S and not self.can_grow()
 
+    def pipeline_room(self, depth: int) -> int:
+        """How many calls a busy container may hold queued now: ``depth`` at most, and no more
+        than ``PIPELINE_QUEUED_WORK_S`` of work by the recent average (0: do not pipeline)."""
+        if not self.may_pipeline():
+            return 0
+        recent = self.recent_call_s
+        return depth if recent <= 0.0 else min(depth, max(1, int(PIPELINE_QUEUED_WORK_S / recent)))
+
     def pipeline_to(self, depth: int) -> ContainerRecord | None:
         """The busy container to queue a call on: the one with the fewest queued (None: do not pipeline)."""
-        if not self.may_pipeline():
+        room = self.pipeline_room(depth)
+        if not room:
             return None
         best = None
         for rec in self.containers.values():
-            if rec.state is ContainerState.BUSY and rec.queued < depth and (best is None or rec.queued < best.queued):
+            if rec.state is ContainerState.BUSY and rec.queued < room and (best is None or rec.queued < best.queued):
                 best = rec
         return best

@@ -83,7 +83,8 @@ class LocalNodes:
     :param start_method: ``"fork"`` from a per-node zygote, or ``"spawn"`` a fresh interpreter.
     :param min_nodes: nodes held from the start and never released for emptiness.
     :param pipeline_depth: how many calls of a function with short calls may wait
-        inside a busy container (0: none; see "Pipelining" in docs/scheduling.md).
+        inside a busy container at most; fewer when they would be more than about 1 ms
+        of work by the recent average (0: none; see "Pipelining" in docs/scheduling.md).
     :param busy_poll_us: how long a container that just answered polls for its next call
         before it sleeps, while calls come back to back (0: never; see docs/performance.md).
     :param reply_poll_us: how long the platform polls for the reply of a short call that is
@@ -101,7 +102,7 @@ class LocalNodes:
     release_after: float = attrs.field(default=30.0, validator=_non_negative)
     start_method: str = attrs.field(default="fork", validator=_start_method)
     min_nodes: int = attrs.field(default=1)
-    pipeline_depth: int = attrs.field(default=4, validator=_non_negative_int)
+    pipeline_depth: int = attrs.field(default=64, validator=_non_negative_int)
     busy_poll_us: int = attrs.field(default=200, validator=_non_negative_int)
     reply_poll_us: int = attrs.field(default=50, validator=_non_negative_int)
     learn_imports: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))

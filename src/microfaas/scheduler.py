@@ -41,7 +41,8 @@ Rules, as in AWS Lambda and OpenWhisk:
   short (the recent average under ``PIPELINE_MAX_CALL_S``), its concurrency is 1
   and it cannot grow, a request that would wait is sent at once to the busy
   container with the fewest calls queued, up to ``pipeline_depth`` calls on top
-  of the running one, where it waits for that container's slot. The container
+  of the running one and no more than ``PIPELINE_QUEUED_WORK_S`` of work by the
+  recent average, where it waits for that container's slot. The container
   is never idle between calls, and the shell can batch its writes. A call queued
   behind one that runs long waits for it, so long calls are never pipelined.
 * An idle container is stopped after its keep-alive (the function's
@@ -105,7 +106,8 @@ class Scheduler:
     :param keep_alive: the policy for functions whose ``idle_timeout`` is None.
     :param queue_limit: how many requests may wait at once (None: no limit).
     :param pipeline_depth: how many calls a busy container may hold queued behind its
-        running one (0: no pipelining). The shell must then tell which calls really
+        running one at most (0: no pipelining); fewer when that many would be more than
+        ``PIPELINE_QUEUED_WORK_S`` of work by the function's recent average. The shell must then tell which calls really
         started, and report call durations to ``call_finished``.
     """
 
@@ -314,7 +316,8 @@ class Scheduler:
                         return self._placement.drain(now)
                 return []
             actions.append(self._dispatch(fn, rec, self._pop_waiting(fn), cold=False, now=now))
-        while fn.waiting and rec.queued < self.pipeline_depth and rec.busy == rec.concurrency and fn.may_pipeline():
+        room = fn.pipeline_room(self.pipeline_depth) if fn.waiting else 0
+        while fn.waiting and rec.queued < room and rec.busy == rec.concurrency:
             actions.append(self._queue_on(rec, self._pop_waiting(fn), now))
         # Fewer requests wait: a start queued for room may no longer be needed.
         if actions and self._capacity_queue:
