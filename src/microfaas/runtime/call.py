@@ -42,7 +42,19 @@ class CallStatus(enum.StrEnum):
 class Call(Generic[R]):
     """A spawned invocation. ``await call.result()`` gives its value or raises its error."""
 
-    __slots__ = ("_cancel_requested", "_done", "_error", "_task", "_value", "_waiters", "attempts", "function_name", "id", "status")
+    __slots__ = (
+        "_cancel_requested",
+        "_done",
+        "_error",
+        "_source",
+        "_task",
+        "_value",
+        "_waiters",
+        "attempts",
+        "function_name",
+        "id",
+        "status",
+    )
 
     def __init__(self, call_id: str, function_name: str) -> None:
         self.id = call_id
@@ -57,6 +69,7 @@ class Call(Generic[R]):
         # and whether ``cancel()`` was called; a task that sees the flag before it starts never attempts the call.
         self._task: Cancellable | None = None
         self._cancel_requested = False
+        self._source = ""  # where it came from ("spawn", "map", a source's name), once it runs
 
     def __repr__(self) -> str:
         return f"<Call {self.id} of {self.function_name}: {self.status}>"

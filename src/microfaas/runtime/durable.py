@@ -66,7 +66,7 @@ class DurableOwner(Protocol):
     deliverer: Deliverer
     functions: dict[str, FunctionSpec]
     sources: dict[str, Source]
-    running_calls: dict[str, tuple[Call[Any], str]]
+    running_calls: dict[str, Call[Any]]
 
     @property
     def app_name(self) -> str: ...
@@ -148,7 +148,7 @@ class Durable:
         """
         running = self.runtime.running_calls.get(call_id)
         if running is not None:
-            return running[0]
+            return running
         call = self.recent.get(call_id)
         if call is not None:
             return call

@@ -114,7 +114,7 @@ class Runtime:
         self._in_flight = InFlight()
         self._call_tasks = CallTasks()
         self._first_attempts: list[FirstAttempt] = []  # to begin on the loop's next turn
-        self.running_calls: dict[str, tuple[Call[Any], str]] = {}  # spawned calls by id, with their source
+        self.running_calls: dict[str, Call[Any]] = {}  # spawned calls by id (each with its ``_source``)
         self.batch_jobs: list[Any] = []  # BatchJobs, for drain's report of what is pending
         self.recent_jobs: collections.OrderedDict[str, Any] = collections.OrderedDict()  # BatchJobs by id, newest last
         self.store: Store = store if store is not None else MemoryStore()
@@ -300,7 +300,8 @@ class Runtime:
     def start_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None) -> None:
         """Run a call: a new one's first attempt from a loop callback on the loop's next turn
         (``firstattempt.py``), a resumed one in a task of its own (``calltasks.py``)."""
-        self.running_calls[call.id] = (call, delivery.source)
+        call._source = delivery.source
+        self.running_calls[call.id] = call
         if delivery.attempts_made:
             self._call_tasks.start(self.run_call(call, delivery, retries))
             return
@@ -332,7 +333,8 @@ class Runtime:
         the call's ``CallCancelled``. Any other (the platform stopping) goes on up.
         """
         self._in_flight.started()
-        self.running_calls[call.id] = (call, delivery.source)
+        call._source = delivery.source
+        self.running_calls[call.id] = call
         await self._run_call(call, delivery, retries, None)
 
     async def _run_call(self, call: Call[Any], delivery: CallDelivery, retries: Retries | None, failed: FaaSError | None) -> None:
@@ -385,7 +387,7 @@ class Runtime:
 
     def _settle_first_attempts(self) -> None:
         """At the stop, once the call tasks have ended: settle the calls whose first attempt is still out."""
-        for call, _ in list(self.running_calls.values()):
+        for call in list(self.running_calls.values()):
             if isinstance(call._task, FirstAttempt):
                 call._task.end(self._cut_short(call))
 
@@ -509,7 +511,7 @@ class Runtime:
             done, _, total = job.progress
             pending.append(f"{total - done} task(s) of batch job {job.id} for {job.function_name}")
         calls = collections.Counter(
-            call.function_name for call, source in self.running_calls.values() if source in ("spawn", "map") and not call.done()
+            call.function_name for call in self.running_calls.values() if call._source in ("spawn", "map") and not call.done()
         )
         pending += [f"{n} spawned call(s) of {name}" for name, n in sorted(calls.items())]
         return pending or [f"{self._in_flight.count} item(s) in flight"]
