@@ -290,9 +290,8 @@ def test_the_memory_store_reads_back_what_was_written(area: str) -> None:
     check()
 
 
-@pytest.mark.parametrize("area", sorted(AREAS))
-def test_the_sqlite_store_reads_back_what_was_written(area: str) -> None:
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def check_sqlite_store(area: str, examples: int) -> None:
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(AREAS[area], min_size=3, max_size=30))
     def check(operations: list[tuple[Any, ...]]) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -300,6 +299,19 @@ def test_the_sqlite_store_reads_back_what_was_written(area: str) -> None:
             asyncio.run(run_ops(lambda: SqliteStore(path), operations))
 
     check()
+
+
+# Every example opens the file twice or more, and each open's writer process takes about
+# 40 ms to start and end: the default run tries 25 examples per area, the slow run 100.
+@pytest.mark.parametrize("area", sorted(AREAS))
+def test_the_sqlite_store_reads_back_what_was_written(area: str) -> None:
+    check_sqlite_store(area, examples=25)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("area", sorted(AREAS))
+def test_the_sqlite_store_reads_back_what_was_written_in_more_cases(area: str) -> None:
+    check_sqlite_store(area, examples=100)
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
